@@ -1,0 +1,6 @@
+"""jaxlava: LLaVA-RLHF (SFT+, fact-augmented reward model, PPO) in JAX / Flax NNX."""
+from jaxlava.config import LlavaConfig, TextConfig, VisionConfig
+from jaxlava.hf import from_pretrained, save_pretrained
+from jaxlava.model import Lora, LlavaModel
+
+__all__ = ["LlavaConfig", "TextConfig", "VisionConfig", "LlavaModel", "Lora", "from_pretrained", "save_pretrained"]
