@@ -7,12 +7,17 @@ live in the same object but are never written to config.json.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax.numpy as jnp
 
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_pytorch_tanh", "gelu_new", "silu", "relu")
+
+
+def _hash_by_value(self) -> int:
+    return hash(json.dumps(dataclasses.asdict(self), sort_keys=True, default=str))
 
 
 @dataclass
@@ -177,6 +182,10 @@ class LlavaConfig:
             "tie_word_embeddings": t.tie_word_embeddings,
         }
         return out
+
+
+# Configs are static jit arguments (inside nnx GraphDefs), so they hash by value.
+VisionConfig.__hash__ = TextConfig.__hash__ = LlavaConfig.__hash__ = _hash_by_value
 
 
 def _fields(cls) -> list[str]:
