@@ -1,0 +1,31 @@
+# jaxlava: `make demo` runs the main job on the embedded shapes world; `make test` runs the test suite.
+# Both create .venv on first use. JAX_PLATFORMS defaults to cpu; run `make demo JAX_PLATFORMS=` on an accelerator.
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PYTHON      ?= python3
+JAX_PLATFORMS ?= cpu
+export JAX_PLATFORMS
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast install clean-venv
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m jaxlava.demo
+
+# the whole suite, slow tests included (CI budget: well under 20 minutes on 2 cores)
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -rfE --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -rfE -m "not slow" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
