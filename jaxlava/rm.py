@@ -1,0 +1,67 @@
+"""Reward-model stage math (LLaVA-RLHF §3): a base LLaVA + LoRA adapter + scalar head.
+
+The score of a sequence is the head applied to the last hidden state at the LAST position;
+sequences are left-padded, so that is the final real token (the end of the reward prompt).
+Loss per pair: BCEWithLogits(r1 - r0, choice) + 1e-3 * |mean(r0 + r1)|.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlava.model.heads import apply_scalar_head
+from jaxlava.model.layers import Lora
+
+CENTERING_COEF = 1e-3
+
+
+def scores(model, head: dict, input_ids, pixel_values, attention_mask, *, lora: Lora | None = None) -> jax.Array:
+    """[N, T] left-padded sequences -> [N] scalar rewards."""
+    _, hidden = model(input_ids, pixel_values, attention_mask, lora=lora, return_hidden=True)
+    return apply_scalar_head(head, hidden[:, -1])
+
+
+def pair_scores(model, head, batch: dict, *, lora=None) -> jax.Array:
+    """Preference batch (input_ids [B,2,T]) -> rewards [B,2]; the image is shared by both candidates."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    B, C, T = ids.shape
+    px = batch.get("pixel_values")
+    if px is not None:
+        px = jnp.repeat(px, C, axis=0)
+    r = scores(model, head, ids.reshape(B * C, T), px, mask.reshape(B * C, T), lora=lora)
+    return r.reshape(B, C)
+
+
+def preference_loss(r: jax.Array, choice: jax.Array, centering_coef: float = CENTERING_COEF):
+    """r [B,2] rewards of (output_1, output_2); choice [B] = 1 when output_2 is preferred.
+
+    Returns (loss, metrics).  The centring term keeps rewards near zero (the paper's 1e-3 * |mean(r0 + r1)|).
+    """
+    logit = (r[:, 1] - r[:, 0]).astype(jnp.float32)
+    y = choice.astype(jnp.float32)
+    bce = jnp.mean(jnp.maximum(logit, 0) - logit * y + jnp.log1p(jnp.exp(-jnp.abs(logit))))
+    center = centering_coef * jnp.abs(jnp.mean(r[:, 0] + r[:, 1]))
+    preferred = jnp.where(choice == 1, r[:, 1], r[:, 0])
+    other = jnp.where(choice == 1, r[:, 0], r[:, 1])
+    acc = jnp.mean((preferred - other >= 0).astype(jnp.float32))
+    return bce + center, {"bce": bce, "center": center, "accuracy": acc,
+                          "reward_mean": jnp.mean(r), "margin": jnp.mean(preferred - other)}
+
+
+def rm_loss(model, trainable: dict, batch: dict, *, lora_scale: float, lora_dropout: float = 0.0, rng=None):
+    """trainable = {"lora": adapter params, "head": head params}."""
+    lora = Lora(trainable["lora"], rng=rng, scale=lora_scale, dropout=lora_dropout)
+    r = pair_scores(model, trainable["head"], batch, lora=lora)
+    return preference_loss(r, batch["choice"])
+
+
+def loss_and_grad(graphdef, base_state, trainable, batch, *, lora_scale: float, lora_dropout: float = 0.0, rng=None):
+    """Gradients w.r.t. the adapter and the head only; the base is frozen (and may be shared with other roles)."""
+    model = nnx.merge(graphdef, base_state)
+
+    def f(tr):
+        return rm_loss(model, tr, batch, lora_scale=lora_scale, lora_dropout=lora_dropout, rng=rng)
+
+    (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(trainable)
+    return loss, metrics, grads
