@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.23,<0.24",
     "tensorflow-datasets>=4.9.10,<4.10",
     "array-record>=0.8,<0.9",
+    "importlib_resources",  # tensorflow-datasets needs it for builders defined in a package
     "safetensors>=0.8,<0.9",
     "pillow>=11",
     "numpy>=2.0,<3",
