@@ -2,5 +2,7 @@
 from jaxlava.config import LlavaConfig, TextConfig, VisionConfig
 from jaxlava.hf import from_pretrained, save_pretrained
 from jaxlava.model import Lora, LlavaModel
+from jaxlava.generate import GenerateOutput, generate  # noqa: E402  (the function shadows the submodule name)
 
-__all__ = ["LlavaConfig", "TextConfig", "VisionConfig", "LlavaModel", "Lora", "from_pretrained", "save_pretrained"]
+__all__ = ["LlavaConfig", "TextConfig", "VisionConfig", "LlavaModel", "Lora", "from_pretrained", "save_pretrained",
+           "generate", "GenerateOutput"]
