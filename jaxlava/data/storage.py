@@ -82,11 +82,17 @@ def decode(kind: str, ex: dict) -> dict:
     return out
 
 
+_BUILDERS: dict = {}
+
+
 def _builder_cls(kind: str):
+    if kind in _BUILDERS:
+        return _BUILDERS[kind]
     import tensorflow_datasets as tfds
 
-    class Builder(tfds.core.GeneratorBasedBuilder):
+    class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version(globals()["VERSION"])
+        name = f"jaxlava_{kind}"
 
         def __init__(self, *, records=None, split="train", **kw):
             self._records, self._split = records, split
@@ -104,6 +110,7 @@ def _builder_cls(kind: str):
                 yield i, encode(kind, rec, f"{kind} record {i}")
 
     Builder.__name__ = f"jaxlava_{kind}"
+    _BUILDERS[kind] = Builder
     return Builder
 
 
@@ -116,7 +123,9 @@ def write_records(kind: str, records: Iterable[dict], out_dir: str, split: str =
     if kind not in SCHEMAS:
         raise StorageError(f"unknown record kind {kind!r}; kinds: {sorted(SCHEMAS)}")
     import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
     tfds.disable_progress_bar()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # tfds announces every prepare at INFO
     records = list(records)
     for i, r in enumerate(records):  # validate before anything is written
         encode(kind, r, f"{kind} record {i}")

@@ -1,0 +1,197 @@
+"""Grain pipelines: seeded per-epoch shuffle, per-process sharding, image preparation, tokenising and
+masking, padding to a small set of length buckets, batching.  Iterator state saves and restores exactly.
+
+Batches follow docs/design.md ("Data contract").  Every random choice (caption order in the reward
+prompt) comes from grain's per-record RNG, so a restored iterator repeats the same batches.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from jaxlava.data.templates import IGNORE_INDEX, encode_conversation, encode_prompt, encode_reward_input
+
+DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+    for b in sorted(buckets):
+        if n <= b:
+            return b
+    return max(buckets)
+
+
+def _pixels(processor, image: bytes) -> np.ndarray:
+    if image:
+        return processor.image_prep(image)
+    c = processor.image_prep.crop
+    return np.zeros((3, c, c), np.float32)
+
+
+def _pad(seqs: list[np.ndarray], T: int, pad_id: int, side: str) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full((len(seqs), T), pad_id, np.int32)
+    mask = np.zeros((len(seqs), T), np.int32)
+    for i, s in enumerate(seqs):
+        s = s[:T] if side == "right" else s[-T:]
+        sl = slice(0, len(s)) if side == "right" else slice(T - len(s), T)
+        ids[i, sl], mask[i, sl] = s, 1
+    return ids, mask
+
+
+class EncodeSFT:
+    def __init__(self, processor, template: str):
+        self.processor, self.template = processor, template
+
+    def __call__(self, rec: dict) -> dict:
+        p = self.processor
+        enc = encode_conversation(p.tokenizer, rec["conversations"], template=self.template,
+                                  image_token_id=p.image_token_id, num_image_tokens=p.num_image_tokens)
+        return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": _pixels(p, rec["image"])}
+
+
+class CollateSFT:
+    def __init__(self, pad_id: int, buckets: Sequence[int]):
+        self.pad_id, self.buckets = pad_id, tuple(buckets)
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        T = bucket_length(max(len(x["input_ids"]) for x in items), self.buckets)
+        ids, mask = _pad([x["input_ids"] for x in items], T, self.pad_id, "right")
+        labels, _ = _pad([x["labels"] for x in items], T, IGNORE_INDEX, "right")
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                "pixel_values": np.stack([x["pixel_values"] for x in items])}
+
+
+class EncodePreference:
+    """Both candidates with the reward prompt; the facts are shuffled by the record's own RNG at each use."""
+
+    def __init__(self, processor, with_facts: bool = True):
+        self.processor, self.with_facts = processor, with_facts
+
+    def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
+        p = self.processor
+        r = random.Random(int(rng.integers(2 ** 31)))
+        ids = [encode_reward_input(p.tokenizer, rec["conversations"], rec[k], rec["facts"], rng=r,
+                                   image_token_id=p.image_token_id, num_image_tokens=p.num_image_tokens,
+                                   with_facts=self.with_facts) for k in ("output_1", "output_2")]
+        return {"candidates": ids, "pixel_values": _pixels(p, rec["image"]),
+                "choice": np.int32(0 if rec["preference"] == 1 else 1)}
+
+
+class CollatePreference:
+    def __init__(self, pad_id: int, buckets: Sequence[int]):
+        self.pad_id, self.buckets = pad_id, tuple(buckets)
+
+    def __call__(self, items):
+        T = bucket_length(max(len(c) for x in items for c in x["candidates"]), self.buckets)
+        ids, mask = _pad([c for x in items for c in x["candidates"]], T, self.pad_id, "left")
+        B = len(items)
+        return {"input_ids": ids.reshape(B, 2, T), "attention_mask": mask.reshape(B, 2, T),
+                "pixel_values": np.stack([x["pixel_values"] for x in items]),
+                "choice": np.asarray([x["choice"] for x in items], np.int32)}
+
+
+class EncodePrompt:
+    def __init__(self, processor, template: str):
+        self.processor, self.template = processor, template
+
+    def __call__(self, rec: dict) -> dict:
+        p = self.processor
+        turns = [t for t in rec["conversations"] if t["from"] == "human"][:1]
+        ids = encode_prompt(p.tokenizer, turns, template=self.template, image_token_id=p.image_token_id,
+                            num_image_tokens=p.num_image_tokens)
+        return {"input_ids": ids, "pixel_values": _pixels(p, rec["image"]),
+                "caption_type": np.int32(rec.get("caption_type", 1)),
+                "length_bonus": np.float32(rec.get("length_bonus", 1.0)), "facts": list(rec.get("facts", [])),
+                "id": rec["id"], "conversations": rec["conversations"]}
+
+
+class CollatePrompt:
+    def __init__(self, pad_id: int, buckets: Sequence[int]):
+        self.pad_id, self.buckets = pad_id, tuple(buckets)
+
+    def __call__(self, items):
+        T = bucket_length(max(len(x["input_ids"]) for x in items), self.buckets)
+        ids, mask = _pad([x["input_ids"] for x in items], T, self.pad_id, "left")
+        return {"input_ids": ids, "attention_mask": mask,
+                "pixel_values": np.stack([x["pixel_values"] for x in items]),
+                "caption_type": np.asarray([x["caption_type"] for x in items], np.int32),
+                "length_bonus": np.asarray([x["length_bonus"] for x in items], np.float32),
+                "facts": [x["facts"] for x in items], "id": [x["id"] for x in items],
+                "conversations": [x["conversations"] for x in items]}
+
+
+def _shard(shard_index, shard_count):
+    if shard_index is None or shard_count is None:
+        import jax
+        return jax.process_index(), jax.process_count()
+    return shard_index, shard_count
+
+
+def _pipeline(source, encode, collate, *, batch_size, seed, shuffle, num_epochs, shard_index, shard_count,
+              num_workers, random_encode=False) -> grain.DatasetIterator:
+    idx, count = _shard(shard_index, shard_count)
+    ds = grain.MapDataset.source(source)
+    if count > 1:
+        ds = ds[idx::count]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)  # None = forever; each epoch is reshuffled
+    ds = ds.random_map(encode, seed=seed) if random_encode else ds.map(encode)
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+    it = ds.to_iter_dataset()
+    if num_workers > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(it)
+
+
+def _pad_id(processor) -> int:
+    t = processor.tokenizer
+    return int(t.pad_token_id if t.pad_token_id is not None else 0)
+
+
+def sft_batches(source, processor, *, batch_size: int, template: str = "v1", buckets=DEFAULT_BUCKETS,
+                seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
+                shard_count=None, num_workers: int = 0):
+    return _pipeline(source, EncodeSFT(processor, template), CollateSFT(_pad_id(processor), buckets),
+                     batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                     shard_index=shard_index, shard_count=shard_count, num_workers=num_workers)
+
+
+def preference_batches(source, processor, *, batch_size: int, with_facts: bool = True, buckets=DEFAULT_BUCKETS,
+                       seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
+                       shard_count=None, num_workers: int = 0):
+    return _pipeline(source, EncodePreference(processor, with_facts), CollatePreference(_pad_id(processor), buckets),
+                     batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                     shard_index=shard_index, shard_count=shard_count, num_workers=num_workers, random_encode=True)
+
+
+def ppo_prompt_batches(source, processor, *, batch_size: int, template: str = "v1", buckets=DEFAULT_BUCKETS,
+                       seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
+                       shard_count=None, num_workers: int = 0):
+    return _pipeline(source, EncodePrompt(processor, template), CollatePrompt(_pad_id(processor), buckets),
+                     batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                     shard_index=shard_index, shard_count=shard_count, num_workers=num_workers)
+
+
+def probe_batches(source, processor, *, batch_size: int, template: str = "llava_v1", buckets=DEFAULT_BUCKETS):
+    """Evaluation probes in file order (no shuffle, one pass, last partial batch kept)."""
+    enc = EncodePrompt(processor, template)
+    collate = CollatePrompt(_pad_id(processor), buckets)
+    recs = []
+    for i in range(len(source)):
+        r = source[i]
+        turns = [{"from": "human", "value": "<image>\n" + r["question"] if r["image"] else r["question"]}]
+        item = enc({"id": r["id"], "image": r["image"], "conversations": turns, "facts": r["facts"]})
+        item["record"] = r
+        recs.append(item)
+        if len(recs) == batch_size:
+            yield collate(recs) | {"records": [x["record"] for x in recs]}
+            recs = []
+    if recs:
+        yield collate(recs) | {"records": [x["record"] for x in recs]}

@@ -1,0 +1,401 @@
+"""The shapes world: jaxlava's embedded default dataset (no downloads; the whole recipe runs on a CPU).
+
+`generate_world(cfg)` returns `{kind: {split: [record, ...]}}` for the four record kinds of docs/design.md
+("conversation", "preference", "ppo_prompt", "probe"); `build_world(cfg)` also returns the ground truth (scene per
+record id, per-record metadata, statistics); `write_world(out_dir, cfg)` writes the datasets through
+`jaxlava.data.storage.write_records`, the tokenizer to out_dir/tokenizer/ and out_dir/world.json.
+Everything is a deterministic function of the config (numpy Generators seeded with (seed, stream)).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from jaxlava.data import shapes_text as T
+from jaxlava.data.shapes_scene import (BACKGROUNDS, COLOURS, SHAPES, Scene, WorldSpec, encode_png, make_spec, render,
+                                       sample_scene)
+
+KINDS = ("conversation", "preference", "ppo_prompt", "probe")
+SOURCE = "shapes"
+# caption_type values (spec §4.5 AnswerType)
+GENERAL, A_IN_ABCD, NO_IN_YESNO, YES_IN_YESNO = 1, 2, 6, 7
+_STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesConfig:
+    seed: int = 0
+    image_size: int = 64
+    texture: str = "gradient"  # plain | gradient
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
+    min_objects: int = 1
+    max_objects: int = 5
+    cooccur_pairs: tuple[tuple[str, str], ...] = (("red circle", "blue square"), ("yellow star", "green triangle"),
+                                                  ("purple hexagon", "orange diamond"), ("pink square", "cyan circle"))
+    cooccur_prob: float = 0.8  # P(both members | either member) in every scene
+    zipf_exponent: float = 0.6  # category popularity ~ rank^-exponent
+    # SFT conversations
+    n_sft: int = 4000
+    sft_test_frac: float = 0.05
+    max_turns: int = 3
+    sft_mix: tuple[tuple[str, float], ...] = (("describe", 0.35), ("yesno", 0.25), ("count", 0.15),
+                                              ("attribute", 0.1), ("mc", 0.15))
+    noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
+    # preference pairs
+    n_pref: int = 2000
+    pref_test_frac: float = 0.1
+    pref_hallucination_probs: tuple[float, ...] = (0.5, 0.3, 0.2)  # P(0, 1, 2 hallucinated objects) per response
+    pref_omit_prob: float = 0.3  # P(a response leaves out some present objects)
+    pref_detail_prob: float = 0.5  # P(a response adds location sentences)
+    pref_substitute_prob: float = 0.5  # P(hallucinated objects replace real ones rather than add to them)
+    # PPO prompts
+    n_ppo: int = 1000
+    ppo_mix: tuple[tuple[str, float], ...] = (("general", 0.5), ("mc", 0.25), ("yesno", 0.25))
+    general_length_bonus: float = -0.5
+    other_length_bonus: float = 1.0
+    # probes
+    pope_images: int = 32  # x 6 questions (3 yes, 3 no) x 3 splits
+    n_mmhal: int = 96
+    # tokenizer
+    vocab_size: int = 1500
+
+    def __post_init__(self):
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"ShapesConfig: need 1 <= min_objects <= max_objects, got {self.min_objects}, "
+                             f"{self.max_objects}")
+        if self.max_objects < 3:
+            raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
+        for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "pref_omit_prob",
+                     "pref_detail_prob", "pref_substitute_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if len(self.pref_hallucination_probs) != 3 or abs(sum(self.pref_hallucination_probs) - 1) > 1e-6:
+            raise ValueError("ShapesConfig.pref_hallucination_probs: 3 probabilities (0, 1, 2 objects) summing to 1")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShapesConfig":
+        def tup(v):
+            return tuple(tup(x) for x in v) if isinstance(v, list) else v
+        return cls(**{k: tup(v) for k, v in d.items()})
+
+
+PRESETS: dict[str, dict] = {
+    "small": dict(n_sft=240, n_pref=120, n_ppo=60, pope_images=8, n_mmhal=24, vocab_size=800),
+    "default": {},
+    "large": dict(n_sft=20000, n_pref=10000, n_ppo=5000, pope_images=100, n_mmhal=192, vocab_size=2000),
+}
+
+
+def preset(size: str = "default", **overrides) -> ShapesConfig:
+    if size not in PRESETS:
+        raise ValueError(f"shapes world: unknown size {size!r}; choose from {sorted(PRESETS)}")
+    return ShapesConfig(**(PRESETS[size] | overrides))
+
+
+@dataclasses.dataclass
+class World:
+    config: ShapesConfig
+    spec: WorldSpec  # categories, popularity, designed pairs
+    counts: T.Counts  # object statistics of the SFT scenes (POPE popular/adversarial negatives come from them)
+    records: dict[str, dict[str, list[dict]]]
+    scenes: dict[str, Scene]  # record id -> ground truth
+    meta: dict[str, dict]  # record id -> generation facts (noisy descriptions, hallucination counts, ...)
+    stats: dict
+
+
+def _choose(rng: np.random.Generator, mix: tuple[tuple[str, float], ...]) -> str:
+    names, w = zip(*mix)
+    w = np.asarray(w, np.float64)
+    return names[rng.choice(len(names), p=w / w.sum())]
+
+
+class _Builder:
+    def __init__(self, cfg: ShapesConfig, progress: Callable[[int], None] | None):
+        self.cfg, self.progress = cfg, progress or (lambda n: None)
+        self.spec = make_spec(cfg.colours, cfg.shapes, cfg.cooccur_pairs, cfg.zipf_exponent, self.rng("spec"))
+        self.scenes: dict[str, Scene] = {}
+        self.meta: dict[str, dict] = {}
+
+    def rng(self, stream: str) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, _STREAMS[stream]])
+
+    def scene(self, rng: np.random.Generator, lo: int | None = None) -> tuple[Scene, bytes]:
+        cfg = self.cfg
+        n = int(rng.integers(max(lo or 1, cfg.min_objects), cfg.max_objects + 1))
+        s = sample_scene(self.spec, rng, image_size=cfg.image_size, n_objects=n, cooccur_prob=cfg.cooccur_prob,
+                         backgrounds=cfg.backgrounds)
+        self.progress(1)
+        return s, encode_png(render(s, cfg.texture))
+
+    def keep(self, rid: str, scene: Scene, **meta) -> None:
+        self.scenes[rid] = scene
+        self.meta[rid] = meta
+
+    @staticmethod
+    def split(n: int, test_frac: float) -> list[str]:
+        n_test = int(round(n * test_frac))
+        return ["train"] * (n - n_test) + ["test"] * n_test
+
+    # ------------------------------------------------------------------------------------------- SFT conversations
+    def conversations(self) -> tuple[list[dict], list[Scene]]:
+        cfg, rng = self.cfg, self.rng("sft")
+        scenes = [self.scene(rng) for _ in range(cfg.n_sft)]
+        self.counts = T.Counts.from_scenes(self.spec.categories, [s for s, _ in scenes])
+        out = []
+        for i, ((scene, png), split) in enumerate(zip(scenes, self.split(cfg.n_sft, cfg.sft_test_frac))):
+            rid, turns, noisy, asked = f"shapes-sft-{i:06d}", [], [], set()
+            for _ in range(int(rng.integers(1, cfg.max_turns + 1))):
+                q, a, kind = self.sft_turn(scene, rng, noisy, described="describe" in asked)
+                if q in {t["value"] for t in turns}:
+                    continue
+                asked.add(kind)
+                turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+            turns[0]["value"] = "<image>\n" + turns[0]["value"]
+            out.append({"id": rid, "image": png, "conversations": turns, "source": SOURCE, "_split": split})
+            self.keep(rid, scene, noisy_descriptions=noisy)
+        return out, [s for s, _ in scenes]
+
+    def sft_turn(self, scene: Scene, rng: np.random.Generator, noisy: list[bool], described: bool):
+        kind = _choose(rng, self.cfg.sft_mix)
+        while kind == "describe" and described:
+            kind = _choose(rng, self.cfg.sft_mix)
+        if kind == "describe":
+            q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
+            bad = bool(rng.random() < self.cfg.noise_rate)
+            d = T.describe(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, 1) if bad else [],
+                           detailed="detail" in q or rng.random() < 0.3)
+            noisy.append(bad)
+            return q, d.text, kind
+        if kind == "yesno":
+            q, a, _ = T.existence_qa(scene, self.counts, rng, answer_yes=bool(rng.random() < 0.5),
+                                     short=bool(rng.random() < 0.5))
+            return q, a, kind
+        if kind == "count":
+            q, a, _ = T.counting_qa(scene, self.spec, rng)
+            return q, a, kind
+        if kind == "attribute":
+            return (*T.attribute_qa(scene, rng), kind)
+        if kind == "mc":
+            q, a, _, _ = T.multiple_choice(scene, self.spec, self.counts, rng)
+            return q, a, kind
+        raise ValueError(f"ShapesConfig.sft_mix: unknown question kind {kind!r}")
+
+    # ------------------------------------------------------------------------------------------- preference pairs
+    def preferences(self) -> list[dict]:
+        cfg, rng = self.cfg, self.rng("preference")
+        out = []
+        for i, split in enumerate(self.split(cfg.n_pref, cfg.pref_test_frac)):
+            scene, png = self.scene(rng)
+            q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
+            d1 = self.pref_response(scene, rng)
+            for _ in range(1000):
+                d2 = self.pref_response(scene, rng)
+                winner = T.annotator_prefers(d1, d2)
+                if winner is not None:
+                    break
+            else:
+                raise RuntimeError("shapes world: could not sample two distinguishable responses")
+            best, other = (d1, d2) if winner == 1 else (d2, d1)
+            slot = int(rng.integers(1, 3))
+            o1, o2 = (best, other) if slot == 1 else (other, best)
+            rid = f"shapes-pref-{i:06d}"
+            out.append({"id": rid, "image": png, "source": SOURCE, "_split": split,
+                        "conversations": [{"from": "human", "value": "<image>\n" + q},
+                                          {"from": "gpt", "value": best.text}],
+                        "output_1": o1.text, "output_2": o2.text, "preference": slot,
+                        "hallucination": bool(o1.hallucinated or o2.hallucinated), "facts": T.captions(scene)})
+            self.keep(rid, scene, responses=[dataclasses.asdict(o1), dataclasses.asdict(o2)],
+                      decided_by="hallucination" if len(o1.hallucinated) != len(o2.hallucinated) else "completeness")
+        return out
+
+    def pref_response(self, scene: Scene, rng: np.random.Generator) -> T.Description:
+        cfg, n = self.cfg, len(scene.objects)
+        h = int(rng.choice(3, p=np.asarray(cfg.pref_hallucination_probs)))
+        omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < cfg.pref_omit_prob else 0
+        exhaustive = omit == 0
+        # hallucinated objects replace real ones (or are added), so that the object count does not give them away;
+        # a substituted list may still be phrased as complete ("There are three shapes: ...")
+        if h and (rng.random() < cfg.pref_substitute_prob or n - omit + h > cfg.max_objects):
+            omit = min(n, omit + h)
+        return T.describe(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [], omit=omit,
+                          detailed=bool(rng.random() < cfg.pref_detail_prob), exhaustive=exhaustive)
+
+    # ------------------------------------------------------------------------------------------- PPO prompts
+    def ppo_prompts(self) -> list[dict]:
+        cfg, rng = self.cfg, self.rng("ppo")
+        out = []
+        for i in range(cfg.n_ppo):
+            scene, png = self.scene(rng)
+            facts, kind = T.captions(scene), _choose(rng, cfg.ppo_mix)
+            if kind == "general":
+                q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
+                ref = T.describe(scene, rng, detailed="detail" in q).text
+                ctype, bonus = GENERAL, cfg.general_length_bonus
+            elif kind == "mc":
+                q, ref, gold, mc_facts = T.multiple_choice(scene, self.spec, self.counts, rng)
+                ctype, bonus, facts = A_IN_ABCD + gold, cfg.other_length_bonus, facts + mc_facts
+            elif kind == "yesno":
+                yes = bool(rng.random() < 0.5)
+                q, ref, _ = T.existence_qa(scene, self.counts, rng, answer_yes=yes, short=bool(rng.random() < 0.5))
+                ctype, bonus = (YES_IN_YESNO if yes else NO_IN_YESNO), cfg.other_length_bonus
+            else:
+                raise ValueError(f"ShapesConfig.ppo_mix: unknown prompt kind {kind!r}")
+            rid = f"shapes-ppo-{i:06d}"
+            out.append({"id": rid, "image": png, "source": SOURCE, "_split": "train", "caption_type": ctype,
+                        "length_bonus": float(bonus), "facts": facts,
+                        "conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": ref}]})
+            self.keep(rid, scene, kind=kind)
+        return out
+
+    # ------------------------------------------------------------------------------------------- probes
+    def probes(self) -> list[dict]:
+        cfg, out = self.cfg, []
+        rng = self.rng("pope")
+        for img in range(cfg.pope_images):
+            scene, png = self.scene(rng, lo=3)
+            content = [o.name for o in scene.objects]
+            pos = [scene.objects[j].category for j in rng.choice(len(scene.objects), size=3, replace=False)]
+            for kind in T.NEGATIVE_KINDS:
+                neg = T.negatives(scene, self.counts, rng, kind, pos, 3)
+                for j, (obj, label) in enumerate(x for pair in zip(zip(pos, ["yes"] * 3), zip(neg, ["no"] * 3))
+                                                 for x in pair):
+                    rid = f"shapes-pope-{kind}-{img:04d}-{j}"
+                    out.append({"id": rid, "image": png, "question": T.existence_question(obj), "answer": label,
+                                "benchmark": "pope", "split": kind, "facts": T.captions(scene), "_split": "test",
+                                "extra": {"object": obj, "negative_kind": None if label == "yes" else kind,
+                                          "image_index": img, "image_content": content}})
+                    self.keep(rid, scene)
+        rng = self.rng("mmhal")
+        for i in range(cfg.n_mmhal):
+            scene, png = self.scene(rng, lo=2)
+            qtype = T.MMHAL_TYPES[i % len(T.MMHAL_TYPES)]
+            q, gold, extra = T.mmhal_qa(scene, self.spec, rng, qtype)
+            rid = f"shapes-mmhal-{i:04d}"
+            out.append({"id": rid, "image": png, "question": q, "answer": gold, "benchmark": "mmhal",
+                        "split": "test", "facts": T.captions(scene), "_split": "test",
+                        "extra": extra | {"question_type": qtype, "image_content": [o.name for o in scene.objects],
+                                          "background": scene.background,
+                                          "objects": [o.to_dict() for o in scene.objects]}})
+            self.keep(rid, scene)
+        return out
+
+
+def _rate(k: int, n: int) -> float | None:
+    return round(k / n, 4) if n else None
+
+
+def world_stats(cfg: ShapesConfig, counts: T.Counts, records, scenes: dict[str, Scene], meta: dict[str, dict],
+                sft_scenes: list[Scene]) -> dict:
+    """Statistics written to world.json (and checked by the tests against the configuration)."""
+    hist: dict[str, dict[int, int]] = {}
+    for kind, splits in records.items():
+        seen = {id(scenes[r["id"]]): len(scenes[r["id"]].objects) for recs in splits.values() for r in recs}
+        hist[kind] = {int(k): int(v) for k, v in zip(*np.unique(list(seen.values()), return_counts=True))}
+    both = either = 0
+    for s in sft_scenes:
+        cats = s.categories
+        for a, b in cfg.cooccur_pairs:
+            either += a in cats or b in cats
+            both += a in cats and b in cats
+    noisy = [(r["id"], flag) for recs in records["conversation"].values() for r in recs
+             for flag in meta[r["id"]]["noisy_descriptions"]]
+    pref = {}
+    for split, recs in records["preference"].items():
+        decided = [meta[r["id"]]["decided_by"] for r in recs]
+        pref[split] = {"n": len(recs), "hallucination_rate": _rate(sum(r["hallucination"] for r in recs), len(recs)),
+                       "preference_1_rate": _rate(sum(r["preference"] == 1 for r in recs), len(recs)),
+                       "decided_by_hallucination": _rate(decided.count("hallucination"), len(recs))}
+    ppo = [r["caption_type"] for recs in records["ppo_prompt"].values() for r in recs]
+    probes: dict[str, dict] = {}
+    for r in (r for recs in records["probe"].values() for r in recs):
+        key = f"{r['benchmark']}/{r['split'] if r['benchmark'] == 'pope' else r['extra']['question_type']}"
+        p = probes.setdefault(key, {"n": 0, "yes": 0})
+        p["n"] += 1
+        p["yes"] += r["answer"] == "yes"
+    return {
+        "counts": {kind: {split: len(recs) for split, recs in splits.items()} for kind, splits in records.items()},
+        "object_count_histogram": hist,
+        "cooccurrence": {"configured": cfg.cooccur_prob, "empirical": _rate(both, either), "scene_pairs": either},
+        "noise": {"configured": cfg.noise_rate, "empirical": _rate(sum(f for _, f in noisy), len(noisy)),
+                  "descriptions": len(noisy), "noisy_ids": sorted({i for i, f in noisy if f})},
+        "preference": pref,
+        "ppo_caption_types": {int(k): int(v) for k, v in zip(*np.unique(ppo, return_counts=True))},
+        "probes": probes,
+        "popular_categories": [[c, int(counts.freq[counts.categories.index(c)])] for c in counts.by_popularity()[:10]],
+    }
+
+
+def n_scenes(cfg: ShapesConfig) -> int:
+    return cfg.n_sft + cfg.n_pref + cfg.n_ppo + cfg.pope_images + cfg.n_mmhal
+
+
+def build_world(cfg: ShapesConfig, progress: Callable[[int], None] | None = None) -> World:
+    b = _Builder(cfg, progress)
+    sft, sft_scenes = b.conversations()
+    flat = {"conversation": sft, "preference": b.preferences(), "ppo_prompt": b.ppo_prompts(), "probe": b.probes()}
+    records: dict[str, dict[str, list[dict]]] = {}
+    for kind, recs in flat.items():
+        records[kind] = {}
+        for r in recs:
+            records[kind].setdefault(r.pop("_split"), []).append(r)
+    stats = world_stats(cfg, b.counts, records, b.scenes, b.meta, sft_scenes)
+    return World(cfg, b.spec, b.counts, records, b.scenes, b.meta, stats)
+
+
+def generate_world(cfg: ShapesConfig | None = None) -> dict[str, dict[str, list[dict]]]:
+    return build_world(cfg or ShapesConfig()).records
+
+
+def world_texts(records: dict[str, dict[str, list[dict]]]):
+    """Every string of the world (turns, responses, facts, questions, answers): the tokenizer's corpus."""
+    for splits in records.values():
+        for recs in splits.values():
+            for r in recs:
+                for t in r.get("conversations", ()):
+                    yield t["value"]
+                for key in ("output_1", "output_2", "question", "answer"):
+                    if key in r:
+                        yield r[key]
+                yield from r.get("facts", ())
+
+
+def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = True) -> dict:
+    """Generate and write the world; returns the world.json content."""
+    from tqdm import tqdm
+
+    from jaxlava.data.shapes_tokenizer import save_tokenizer, tokenizer_info, train_tokenizer
+    from jaxlava.data.storage import write_records
+
+    cfg = cfg or ShapesConfig()
+    t0 = time.perf_counter()
+    with tqdm(total=n_scenes(cfg), desc="shapes world", unit="img", disable=not progress) as bar:
+        world = build_world(cfg, bar.update)
+    t1 = time.perf_counter()
+    tok = train_tokenizer(world_texts(world.records), cfg.vocab_size)
+    save_tokenizer(tok, os.path.join(out_dir, "tokenizer"))
+    t2 = time.perf_counter()
+    written = {}
+    for kind, splits in world.records.items():
+        for split, recs in splits.items():
+            written.setdefault(kind, {})[split] = write_records(kind, recs, out_dir, split=split)
+    t3 = time.perf_counter()
+    info = {"config": cfg.to_dict(), "stats": world.stats, "tokenizer": tokenizer_info(tok), "written": written,
+            "seconds": {"generate": round(t1 - t0, 2), "tokenizer": round(t2 - t1, 2), "write": round(t3 - t2, 2)}}
+    with open(os.path.join(out_dir, "world.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    return info
+
+
+def load_world_info(out_dir: str) -> dict:
+    with open(os.path.join(out_dir, "world.json")) as f:
+        return json.load(f)

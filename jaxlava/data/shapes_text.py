@@ -1,0 +1,303 @@
+"""Shapes world, part 2: the language side. Captions (facts), descriptions with controlled hallucinations, questions
+with gold answers (yes/no, counting, attributes, multiple choice, MMHal-style probes) and the simulated annotator.
+Pure functions of a `Scene`, a numpy Generator and the world's object statistics (`Counts`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+from jaxlava.data.shapes_scene import RADIUS, SIZES, Obj, Scene, WorldSpec
+
+NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+LETTERS = "ABCD"
+SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
+MC_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+DESCRIBE_QUESTIONS = ("Describe the image.", "What do you see in this picture?", "Describe this image in detail.",
+                      "What objects are in the image?", "Give a short description of the picture.",
+                      "Tell me about the shapes in this image.")
+NEGATIVE_KINDS = ("random", "popular", "adversarial")
+
+
+def an(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def num(n: int) -> str:
+    return NUM[n] if n < len(NUM) else str(n)
+
+
+def plural(word: str, n: int) -> str:
+    return word if n == 1 else word + "s"
+
+
+def be(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+def where(region: str) -> str:
+    if region == "centre":
+        return "in the centre"
+    return f"on the {region}" if region in ("left", "right") else f"at the {region}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """Object statistics of the world (from the SFT training scenes), used like POPE uses COCO's annotations."""
+    categories: tuple[str, ...]
+    freq: np.ndarray  # [C] images containing each category
+    cooc: np.ndarray  # [C, C] images containing both
+
+    @classmethod
+    def from_scenes(cls, categories: tuple[str, ...], scenes) -> "Counts":
+        idx = {c: i for i, c in enumerate(categories)}
+        m = np.zeros((len(scenes), len(categories)), np.int64)
+        for r, s in enumerate(scenes):
+            m[r, [idx[c] for c in s.categories]] = 1
+        return cls(categories, m.sum(0), m.T @ m)
+
+    def by_popularity(self) -> list[str]:
+        return [self.categories[i] for i in np.argsort(-self.freq, kind="stable")]
+
+    def by_cooccurrence(self, cat: str) -> list[str]:
+        i = self.categories.index(cat)
+        key = self.cooc[i].astype(np.float64) + self.freq / (self.freq.sum() + 1.0)  # ties -> more popular first
+        key[i] = -1
+        return [self.categories[j] for j in np.argsort(-key, kind="stable")]
+
+
+# ----------------------------------------------------------------------------------------------- facts / captions
+def captions(scene: Scene) -> list[str]:
+    """Five phrasings of the complete ground truth (the "human captions" of this world)."""
+    objs = scene.objects
+    n = len(objs)
+    sized = [an(o.name) for o in objs]
+    return [
+        f"There {be(n)} {n} {plural('object', n)}: {join(sized)}.",
+        f"A picture with {join([an(o.category) for o in objs])}.",
+        f"{num(n).capitalize()} {plural('shape', n)} on a {scene.background} background: "
+        f"{join([an(o.shape) for o in objs])}.",
+        join([f"the {o.category} is {o.size}" for o in objs]).capitalize() + ".",
+        f"Only {'this object is' if n == 1 else 'these objects are'} visible: {', '.join(o.category for o in objs)}.",
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- descriptions
+@dataclasses.dataclass(frozen=True)
+class Description:
+    text: str
+    hallucinated: tuple[str, ...]  # categories mentioned but absent from the image
+    mentioned: tuple[str, ...]  # categories mentioned and present
+    details: int  # correct location sentences about present objects
+
+    @property
+    def completeness(self) -> int:
+        return len(self.mentioned) + self.details
+
+
+def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int) -> list[str]:
+    """k absent categories a describer would plausibly confuse: first the absent partners of present objects
+    (the co-occurrence a model learns), then popularity-weighted absent ones."""
+    present = scene.categories
+    mates = [spec.partner[c] for c in sorted(present) if c in spec.partner and spec.partner[c] not in present]
+    out = [mates[i] for i in rng.permutation(len(mates))][:k]
+    if len(out) < k:
+        ok = np.array([c not in present and c not in out for c in spec.categories])
+        p = spec.weights * ok
+        picks = rng.choice(len(p), size=k - len(out), replace=False, p=p / p.sum())
+        out += [spec.categories[i] for i in picks]
+    return out
+
+
+def fake_object(cat: str, scene: Scene, rng: np.random.Generator) -> Obj:
+    colour, shape = cat.split(" ")
+    size = SIZES[int(rng.integers(len(SIZES)))]
+    x, y = rng.uniform(0, scene.image_size, size=2)
+    return Obj(shape, colour, size, float(x), float(y), RADIUS[size] * scene.image_size)
+
+
+def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (), omit: int = 0,
+             detailed: bool = False, exhaustive: bool | None = None) -> Description:
+    """A fluent description mentioning all present objects but `omit`, plus the absent categories `hallucinate`
+    (given sizes and locations like real ones). Exhaustive phrasings ("There are three shapes: ...") count what
+    they list, so a hallucinated description is self-consistent and only the image (or the facts) reveal it;
+    they are allowed when `exhaustive` (default: nothing omitted)."""
+    keep = [scene.objects[i] for i in sorted(rng.permutation(len(scene.objects))[: len(scene.objects) - omit])]
+    items = keep + [fake_object(c, scene, rng) for c in hallucinate]
+    items = [items[i] for i in rng.permutation(len(items))]
+    n, lst, bg = len(items), join([an(o.name) for o in items]), scene.background
+    templates = [f"The image shows {lst} on a {bg} background.", f"In this picture I can see {lst}.",
+                 f"This is a simple picture with {lst}. The background is {bg}."]
+    if (omit == 0) if exhaustive is None else exhaustive:
+        templates += [f"The image shows {num(n)} {plural('object', n)} on a {bg} background: {lst}.",
+                      f"There {be(n)} {num(n)} {plural('shape', n)} in this picture: {lst}."]
+    text = templates[int(rng.integers(len(templates)))]
+    details = 0
+    if detailed:
+        for o in items:
+            text += f" The {o.name} is {where(o.region(scene.image_size))}."
+        details = len(keep)
+    return Description(text, tuple(hallucinate), tuple(o.category for o in keep), details)
+
+
+def annotator_prefers(d1: Description, d2: Description) -> int | None:
+    """The simulated annotator: the less hallucinated response wins; only on a tie the more complete one; None if
+    tied on both (the caller re-samples)."""
+    if len(d1.hallucinated) != len(d2.hallucinated):
+        return 1 if len(d1.hallucinated) < len(d2.hallucinated) else 2
+    if d1.completeness != d2.completeness:
+        return 1 if d1.completeness > d2.completeness else 2
+    return None
+
+
+def mentioned_categories(text: str, categories) -> set[str]:
+    """Categories named in a text ("... large red circle ..."), for checking descriptions against the truth."""
+    return {c for c in categories if re.search(rf"\b{c}\b", text)}
+
+
+# ----------------------------------------------------------------------------------------------- questions
+def negatives(scene: Scene, counts: Counts, rng: np.random.Generator, kind: str, positives: list[str],
+              k: int) -> list[str]:
+    """k absent categories, POPE-style: uniformly random, the most popular, or those co-occurring most with the
+    positives (one per positive, round robin)."""
+    present = scene.categories
+    if kind == "random":
+        pool = [c for c in counts.categories if c not in present]
+        return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
+    if kind == "popular":
+        return [c for c in counts.by_popularity() if c not in present][:k]
+    if kind == "adversarial":
+        out: list[str] = []
+        ranked = [[c for c in counts.by_cooccurrence(p) if c not in present] for p in positives]
+        while len(out) < k:
+            for r in ranked:
+                nxt = next(c for c in r if c not in out)
+                if len(out) < k:
+                    out.append(nxt)
+        return out
+    raise ValueError(f"shapes world: unknown negative kind {kind!r}; expected one of {NEGATIVE_KINDS}")
+
+
+def existence_question(cat: str) -> str:
+    return f"Is there {an(cat)} in the image?"
+
+
+def existence_qa(scene: Scene, counts: Counts, rng: np.random.Generator, *, answer_yes: bool,
+                 short: bool) -> tuple[str, str, dict]:
+    if answer_yes:
+        o = scene.objects[int(rng.integers(len(scene.objects)))]
+        cat, kind = o.category, None
+        ans = "Yes" if short else f"Yes, there is {an(o.name)} in the image."
+    else:
+        kind = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))]
+        positives = [o.category for o in scene.objects]
+        cands = negatives(scene, counts, rng, kind, positives, min(3, len(counts.categories) - len(positives)))
+        cat = cands[int(rng.integers(len(cands)))]
+        ans = "No" if short else f"No, there is no {cat} in the image."
+    q = existence_question(cat) + (SHORT_SUFFIX if short else "")
+    return q, ans, {"object": cat, "negative_kind": kind}
+
+
+def counting_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator) -> tuple[str, str, str]:
+    """(question, answer, kind) for counting all objects, objects of a shape (maybe absent) or of a colour."""
+    kind = ("all", "shape", "colour")[int(rng.integers(3))]
+    if kind == "all":
+        n = len(scene.objects)
+        return ("How many objects are there in the image?",
+                f"There {be(n)} {num(n)} {plural('object', n)} in the image.", kind)
+    attr = "shape" if kind == "shape" else "colour"
+    values = sorted({getattr(o, attr) for o in scene.objects})
+    if rng.random() < 0.25:  # ask about a value that is absent
+        pool = [v for v in (spec.shapes if attr == "shape" else spec.colours) if v not in values]
+        values = pool or values
+    v = values[int(rng.integers(len(values)))]
+    n = sum(getattr(o, attr) == v for o in scene.objects)
+    noun = plural(v, n) if attr == "shape" else f"{v} {plural('object', n)}"
+    q = f"How many {plural(v, 2)} are there?" if attr == "shape" else f"How many {v} objects are there?"
+    return q, f"There {be(n)} {num(n)} {noun}." if n else f"There are no {noun}.", kind
+
+
+def attribute_qa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+    """A question about the colour or shape of an object identified by the other, or about an object's size."""
+    objs = scene.objects
+    shapes = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
+    colours = [o for o in objs if sum(p.colour == o.colour for p in objs) == 1]
+    options = [("colour", o) for o in shapes] + [("shape", o) for o in colours] + [("size", o) for o in objs]
+    what, o = options[int(rng.integers(len(options)))]
+    if what == "colour":
+        return f"What colour is the {o.shape}?", f"The {o.shape} is {o.colour}."
+    if what == "shape":
+        return f"What shape is the {o.colour} object?", f"The {o.colour} object is {an(o.shape)}."
+    return f"Is the {o.category} large or small?", f"The {o.category} is {o.size}."
+
+
+def multiple_choice(scene: Scene, spec: WorldSpec, counts: Counts,
+                    rng: np.random.Generator) -> tuple[str, str, int, list[str]]:
+    """(question with A-D options, answer "X. choice", gold index 0..3, facts: correct option + rationale)."""
+    uniq = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
+    if uniq and rng.random() < 0.4:
+        o = uniq[int(rng.integers(len(uniq)))]
+        wrong = [c for c in spec.colours if c != o.colour]
+        options = [o.colour] + [wrong[i] for i in rng.choice(len(wrong), size=3, replace=False)]
+        stem, why = f"What colour is the {o.shape}?", f"The {o.shape} in the image is {o.colour}."
+    else:
+        o = scene.objects[int(rng.integers(len(scene.objects)))]
+        positives = [p.category for p in scene.objects]
+        pool = []
+        for kind in ("adversarial", "popular", "random"):
+            pool += [c for c in negatives(scene, counts, rng, kind, positives, 3) if c not in pool]
+        distract = [pool[i] for i in sorted(rng.choice(len(pool), size=3, replace=False))]
+        options = [an(o.category)] + [an(c) for c in distract]
+        stem = "Which of these objects is in the image?"
+        why = f"The image contains {an(o.name)}, and there is no {join(distract).replace(' and ', ' or ')}."
+    order = rng.permutation(4)
+    options = [options[i] for i in order]
+    gold = int(np.where(order == 0)[0][0])
+    q = stem + "".join(f"\n{LETTERS[i]}. {opt}" for i, opt in enumerate(options)) + MC_SUFFIX
+    ans = f"{LETTERS[gold]}. {options[gold]}"
+    return q, ans, gold, [f"The correct option is {ans}.", why]
+
+
+# ----------------------------------------------------------------------------------------------- MMHal-style probes
+MMHAL_TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")
+
+
+def mmhal_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, qtype: str) -> tuple[str, str, dict]:
+    """(question, gold answer, extra) for one MMHal-like question type; extra names the asked-about objects."""
+    objs = scene.objects
+    if qtype == "attribute":
+        q, a = attribute_qa(scene, rng)
+        return q, a, {}
+    if qtype == "adversarial":
+        cat = pick_absent(scene, spec, rng, 1)[0]
+        return (f"Is the {cat} in the image large or small?", f"There is no {cat} in the image.",
+                {"absent_object": cat})
+    if qtype == "comparison" and len(objs) >= 2:
+        a, b = (objs[i] for i in rng.choice(len(objs), size=2, replace=False))
+        q = f"Which is bigger, the {a.category} or the {b.category}?"
+        if a.size == b.size:
+            return q, f"They are the same size: both are {a.size}.", {}
+        big = a if a.size == "large" else b
+        return q, f"The {big.category} is bigger.", {}
+    if qtype == "relation" and len(objs) >= 2:
+        a, b = (objs[i] for i in rng.choice(len(objs), size=2, replace=False))
+        side = "left" if a.x < b.x else "right"
+        return (f"Is the {a.category} to the left or to the right of the {b.category}?",
+                f"The {a.category} is to the {side} of the {b.category}.", {})
+    if qtype == "environment":
+        return "What colour is the background of the image?", f"The background is {scene.background}.", {}
+    if qtype == "holistic":
+        d = describe(scene, rng, detailed=True)
+        return "Describe this image in detail.", d.text, {}
+    if qtype == "other":
+        cols = sorted({o.colour for o in objs})
+        return ("How many different colours do the objects have?",
+                f"The objects have {num(len(cols))} different {plural('colour', len(cols))}: {join(cols)}.", {})
+    q, a, _ = counting_qa(scene, spec, rng)  # "counting", and comparison/relation on one-object scenes
+    return q, a, {}

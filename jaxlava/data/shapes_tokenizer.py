@@ -1,0 +1,101 @@
+"""Shapes world, part 3: a small LLaMA-like tokenizer trained on the world's own text.
+
+Layout (as LLaMA + llava-hf): 0 `<unk>`, 1 `<s>`, 2 `</s>`, 3..258 the byte-fallback pieces `<0x00>`..`<0xFF>`
+(ordinary vocabulary entries, as in LLaMA, so `decode(skip_special_tokens=True)` keeps them), then the learned
+BPE pieces, then `<image>` and `<pad>` as the last two ids. Metaspace pre-tokenizer ("▁", prepend first), BPE with
+byte_fallback, a BOS-adding post-processor, and LLaMA's decoder. Special tokens typed in text (e.g. `</s>` after
+an assistant turn) are matched as the special ids.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+UNK, BOS, EOS, PAD, IMAGE_TOKEN = "<unk>", "<s>", "</s>", "<pad>", "<image>"
+BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
+
+# Words of the chat template and of the reward-model prompt, so that they also tokenize into few pieces.
+TEMPLATE_TEXTS = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
+    "and polite answers to the user's questions. USER: <image>\nDescribe the image. ASSISTANT: The image shows.</s>",
+    "USER: Please evaluate the quality of your last response. There are several dimensions you should consider in "
+    "your evaluation:\n\n1. Accurate: The AI should provide factual and accurate information from the image, and "
+    "refrain from making statements that are not supported by the image or inconsistent with the image. "
+    "Specifically, the AI's response should be fully supported by the combination of the following captions:\n"
+    "  - There are 2 objects.\n\n2. Helpful: The AI should carefully address the user's question, and the response "
+    "should be grounded in the image.\n3. Language Natural: The AI should use natural language, fluent and without "
+    "repetition or awkward wording.\n4. Concise: The AI should be brief and clear.\n\nA good response should be "
+    "accurate, helpful, language natural, and concise. ASSISTANT: Following your definitions, the quality score of "
+    "my last response is",
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500):
+    """Train on `texts` (+ the template words) and return a transformers `PreTrainedTokenizerFast` whose total size
+    is at most `vocab_size` (smaller if the corpus has fewer distinct pieces)."""
+    from transformers import PreTrainedTokenizerFast
+
+    n_fixed = 3 + len(BYTE_TOKENS) + 2
+    if vocab_size < n_fixed + 64:
+        raise ValueError(f"shapes tokenizer: vocab_size {vocab_size} is too small (needs > {n_fixed + 64})")
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=UNK))
+    # "\n" is its own pre-token and is left out of the vocabulary, so it is always the byte piece <0x0A> (as LLaMA)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
+                                                 pre_tokenizers.Metaspace("▁", prepend_scheme="first")])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2, special_tokens=[UNK, BOS, EOS] + BYTE_TOKENS,
+                                  show_progress=False)
+
+    def corpus():
+        yield from TEMPLATE_TEXTS
+        for t in texts:
+            # the special markers are not words: train on the text around them
+            yield t.replace(IMAGE_TOKEN, " ").replace(EOS, " ")
+
+    tok.train_from_iterator(corpus(), trainer)
+    # byte tokens were passed to the trainer as specials only to pin their ids; make them ordinary vocabulary
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] in (UNK, BOS, EOS)]
+    vocab = spec["model"]["vocab"]
+    if "\n" in vocab:
+        del vocab["\n"]
+        spec["model"]["vocab"] = {t: i for i, t in enumerate(sorted(vocab, key=vocab.get))}
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.add_special_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False),
+                            AddedToken(PAD, special=True, normalized=False)])
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+                                                       special_tokens=[(BOS, 1)])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    for name, want in ((UNK, 0), (BOS, 1), (EOS, 2), (BYTE_TOKENS[0], 3), (BYTE_TOKENS[-1], 258)):
+        if tok.token_to_id(name) != want:
+            raise RuntimeError(f"shapes tokenizer: {name} got id {tok.token_to_id(name)}, expected {want}")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+                                   pad_token=PAD, model_max_length=2048, padding_side="right",
+                                   clean_up_tokenization_spaces=False)
+
+
+def save_tokenizer(tokenizer, out_dir: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+def image_token_id(tokenizer) -> int:
+    i = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if i is None or i == tokenizer.unk_token_id:
+        raise ValueError(f"shapes tokenizer: {IMAGE_TOKEN} is not in the tokenizer's vocabulary")
+    return int(i)
+
+
+def tokenizer_info(tokenizer) -> dict:
+    return {"vocab_size": len(tokenizer), "image_token_index": image_token_id(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "unk_token_id": tokenizer.unk_token_id, "pad_token_id": tokenizer.pad_token_id}

@@ -1,0 +1,291 @@
+"""The shapes world: determinism, statistics vs configuration, images vs ground truth, annotator rule, tokenizer,
+record formats, and the CLI writing every dataset."""
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxlava.data import shapes_text as T
+from jaxlava.data.shapes import PRESETS, ShapesConfig, build_world, generate_world, preset, world_texts
+from jaxlava.data.shapes_scene import COLOURS, make_spec, sample_scene
+from jaxlava.data.shapes_tokenizer import IMAGE_TOKEN, image_token_id, load_tokenizer, save_tokenizer, train_tokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(preset("small", seed=3, n_sft=600, noise_rate=0.3))
+
+
+def _digest(records) -> str:
+    def enc(o):
+        return hashlib.sha1(o).hexdigest() if isinstance(o, bytes) else repr(o)
+    return hashlib.sha1(json.dumps(records, default=enc, sort_keys=True).encode()).hexdigest()
+
+
+def _all(world, kind):
+    return [r for recs in world.records[kind].values() for r in recs]
+
+
+def _binomial_ok(k: int, n: int, p: float, z: float = 4.0) -> bool:
+    return abs(k / n - p) <= z * math.sqrt(p * (1 - p) / n) + 1e-9
+
+
+def test_deterministic_from_seed(world):
+    again = generate_world(preset("small", seed=3, n_sft=600, noise_rate=0.3))
+    assert _digest(again) == _digest(world.records)
+    assert _digest(generate_world(preset("small", seed=4))) != _digest(generate_world(preset("small", seed=3)))
+
+
+def test_config_validation_and_roundtrip():
+    cfg = preset("small", seed=7)
+    assert ShapesConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="noise_rate"):
+        ShapesConfig(noise_rate=1.5)
+    with pytest.raises(ValueError, match="not a category"):
+        make_spec(("red", "blue", "green", "yellow"), ("circle", "square"), [("red circle", "pink star")], 1.0,
+                  np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown size"):
+        preset("huge")
+    assert set(PRESETS) == {"small", "default", "large"}
+
+
+def test_object_counts_and_cooccurrence_rate():
+    cfg = ShapesConfig(cooccur_prob=0.6)
+    spec = make_spec(cfg.colours, cfg.shapes, cfg.cooccur_pairs, cfg.zipf_exponent, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    scenes = [sample_scene(spec, rng, image_size=64, n_objects=int(rng.integers(1, 6)), cooccur_prob=0.6,
+                           backgrounds=cfg.backgrounds) for _ in range(3000)]
+    sizes = np.array([len(s.objects) for s in scenes])
+    assert sizes.min() == 1 and sizes.max() == 5
+    assert all(len(s.categories) == len(s.objects) for s in scenes)  # each category at most once
+    both = sum(a in s.categories and b in s.categories for s in scenes for a, b in cfg.cooccur_pairs)
+    either = sum(a in s.categories or b in s.categories for s in scenes for a, b in cfg.cooccur_pairs)
+    assert either > 500 and _binomial_ok(both, either, 0.6)
+    # a designed pair co-occurs far more often than an arbitrary pair of equally popular categories
+    i, j = spec.categories.index("red circle"), spec.categories.index("blue square")
+    rest = [c for c in spec.categories if c not in spec.partner]
+    base = np.mean([sum(a in s.categories and b in s.categories for s in scenes)
+                    / max(1, sum(a in s.categories or b in s.categories for s in scenes))
+                    for a, b in zip(rest[::2], rest[1::2])])
+    assert base < 0.25 and spec.partner[spec.categories[i]] == spec.categories[j]
+
+
+def test_world_stats_match_config(world):
+    st = world.stats
+    for kind, hist in st["object_count_histogram"].items():
+        assert set(hist) <= {1, 2, 3, 4, 5}, kind
+    h = st["object_count_histogram"]["conversation"]
+    assert all(_binomial_ok(h[k], 600, 0.2, z=5) for k in range(1, 6))
+    co = st["cooccurrence"]
+    assert _binomial_ok(round(co["empirical"] * co["scene_pairs"]), co["scene_pairs"], 0.8)
+    n = st["noise"]
+    assert n["descriptions"] > 150 and _binomial_ok(round(n["empirical"] * n["descriptions"]), n["descriptions"], 0.3)
+    assert st["counts"]["conversation"] == {"train": 570, "test": 30}
+    assert st["counts"]["preference"] == {"train": 108, "test": 12}
+    json.dumps(st)  # world.json-serialisable
+
+
+def test_noisy_descriptions_are_detectable_and_recorded(world):
+    """Parse every SFT description against the scene: the absent objects it names are exactly the recorded noise,
+    and they are co-occurring partners or popular categories."""
+    noisy_ids = set(world.stats["noise"]["noisy_ids"])
+    seen, flagged = 0, 0
+    for r in _all(world, "conversation"):
+        scene = world.scenes[r["id"]]
+        turns = r["conversations"]
+        assert turns[0]["from"] == "human" and turns[0]["value"].startswith("<image>\n")
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        assert sum(t["value"].count("<image>") for t in turns) == 1
+        for q, a in zip(turns[::2], turns[1::2]):
+            if q["value"].replace("<image>\n", "") not in T.DESCRIBE_QUESTIONS:
+                continue
+            seen += 1
+            absent = T.mentioned_categories(a["value"], world.spec.categories) - scene.categories
+            assert len(absent) <= 1
+            flagged += bool(absent)
+            assert bool(absent) == (r["id"] in noisy_ids)
+    assert seen == world.stats["noise"]["descriptions"] and flagged == len(noisy_ids)
+
+
+def test_images_contain_the_objects(world):
+    for r in _all(world, "conversation")[:80] + _all(world, "probe")[::7]:
+        scene = world.scenes[r["id"]]
+        img = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"))
+        assert img.shape == (64, 64, 3)
+        for o in scene.objects:
+            assert tuple(img[int(o.y), int(o.x)]) == COLOURS[o.colour], (r["id"], o)
+        corner = tuple(img[0, 0])
+        assert corner not in COLOURS.values()
+        drawn = {c for c, rgb in COLOURS.items() if (img.reshape(-1, 3) == rgb).all(-1).sum() >= 10}
+        assert drawn == {o.colour for o in scene.objects}, r["id"]
+
+
+def test_image_size_is_configurable():
+    w = build_world(preset("small", image_size=32, n_sft=20, n_pref=4, n_ppo=4, pope_images=2, n_mmhal=8))
+    r = w.records["conversation"]["train"][0]
+    assert Image.open(io.BytesIO(r["image"])).size == (32, 32)
+
+
+def test_annotator_rule():
+    def d(h, m, det):
+        return T.Description("x", tuple(f"h{i}" for i in range(h)), tuple(f"m{i}" for i in range(m)), det)
+    assert T.annotator_prefers(d(0, 1, 0), d(1, 5, 5)) == 1  # less hallucinated wins even if much less complete
+    assert T.annotator_prefers(d(2, 4, 4), d(1, 0, 0)) == 2
+    assert T.annotator_prefers(d(1, 2, 0), d(1, 3, 0)) == 2  # tie on hallucination -> more complete
+    assert T.annotator_prefers(d(0, 2, 2), d(0, 3, 0)) == 1
+    assert T.annotator_prefers(d(1, 2, 1), d(1, 1, 2)) is None
+
+
+def test_preference_pairs(world):
+    recs = _all(world, "preference")
+    assert {r["preference"] for r in recs} == {1, 2}
+    assert _binomial_ok(sum(r["preference"] == 1 for r in recs), len(recs), 0.5)
+    for r in recs:
+        scene, resp = world.scenes[r["id"]], world.meta[r["id"]]["responses"]
+        win, lose = (resp[0], resp[1]) if r["preference"] == 1 else (resp[1], resp[0])
+        assert (len(win["hallucinated"]), -win["mentioned"].__len__() - win["details"]) < \
+            (len(lose["hallucinated"]), -lose["mentioned"].__len__() - lose["details"])
+        assert r["conversations"][-1]["value"] == r[f"output_{r['preference']}"]
+        assert r["hallucination"] == bool(resp[0]["hallucinated"] or resp[1]["hallucinated"])
+        facts = " ".join(r["facts"])
+        for out, meta in ((r["output_1"], resp[0]), (r["output_2"], resp[1])):
+            named = T.mentioned_categories(out, world.spec.categories)
+            assert named - scene.categories == set(meta["hallucinated"])
+            # with the facts the hallucinated objects are visible: the facts never name them
+            assert not T.mentioned_categories(facts, meta["hallucinated"])
+    assert 0.2 < np.mean([r["hallucination"] for r in recs]) < 1.0
+
+
+def test_preferences_need_the_facts():
+    """A judge that checks the responses against the facts recovers the annotator's choice; surface cues without
+    the facts (length, number of objects named) are close to chance."""
+    w = build_world(preset("small", seed=11, n_pref=800))
+    recs = _all(w, "preference")
+    cats = w.spec.categories
+
+    def with_facts(r) -> int:
+        truth = T.mentioned_categories(" ".join(r["facts"]), cats)
+
+        def score(text):
+            named = T.mentioned_categories(text, cats)
+            return len(named - truth), -len(named & truth) - len(re.findall(r" is (?:at|on|in) the ", text))
+        return 1 if score(r["output_1"]) < score(r["output_2"]) else 2
+
+    def acc(judge):
+        return np.mean([judge(r) == r["preference"] for r in recs])
+    assert acc(with_facts) > 0.97
+    n_named = lambda r, k: len(T.mentioned_categories(r[f"output_{k}"], cats))  # noqa: E731
+    for cue in (lambda r: 1 if len(r["output_1"]) >= len(r["output_2"]) else 2,
+                lambda r: 1 if len(r["output_1"]) < len(r["output_2"]) else 2,
+                lambda r: 1 if n_named(r, 1) >= n_named(r, 2) else 2,
+                lambda r: 1 if n_named(r, 1) < n_named(r, 2) else 2):
+        assert acc(cue) < 0.62
+
+
+def test_ppo_prompts(world):
+    recs = _all(world, "ppo_prompt")
+    assert {r["caption_type"] for r in recs} >= {1, 6, 7}
+    for r in recs:
+        q, ref = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        assert q.startswith("<image>\n") and r["facts"][:5] == T.captions(world.scenes[r["id"]])
+        ct = r["caption_type"]
+        if ct == 1:
+            assert r["length_bonus"] == -0.5
+        else:
+            assert r["length_bonus"] == 1.0
+        if 2 <= ct <= 5:
+            letter = "ABCD"[ct - 2]
+            assert ref.startswith(letter + ". ") and f"\n{ref}\n" in q
+            assert f"The correct option is {ref}." in r["facts"]
+        if ct in (6, 7):
+            assert ref.startswith("No" if ct == 6 else "Yes")
+
+
+def test_pope_probes(world):
+    pope = [r for r in _all(world, "probe") if r["benchmark"] == "pope"]
+    counts = world.counts
+    for split in T.NEGATIVE_KINDS:
+        rs = [r for r in pope if r["split"] == split]
+        assert len(rs) == 8 * 6 and sum(r["answer"] == "yes" for r in rs) == len(rs) // 2
+        for r in rs:
+            scene, obj = world.scenes[r["id"]], r["extra"]["object"]
+            assert r["question"] == f"Is there {T.an(obj)} in the image?"
+            assert (obj in scene.categories) == (r["answer"] == "yes")
+            if r["answer"] == "no" and split == "popular":
+                top = [c for c in counts.by_popularity() if c not in scene.categories][:3]
+                assert obj in top
+        if split == "adversarial":  # an absent designed partner of a positive is always asked about
+            for img in {r["extra"]["image_index"] for r in rs}:
+                group = [r for r in rs if r["extra"]["image_index"] == img]
+                scene = world.scenes[group[0]["id"]]
+                pos = [r["extra"]["object"] for r in group if r["answer"] == "yes"]
+                neg = {r["extra"]["object"] for r in group if r["answer"] == "no"}
+                mates = {world.spec.partner[p] for p in pos if p in world.spec.partner} - scene.categories
+                assert mates <= neg
+
+
+def test_mmhal_probes(world):
+    mm = [r for r in _all(world, "probe") if r["benchmark"] == "mmhal"]
+    assert [r["extra"]["question_type"] for r in mm[:8]] == list(T.MMHAL_TYPES)
+    for r in mm:
+        scene = world.scenes[r["id"]]
+        assert r["answer"] and r["question"] and r["facts"] == T.captions(scene)
+        assert r["extra"]["image_content"] == [o.name for o in scene.objects]
+        if r["extra"]["question_type"] == "adversarial":
+            assert r["extra"]["absent_object"] not in scene.categories
+            assert r["answer"].startswith("There is no")
+
+
+def test_tokenizer(world, tmp_path):
+    tok = train_tokenizer(world_texts(world.records), vocab_size=900)
+    save_tokenizer(tok, str(tmp_path / "tok"))
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    assert 500 < len(tok) <= 900
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    img_id = image_token_id(tok)
+    assert tok.convert_ids_to_tokens([tok.pad_token_id, img_id]) == ["<pad>", IMAGE_TOKEN]
+    ids = tok("USER: <image>\nIs there a red circle? ASSISTANT: No.</s>").input_ids
+    assert ids[0] == 1 and ids[-1] == 2 and ids.count(img_id) == 1 and ids.count(2) == 1
+    assert tok.convert_ids_to_tokens(ids).count("<0x0A>") == 1  # newline is LLaMA's byte piece
+    for text in list(world_texts(world.records))[:300] + ["héllo wörld 漢字 ✓"]:
+        enc = tok(text, add_special_tokens=False).input_ids
+        assert tok.unk_token_id not in enc
+        assert tok.decode(enc) == text
+    assert len(tok("There are three objects: a large red circle.", add_special_tokens=False).input_ids) <= 12
+
+
+def test_cli_writes_all_datasets(tmp_path):
+    storage = pytest.importorskip("jaxlava.data.storage")
+    out = tmp_path / "world"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "data", "shapes.py"), "--out", str(out),
+                           "--size", "small", "--seed", "5"], capture_output=True, text=True, cwd=REPO,
+                          env=os.environ | {"JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.perf_counter() - t0 < 60
+    info = json.loads((out / "world.json").read_text())
+    assert info["config"]["seed"] == 5 and info["tokenizer"]["eos_token_id"] == 2
+    expect = generate_world(preset("small", seed=5))
+    for kind, splits in expect.items():
+        for split, recs in splits.items():
+            src = storage.open_source(str(out), kind, split=split)
+            assert len(src) == len(recs) == info["stats"]["counts"][kind][split]
+            got = {r["id"] if isinstance(r["id"], str) else r["id"].decode(): r for r in (src[i] for i in range(3))}
+            for r in recs[:3]:
+                g = got[r["id"]]
+                for key, val in r.items():
+                    if key != "image":
+                        assert g[key] == val, (kind, key)
+    tok = load_tokenizer(str(out / "tokenizer"))
+    assert image_token_id(tok) == info["tokenizer"]["image_token_index"]
