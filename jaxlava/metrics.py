@@ -1,0 +1,89 @@
+"""Run metrics: console, RUN_DIR/metrics.jsonl, TensorBoard (tensorboardX) and a PNG plot.
+
+Only process 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, *, tensorboard: bool = True, print_every: int = 10):
+        self.main = jax.process_index() == 0
+        self.print_every = print_every
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.tb = None
+        if self.main:
+            os.makedirs(run_dir, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def log(self, step: int, metrics: dict, *, echo: bool | None = None) -> None:
+        if not self.main:
+            return
+        row = {"step": int(step)}
+        row.update({k: _num(v) for k, v in metrics.items()})
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+        if echo or (echo is None and step % self.print_every == 0):
+            print(format_row(row), flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _num(v):
+    try:
+        v = v.item() if hasattr(v, "item") else v
+    except Exception:
+        return str(v)
+    if isinstance(v, bool):
+        return v
+    return float(v) if isinstance(v, float) else v
+
+
+def format_row(row: dict) -> str:
+    parts = []
+    for k, v in row.items():
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def plot_metrics(run_dir: str, keys=("loss", "eval_accuracy", "lr", "grad_norm")) -> str | None:
+    """metrics.png beside metrics.jsonl: one panel per key that was logged."""
+    rows = read_metrics(run_dir)
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for ax, k in zip(axes if len(keys) > 1 else [axes], keys):
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    out = os.path.join(run_dir, "metrics.png")
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
