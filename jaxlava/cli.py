@@ -38,3 +38,15 @@ def normalize_argv(argv: list[str]) -> list[str]:
 def parse(cls: type[T], argv: list[str] | None = None, description: str | None = None, default: T | None = None) -> T:
     argv = sys.argv[1:] if argv is None else argv
     return tyro.cli(cls, args=normalize_argv(argv), description=description, default=default)
+
+
+def preset_default(argv: list[str], presets: dict):
+    name = "shapes"
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif a.startswith("--preset="):
+            name = a.split("=", 1)[1]
+    if name not in presets:
+        raise SystemExit(f"unknown --preset {name!r}; presets: {', '.join(presets)}")
+    return presets[name]

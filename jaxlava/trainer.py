@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Callable, Iterator
 
 import jax
@@ -14,6 +15,12 @@ from jaxlava.metrics import MetricsLogger, plot_metrics
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def _fingerprint(batch: dict) -> int:
+    """A checksum of the batch's token ids: lets tests and users check that resumed runs see the same data."""
+    ids = batch.get("input_ids")
+    return zlib.crc32(np.ascontiguousarray(ids).tobytes()) if isinstance(ids, np.ndarray) else 0
 
 
 def fit(*, run_dir: str, step_fn: Callable, state, frozen, data: Iterator, total_steps: int,
@@ -61,7 +68,8 @@ def fit(*, run_dir: str, step_fn: Callable, state, frozen, data: Iterator, total
             else:
                 bad_in_row = 0
             row = {k: v for k, v in m.items() if k != "finite"}
-            row.update(tokens_per_s=tokens(batch) / max(dt, 1e-9), skipped=int(state["skipped"]))
+            row.update(tokens_per_s=tokens(batch) / max(dt, 1e-9), skipped=int(state["skipped"]),
+                       data_crc=_fingerprint(batch))
             if eval_fn is not None and eval_every and (step % eval_every == 0 or step == total_steps):
                 row.update(eval_fn(state))
             logger.log(step, row, echo=False)

@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxlava import distributed, hf, runs, sft, sharding  # noqa: E402
-from jaxlava.cli import parse  # noqa: E402
+from jaxlava.cli import parse, preset_default  # noqa: E402
 from jaxlava.data.pipeline import sft_batches  # noqa: E402
 from jaxlava.data.storage import open_source  # noqa: E402
 from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step  # noqa: E402
@@ -49,18 +49,6 @@ PRESETS = {
                                remat=True, scan_layers=True, checkpoint_every=500,
                                optim=OptimConfig(lr=2e-5, schedule="cosine", warmup_ratio=0.03, max_grad_norm=1.0)),
 }
-
-
-def preset_default(argv: list[str], presets: dict):
-    name = "shapes"
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            name = argv[i + 1]
-        elif a.startswith("--preset="):
-            name = a.split("=", 1)[1]
-    if name not in presets:
-        raise SystemExit(f"unknown --preset {name!r}; presets: {', '.join(presets)}")
-    return presets[name]
 
 
 def eval_loss_fn(graphdef, frozen, source, processor, cfg, put, n_batches=2):

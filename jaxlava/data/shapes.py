@@ -9,6 +9,7 @@ Everything is a deterministic function of the config (numpy Generators seeded wi
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -369,6 +370,18 @@ def world_texts(records: dict[str, dict[str, list[dict]]]):
                 yield from r.get("facts", ())
 
 
+def template_texts(records: dict[str, dict[str, list[dict]]], copies: int = 200) -> list[str]:
+    """The chat templates and the reward-model prompt (jaxlava.data.templates) rendered around one of the world's
+    preference pairs, repeated so that the tokenizer learns their words as whole pieces: they are in every
+    training sequence."""
+    from jaxlava.data import templates
+
+    r = records["preference"]["train"][0]
+    texts = [templates.render(r["conversations"], name) for name in templates.TEMPLATES]
+    texts += [templates.reward_text(r["conversations"], r["output_1"], r["facts"], with_facts=w) for w in (True, False)]
+    return texts * copies
+
+
 def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = True) -> dict:
     """Generate and write the world; returns the world.json content."""
     from tqdm import tqdm
@@ -381,7 +394,7 @@ def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = 
     with tqdm(total=n_scenes(cfg), desc="shapes world", unit="img", disable=not progress) as bar:
         world = build_world(cfg, bar.update)
     t1 = time.perf_counter()
-    tok = train_tokenizer(world_texts(world.records), cfg.vocab_size)
+    tok = train_tokenizer(itertools.chain(template_texts(world.records), world_texts(world.records)), cfg.vocab_size)
     save_tokenizer(tok, os.path.join(out_dir, "tokenizer"))
     t2 = time.perf_counter()
     written = {}

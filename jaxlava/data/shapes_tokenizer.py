@@ -17,25 +17,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 UNK, BOS, EOS, PAD, IMAGE_TOKEN = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
-# Words of the chat template and of the reward-model prompt, so that they also tokenize into few pieces.
-TEMPLATE_TEXTS = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
-    "and polite answers to the user's questions. USER: <image>\nDescribe the image. ASSISTANT: The image shows.</s>",
-    "USER: Please evaluate the quality of your last response. There are several dimensions you should consider in "
-    "your evaluation:\n\n1. Accurate: The AI should provide factual and accurate information from the image, and "
-    "refrain from making statements that are not supported by the image or inconsistent with the image. "
-    "Specifically, the AI's response should be fully supported by the combination of the following captions:\n"
-    "  - There are 2 objects.\n\n2. Helpful: The AI should carefully address the user's question, and the response "
-    "should be grounded in the image.\n3. Language Natural: The AI should use natural language, fluent and without "
-    "repetition or awkward wording.\n4. Concise: The AI should be brief and clear.\n\nA good response should be "
-    "accurate, helpful, language natural, and concise. ASSISTANT: Following your definitions, the quality score of "
-    "my last response is",
-)
-
-
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500):
-    """Train on `texts` (+ the template words) and return a transformers `PreTrainedTokenizerFast` whose total size
-    is at most `vocab_size` (smaller if the corpus has fewer distinct pieces)."""
+    """Train on `texts` (include the chat templates' text: see `jaxlava.data.shapes.template_texts`) and return a
+    transformers `PreTrainedTokenizerFast` of at most `vocab_size` ids (fewer if the corpus has fewer pieces)."""
     from transformers import PreTrainedTokenizerFast
 
     n_fixed = 3 + len(BYTE_TOKENS) + 2
@@ -49,7 +33,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500):
                                   show_progress=False)
 
     def corpus():
-        yield from TEMPLATE_TEXTS
         for t in texts:
             # the special markers are not words: train on the text around them
             yield t.replace(IMAGE_TOKEN, " ").replace(EOS, " ")
