@@ -1,72 +1,100 @@
-"""`make demo`: the most complete real pipeline on the embedded default, end to end on a CPU.
+"""`make demo`: the LLaVA-RLHF recipe on the embedded shapes world, end to end on a CPU.
 
-Current pipeline: build a small random LLaVA, export it in the llava-hf layout, load it back with
-jaxlava and (when torch is installed) with transformers, and show that the logits agree.
+1. generate the shapes world (images, facts, conversations, preferences, probes, tokenizer);
+2. SFT the small `shapes` model (train/sft.py);
+3. train the fact-augmented reward model on top of it (train/rm.py);
+4. sample answers to held-out questions with the SFT model and score each with the reward model;
+5. export the SFT model to the llava-hf layout and check transformers' logits on it (when torch is installed).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import random
 import time
 
+import jax
 import numpy as np
-from flax import nnx
-
-import jaxlava
-from jaxlava.config import LlavaConfig, TextConfig, VisionConfig
 
 
-def demo_config() -> LlavaConfig:
-    return LlavaConfig(
-        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                            image_size=32, patch_size=8),
-        text=TextConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2),
-        image_token_index=255)
+def sample_and_score(run: str, world: str, n: int = 4) -> None:
+    from flax import nnx
+
+    import jaxlava
+    from jaxlava import rm
+    from jaxlava.data.processor import LlavaProcessor
+    from jaxlava.data.storage import open_source
+    from jaxlava.data.templates import encode_prompt, encode_reward_input
+    from jaxlava.model import Lora
+    from jaxlava.peft_io import load_reward_model_adapter
+
+    sft_dir, adapter_dir = os.path.join(run, "sft", "hf"), os.path.join(run, "rm", "adapter")
+    model = jaxlava.from_pretrained(sft_dir)
+    proc = LlavaProcessor.from_pretrained(sft_dir)
+    lora_params, lora_cfg, head = load_reward_model_adapter(adapter_dir)
+    lora = Lora(lora_params, scale=lora_cfg.alpha / lora_cfg.r)
+    tok = proc.tokenizer
+    probes = open_source(world, "probe", "test")
+    rng = random.Random(0)
+    picks = rng.sample(range(len(probes)), n)
+    for i in picks:
+        rec = probes[i]
+        turns = [{"from": "human", "value": "<image>\n" + rec["question"]}]
+        ids = encode_prompt(tok, turns, image_token_id=proc.image_token_id, num_image_tokens=proc.num_image_tokens)
+        px = proc.images([rec["image"]])
+        out = jaxlava.generate(model, ids[None], px, np.ones((1, len(ids)), np.int32), max_new_tokens=48,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or 0)
+        answer = tok.decode(np.asarray(out.tokens[0, :int(out.lengths[0])]), skip_special_tokens=True).strip()
+        rids = encode_reward_input(tok, turns + [{"from": "gpt", "value": answer}], answer, rec["facts"],
+                                   image_token_id=proc.image_token_id, num_image_tokens=proc.num_image_tokens,
+                                   rng=random.Random(i))
+        score = float(rm.scores(model, head, rids[None], px, np.ones((1, len(rids)), np.int32), lora=lora)[0])
+        print(f"\nQ: {rec['question']}\n   gold: {rec['answer']}\n   model: {answer}\n   reward: {score:+.3f}")
 
 
-def interop_check(out_dir: str) -> float:
-    cfg = demo_config()
-    model = jaxlava.LlavaModel(cfg, rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(0)
-    ids = np.concatenate([[1], np.full(cfg.num_image_tokens, cfg.image_token_index), rng.integers(3, 250, 8)])[None]
-    mask = np.ones_like(ids)
-    pixels = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
-    ours = np.asarray(model(ids, pixels, mask))
-    jaxlava.save_pretrained(model, out_dir)
-    print(f"exported a {sum(x.size for x in jax_leaves(model)) / 1e6:.2f}M-parameter LLaVA to {out_dir}")
-    back = np.asarray(jaxlava.from_pretrained(out_dir)(ids, pixels, mask))
-    print(f"jaxlava -> HF -> jaxlava: max |logit diff| = {np.abs(back - ours).max():.2e}")
+def interop_check(run: str) -> None:
+    import jaxlava
     try:
         import torch
         from transformers import LlavaForConditionalGeneration
     except ImportError:
         print("torch/transformers not installed: skipping the transformers comparison")
-        return float(np.abs(back - ours).max())
-    hf = LlavaForConditionalGeneration.from_pretrained(out_dir).eval()
+        return
+    path = os.path.join(run, "sft", "hf")
+    model = jaxlava.from_pretrained(path)
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    ids = np.concatenate([[1], np.full(cfg.num_image_tokens, cfg.image_token_index), rng.integers(3, 200, 8)])[None]
+    px = rng.standard_normal((1, 3, cfg.vision.image_size, cfg.vision.image_size)).astype(np.float32)
+    ours = np.asarray(model(ids, px, np.ones_like(ids)))
+    hf = LlavaForConditionalGeneration.from_pretrained(path).eval()
     with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 pixel_values=torch.tensor(pixels)).logits.numpy()
-    err = float(np.abs(ref - ours).max())
-    print(f"transformers LlavaForConditionalGeneration on the export: max |logit diff| = {err:.2e}")
-    return err
+        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(px)).logits.numpy()
+    print(f"\ntransformers LlavaForConditionalGeneration on {path}: max |logit diff| = {np.abs(ref - ours).max():.2e}")
 
 
-def jax_leaves(model):
-    import jax
-    return jax.tree.leaves(nnx.state(model, nnx.Param))
-
-
-def main(argv=None):
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="folder for the outputs (default: a temporary folder)")
+    ap.add_argument("--out", default="runs/demo", help="run folder (reused: finished stages resume or are skipped)")
+    ap.add_argument("--sft-steps", type=int, default=400)
+    ap.add_argument("--rm-steps", type=int, default=200)
     args = ap.parse_args(argv)
-    out = args.out or tempfile.mkdtemp(prefix="jaxlava-demo-")
+    from train import rm as rm_cli
+    from train import sft as sft_cli
     t0 = time.time()
-    err = interop_check(os.path.join(out, "hf_export"))
-    print(f"demo finished in {time.time() - t0:.1f}s; {'OK' if err <= 1e-4 else 'MISMATCH'}")
-    return 0 if err <= 1e-4 else 1
+    world = os.path.join(args.out, "world")
+    from jaxlava.runs import ensure_shapes_world
+    ensure_shapes_world(world)
+    print("\n== SFT ==", flush=True)
+    sft_cli.main(["--data", world, "--out", os.path.join(args.out, "sft"), "--steps", str(args.sft_steps)])
+    print("\n== reward model (with facts) ==", flush=True)
+    rm_cli.main(["--data", world, "--init", os.path.join(args.out, "sft", "hf"), "--out",
+                 os.path.join(args.out, "rm"), "--steps", str(args.rm_steps)])
+    print("\n== sampled answers and their rewards ==", flush=True)
+    sample_and_score(args.out, world)
+    interop_check(args.out)
+    print(f"\ndemo finished in {time.time() - t0:.0f}s; outputs in {args.out} (metrics.png in each stage folder)")
+    return 0
 
 
 if __name__ == "__main__":

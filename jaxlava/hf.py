@@ -23,6 +23,7 @@ from jaxlava.config import LlavaConfig, VisionConfig
 from jaxlava.hf_map import (ALIASES, IGNORED_SUFFIXES, ORIGINAL_ALIASES, P, V, Entry, hf_shape, read_slice,
                             table, to_hf)
 from jaxlava.model import LlavaModel
+from jaxlava.sharding import load_sharded
 
 log = logging.getLogger("jaxlava.hf")
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -232,9 +233,7 @@ def _materialise(e: Entry, names, idx: _TensorIndex, full_shape, one, dtype, sha
             return np.stack([layer_slice(names[i], index[1:]) for i in layers]).astype(dtype)
         return layer_slice(names[0], index).astype(dtype)
 
-    if sharding is None:
-        return jax.numpy.asarray(read(tuple(slice(None) for _ in full_shape)))
-    return jax.make_array_from_callback(full_shape, sharding, lambda index: read(tuple(index)))
+    return load_sharded(read, full_shape, sharding)
 
 
 def state_dict(model: LlavaModel) -> dict[str, np.ndarray]:

@@ -82,13 +82,12 @@ def build_model(cfg: RunConfig, mesh):
 
 
 def batch_putter(mesh):
-    """Host batch (numpy, this process's rows) -> global arrays sharded on the batch axis."""
+    """Host batch (numpy, this process's rows) -> global arrays sharded on the batch axis (host-only
+    entries such as lists are dropped: the jitted steps take arrays only)."""
+    from jaxlava.distributed import global_batch
+
     def put(batch: dict) -> dict:
-        out = {}
-        for k, v in batch.items():
-            if isinstance(v, np.ndarray) and v.dtype != object:
-                out[k] = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
-        return out
+        return {k: v for k, v in global_batch(batch, mesh).items() if isinstance(v, jax.Array)}
     return put
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -116,10 +116,21 @@ def active_mesh() -> Mesh | None:
 
 
 # ---------------------------------------------------------------------------------------------- rules
+_FALLBACKS: set = set()
+
+
+def _report_fallback(name: str, dim: int, axis: str, mesh: Mesh) -> None:
+    key = (name, dim, axis, mesh.shape[axis])
+    if key not in _FALLBACKS:
+        _FALLBACKS.add(key)
+        log.warning("logical axis %r: dim of size %d does not divide over mesh axis %r (size %d); that dim is "
+                    "not split over %r", name, dim, axis, mesh.shape[axis], axis)
+
+
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
                     mesh: Mesh | None = None) -> P:
-    """Logical names -> PartitionSpec through RULES. A mesh axis that does not divide the dim, or that is
-    already used by an earlier dim, is dropped (that dim is replicated instead)."""
+    """Logical names -> PartitionSpec through RULES. A mesh axis that does not divide the dim (logged once
+    as a warning), or that is already used by an earlier dim, is dropped (that dim is replicated instead)."""
     out, used = [], set()
     for i, name in enumerate(axes):
         rule = RULES.get(name) if name is not None else None
@@ -133,6 +144,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = No
             if mesh is not None and shape is not None:
                 size = math.prod(mesh.shape[x] for x in keep + [a])
                 if shape[i] % size:
+                    _report_fallback(name, shape[i], a, mesh)
                     continue
             keep.append(a)
         used.update(keep)
@@ -155,6 +167,33 @@ def state_shardings(state, mesh: Mesh):
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def like_params_shardings(tree, params, param_shardings, replicated: NamedSharding) -> list:
+    """Flat sharding leaves for `tree` (an optimizer state or a train state): every sub-tree with the structure
+    and leaf shapes of `params` (Adam's mu and nu, the params themselves) is sharded like the params
+    (`param_shardings`: a tree or flat list matching `params`); every other leaf (step counts, keys) gets
+    `replicated`.  The result lines up with `jax.tree.leaves(tree)`."""
+    p_def = jax.tree.structure(params)
+    p_shapes = [tuple(x.shape) for x in jax.tree.leaves(params)]
+    p_sh = jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    if len(p_sh) != len(p_shapes):
+        raise ValueError(f"{len(p_shapes)} parameters but {len(p_sh)} parameter shardings")
+
+    def matches(x):
+        return jax.tree.structure(x) == p_def and [tuple(y.shape) for y in jax.tree.leaves(x)] == p_shapes
+
+    out = []
+    for sub in jax.tree.leaves(tree, is_leaf=matches):
+        out += list(p_sh) if matches(sub) else [replicated]
+    return out
+
+
+def opt_state_shardings(opt_state, params, mesh: Mesh):
+    """A tree like `opt_state` (e.g. `tx.init(params)`, concrete or from `jax.eval_shape`) of NamedShardings:
+    moments shaped like the params follow the params' rule-table shardings, scalars are replicated."""
+    leaves = like_params_shardings(opt_state, params, state_shardings(params, mesh), NamedSharding(mesh, P()))
+    return jax.tree.unflatten(jax.tree.structure(opt_state), leaves)
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Constrain an activation to the rule table's layout; a no-op when no mesh is active."""
     mesh = active_mesh()
@@ -175,7 +214,6 @@ def create_sharded(factory, mesh: Mesh):
     graphdef, state = nnx.split(abstract)
     shardings = state_shardings(state, mesh)
 
-    @jax.jit
     def init():
         return nnx.split(factory())[1]
 
@@ -189,3 +227,25 @@ def shard_model(model, mesh: Mesh):
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, state_shardings(state, mesh))
     return nnx.merge(graphdef, state)
+
+
+def load_sharded(getter: Callable[[tuple[slice, ...]], Any], shape: Sequence[int], sharding: NamedSharding | None,
+                 dtype=None) -> jax.Array:
+    """A global array whose shards are read on demand: `getter(index)` (a tuple of slices, one per dim) returns
+    that block as numpy, e.g. `lambda idx: safe_open(f, "numpy").get_slice(name)[idx]`.  Each process calls it
+    only for the blocks its own devices hold (`jax.make_array_from_callback`), so no process reads or holds the
+    full tensor.  `sharding` None: read everything onto the default device."""
+    shape = tuple(int(d) for d in shape)
+
+    def read(index) -> np.ndarray:
+        index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
+        block = np.asarray(getter(index))
+        want = tuple(len(range(*s.indices(d))) for s, d in zip(index, shape))
+        if block.shape != want:
+            raise ValueError(f"load_sharded: the getter returned a block of shape {block.shape} for index {index} "
+                             f"of a {shape} tensor (expected {want})")
+        return block.astype(dtype) if dtype is not None else block
+
+    if sharding is None:
+        return jax.numpy.asarray(read(tuple(slice(None) for _ in shape)))
+    return jax.make_array_from_callback(shape, sharding, read)
