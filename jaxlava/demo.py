@@ -26,7 +26,7 @@ def sample_and_score(run: str, world: str, n: int = 4) -> None:
     from jaxlava.data.storage import open_source
     from jaxlava.data.templates import encode_prompt, encode_reward_input
     from jaxlava.model import Lora
-    from jaxlava.peft_io import load_reward_model_adapter
+    from jaxlava.train.peft_io import load_reward_model_adapter
 
     sft_dir, adapter_dir = os.path.join(run, "sft", "hf"), os.path.join(run, "rm", "adapter")
     model = jaxlava.from_pretrained(sft_dir)

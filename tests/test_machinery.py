@@ -1,0 +1,112 @@
+"""Training machinery: schedules, the NaN/inf guard, checkpoint fallback, exact resume of the loop."""
+import math
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlava.checkpoint import Checkpointer
+from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step
+from jaxlava.trainer import NonFiniteError, fit
+
+
+def test_schedules_match_hand_computed_values():
+    cos = make_schedule(OptimConfig(lr=1.0, schedule="cosine", warmup_steps=10), 110)
+    assert float(cos(0)) == 0.0 and abs(float(cos(5)) - 0.5) < 1e-7
+    assert abs(float(cos(10)) - 1.0) < 1e-7
+    assert abs(float(cos(60)) - 0.5 * (1 + math.cos(math.pi * 0.5))) < 1e-6
+    assert abs(float(cos(110))) < 1e-7
+    const = make_schedule(OptimConfig(lr=2.0, schedule="constant_with_warmup", warmup_ratio=0.1), 100)
+    assert abs(float(const(5)) - 1.0) < 1e-7 and float(const(50)) == 2.0
+
+
+def _toy_loss(params, frozen, batch, rng):
+    def f(p):
+        pred = batch["x"] @ p["w"]
+        return jnp.mean((pred - batch["y"]) ** 2) * batch["scale"][0]
+    loss, g = jax.value_and_grad(f)(params)
+    return loss, {"aux": loss * 0}, g
+
+
+class ToyData:
+    """A checkpointable iterator (get_state/set_state) of small regression batches; scale NaN at chosen steps."""
+
+    def __init__(self, nan_at=()):
+        self.i, self.nan_at = 0, set(nan_at)
+
+    def __next__(self):
+        rng = np.random.default_rng(self.i)
+        x = rng.standard_normal((4, 3)).astype(np.float32)
+        scale = np.full((4,), np.nan if self.i in self.nan_at else 1.0, np.float32)
+        self.i += 1
+        return {"x": x, "y": x.sum(1, keepdims=True), "scale": scale, "attention_mask": np.ones((4, 1), np.int32)}
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, s):
+        self.i = s["i"]
+
+
+def _setup(total=10):
+    tx = make_optimizer(OptimConfig(lr=0.05, warmup_steps=0), total)
+    state = init_state({"w": jnp.zeros((3, 1))}, tx)
+    return jax.jit(make_train_step(_toy_loss, tx)), state
+
+
+def test_nan_step_is_skipped_and_counted(tmp_path):
+    step, state = _setup()
+    data = ToyData(nan_at={2})
+    before = None
+    for i in range(4):
+        if i == 2:
+            before = jax.tree.map(np.asarray, state["params"])
+        state, m = step(state, None, next(data))
+        if i == 2:
+            assert not bool(m["finite"])
+            np.testing.assert_array_equal(np.asarray(state["params"]["w"]), before["w"])
+    assert int(state["skipped"]) == 1
+
+
+def test_consecutive_nan_steps_stop_the_run(tmp_path):
+    step, state = _setup()
+    with pytest.raises(NonFiniteError, match="3 consecutive steps"):
+        fit(run_dir=str(tmp_path), step_fn=step, state=state, frozen=None, data=ToyData(nan_at={1, 2, 3}),
+            total_steps=10, checkpoint_every=100, config={}, max_bad_steps=3, progress=False)
+
+
+def test_truncated_latest_checkpoint_falls_back(tmp_path):
+    step, state = _setup()
+    fit(run_dir=str(tmp_path), step_fn=step, state=state, frozen=None, data=ToyData(), total_steps=6,
+        checkpoint_every=3, config={}, progress=False)
+    ck = Checkpointer(str(tmp_path))
+    assert ck.steps() == [3, 6]
+    latest = os.path.join(ck.dir, "6")
+    for root, _, files in os.walk(latest):  # truncate every data file of the newest step
+        for f in files:
+            if not f.startswith("_CHECKPOINT"):
+                with open(os.path.join(root, f), "r+b") as fh:
+                    fh.truncate(max(os.path.getsize(os.path.join(root, f)) // 3, 1))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got = ck.restore_latest(state)
+    ck.close()
+    assert got is not None and got[0] == 3, "fell back to the previous checkpoint"
+    assert any("step 6" in str(x.message) and "falling back" in str(x.message) for x in w)
+
+
+def test_loop_resume_is_exact(tmp_path):
+    step, state = _setup()
+    _, ref = fit(run_dir=str(tmp_path / "a"), step_fn=step, state=state, frozen=None, data=ToyData(),
+                 total_steps=8, checkpoint_every=4, config={}, progress=False)
+    step, state = _setup()
+    fit(run_dir=str(tmp_path / "b"), step_fn=step, state=state, frozen=None, data=ToyData(), total_steps=8,
+        checkpoint_every=4, config={}, progress=False, stop_after=5)  # "preempted" after step 5
+    step, state = _setup()
+    _, again = fit(run_dir=str(tmp_path / "b"), step_fn=step, state=state, frozen=None, data=ToyData(),
+                   total_steps=8, checkpoint_every=4, config={}, progress=False)
+    assert again["step"] == 8 and abs(again["loss"] - ref["loss"]) <= 1e-7
+    assert again["data_crc"] == ref["data_crc"]
