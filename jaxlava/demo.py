@@ -25,14 +25,14 @@ def sample_and_score(run: str, world: str, n: int = 4) -> None:
     from jaxlava.data.processor import LlavaProcessor
     from jaxlava.data.storage import open_source
     from jaxlava.data.templates import encode_prompt, encode_reward_input
-    from jaxlava.model import Lora
-    from jaxlava.train.peft_io import load_reward_model_adapter
+    from jaxlava.lora import make_lora
+    from jaxlava.peft_io import load_reward_model_adapter
 
     sft_dir, adapter_dir = os.path.join(run, "sft", "hf"), os.path.join(run, "rm", "adapter")
     model = jaxlava.from_pretrained(sft_dir)
     proc = LlavaProcessor.from_pretrained(sft_dir)
     lora_params, lora_cfg, head = load_reward_model_adapter(adapter_dir)
-    lora = Lora(lora_params, scale=lora_cfg.alpha / lora_cfg.r)
+    lora = make_lora(lora_params, lora_cfg)
     tok = proc.tokenizer
     probes = open_source(world, "probe", "test")
     rng = random.Random(0)

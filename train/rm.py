@@ -29,7 +29,7 @@ from jaxlava import distributed, rm, runs, sharding  # noqa: E402
 from jaxlava.cli import parse, preset_default  # noqa: E402
 from jaxlava.data.pipeline import preference_batches  # noqa: E402
 from jaxlava.data.storage import open_source  # noqa: E402
-from jaxlava.train.lora import LoraConfig, init_lora  # noqa: E402
+from jaxlava.lora import LoraConfig, init_lora, make_lora  # noqa: E402
 from jaxlava.model.heads import init_scalar_head  # noqa: E402
 from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step  # noqa: E402
 from jaxlava.trainer import fit  # noqa: E402
@@ -68,7 +68,7 @@ def accuracy_fn(graphdef, base, processor, source, cfg, put, lora_cfg):
     @jax.jit
     def scores(params, base_, b):
         model = nnx.merge(graphdef, base_)
-        lora = rm.Lora(params["lora"], scale=lora_cfg.alpha / lora_cfg.r)
+        lora = make_lora(params["lora"], lora_cfg)
         r = rm.pair_scores(model, params["head"], b, lora=lora)
         return rm.preference_loss(r, b["choice"])[1]["accuracy"]
 
@@ -97,12 +97,12 @@ def main(argv=None) -> dict:
         tx = make_optimizer(cfg.optim, total)
         graphdef, base = nnx.split(model)
         key = jax.random.key(cfg.seed)
-        trainable = {"lora": init_lora(key, model.config, cfg.lora),
+        trainable = {"lora": init_lora(model.config, cfg.lora, key),
                      "head": init_scalar_head(jax.random.fold_in(key, 1), model.config.text.hidden_size)}
         state = init_state(trainable, tx, cfg.seed)
 
         def lag(params, base_, batch, rng):
-            return rm.loss_and_grad(graphdef, base_, params, batch, lora_scale=cfg.lora.alpha / cfg.lora.r,
+            return rm.loss_and_grad(graphdef, base_, params, batch, lora_scale=cfg.lora.scale,
                                     lora_dropout=cfg.lora.dropout, rng=rng if cfg.lora.dropout > 0 else None)
 
         step = jax.jit(make_train_step(lag, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total)),
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
                           checkpoint_every=cfg.checkpoint_every, config={"stage": "rm", **runs.as_dict(cfg)},
                           put=put, eval_fn=evaluate, eval_every=cfg.eval_every, keep=cfg.keep_checkpoints)
         if distributed.is_main_process():
-            from jaxlava.train.peft_io import save_reward_model_adapter
+            from jaxlava.peft_io import save_reward_model_adapter
             save_reward_model_adapter(os.path.join(cfg.out, "adapter"), jax.device_get(state["params"]["lora"]),
                                       cfg.lora, jax.device_get(state["params"]["head"]),
                                       base_model_name_or_path=cfg.init)

@@ -2,14 +2,15 @@
 
     params = {"q_proj": {"a": [L, in, r], "b": [L, r, out]}, ...}
 
-`in`/`out` are the flat torch Linear dims (q out = heads * head_dim); layers are stacked on axis 0.
-The model applies `dropout(x) @ a @ b * scale` with scale = alpha / r.  Initialisation follows PEFT:
-a ~ kaiming_uniform(a=sqrt(5)) of torch's [r, in] weight, i.e. U(-1/sqrt(in), 1/sqrt(in)); b = 0,
-so a fresh adapter leaves the model unchanged.
+`in`/`out` are the flat torch Linear dims (q out = heads * head_dim, o in = heads * head_dim); layers are
+stacked on axis 0.  The model applies `dropout(x) @ a @ b * scale` with scale = alpha / r.  Initialisation
+follows PEFT: a ~ kaiming_uniform(a=sqrt(5)) of torch's [r, in] lora_A weight, i.e. U(-1/sqrt(in), 1/sqrt(in));
+b = 0, so a fresh adapter leaves the model unchanged.
 
-Several roles share one base in memory: a role is (base model, adapter pytree, head).  The base is
-never copied; each call passes its adapter: `model(..., lora=make_lora(policy_params, cfg))`,
-`model(..., lora=make_lora(value_params, cfg))`, `model(...)` for the reference.
+Several roles share one base in memory: a role is (base model, adapter pytree, head).  Nothing in this
+module copies the base except `merge_lora` (which builds an independent model for export): each call passes
+its adapter, e.g. `model(..., lora=make_lora(policy, cfg))`, `model(..., lora=make_lora(value, cfg))`, and
+`model(...)` (no adapter) for the base.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from jaxlava.config import LlavaConfig
 from jaxlava.model import Lora
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# projection name -> (kernel attribute of DecoderLayers, logical name of the flat in dim, of the flat out dim)
+# projection -> (kernel attribute in model.language_model.layers, logical axis of the flat in dim, of the out dim)
 KERNELS = {"q_proj": ("q_kernel", "embed", "heads"), "k_proj": ("k_kernel", "embed", "kv_heads"),
            "v_proj": ("v_kernel", "embed", "kv_heads"), "o_proj": ("o_kernel", "heads", "embed"),
            "gate_proj": ("gate_kernel", "embed", "mlp"), "up_proj": ("up_kernel", "embed", "mlp"),
@@ -33,6 +34,7 @@ KERNELS = {"q_proj": ("q_kernel", "embed", "heads"), "k_proj": ("k_kernel", "emb
 
 @dataclasses.dataclass
 class LoraConfig:
+    """LLaVA-RLHF defaults (spec §3.1): r=64, alpha=16 (scale 0.25), dropout 0, all seven decoder projections."""
     r: int = 64
     alpha: float = 16.0
     dropout: float = 0.0
@@ -43,8 +45,10 @@ class LoraConfig:
         unknown = [t for t in self.targets if t not in KERNELS]
         if unknown:
             raise ValueError(f"LoRA targets {unknown} are not decoder projections; choose from {list(TARGETS)}")
-        if self.r < 1:
-            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
+        if not self.targets:
+            raise ValueError("LoRA needs at least one target projection")
+        if int(self.r) != self.r or self.r < 1:
+            raise ValueError(f"LoRA rank r must be an integer >= 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
 
@@ -54,7 +58,7 @@ class LoraConfig:
 
 
 def lora_dims(config: LlavaConfig, targets=TARGETS) -> dict[str, tuple[int, int]]:
-    """{target: (in, out)} flat torch Linear dims of each decoder projection."""
+    """{target: (in, out)}: the flat torch Linear dims of each decoder projection."""
     t = config.text
     q, kv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
     D, F = t.hidden_size, t.intermediate_size
@@ -63,7 +67,13 @@ def lora_dims(config: LlavaConfig, targets=TARGETS) -> dict[str, tuple[int, int]
     return {k: dims[k] for k in targets}
 
 
-def init_lora(rng, config: LlavaConfig, lora_cfg: LoraConfig, dtype=jnp.float32) -> dict:
+def lora_param_count(config: LlavaConfig, lora_cfg: LoraConfig) -> int:
+    """Number of adapter parameters (without allocating them)."""
+    L = config.text.num_hidden_layers
+    return sum(L * lora_cfg.r * (din + dout) for din, dout in lora_dims(config, lora_cfg.targets).values())
+
+
+def init_lora(config: LlavaConfig, lora_cfg: LoraConfig, rng, dtype=jnp.float32) -> dict:
     """A fresh adapter: a ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5))), b = 0."""
     L = config.text.num_hidden_layers
     dims = lora_dims(config, lora_cfg.targets)
@@ -77,7 +87,7 @@ def init_lora(rng, config: LlavaConfig, lora_cfg: LoraConfig, dtype=jnp.float32)
 
 
 def make_lora(params: dict, lora_cfg: LoraConfig, rng=None) -> Lora:
-    """The model-call wrapper. Dropout applies only when `rng` is given (training)."""
+    """The model-call wrapper.  Dropout applies only when `rng` is given (training)."""
     return Lora(params, rng=rng, scale=lora_cfg.scale, dropout=lora_cfg.dropout if rng is not None else 0.0)
 
 
@@ -88,6 +98,8 @@ def check_lora(params: dict, config: LlavaConfig) -> int:
     for name, ab in params.items():
         if name not in dims:
             raise ValueError(f"adapter has an unknown projection {name!r}; known: {list(dims)}")
+        if set(ab) != {"a", "b"}:
+            raise ValueError(f"adapter {name}: expected keys a and b, found {sorted(ab)}")
         din, dout = dims[name]
         a, b = ab["a"], ab["b"]
         r = a.shape[-1]
@@ -101,10 +113,10 @@ def check_lora(params: dict, config: LlavaConfig) -> int:
 
 
 def lora_delta_kernels(params: dict, scale: float, config: LlavaConfig) -> dict:
-    """{kernel attribute: a @ b * scale reshaped to the kernel's layout} (float32).
+    """{kernel attribute: a @ b * scale in the stacked kernel's layout} (float32).
 
     q/k/v kernels are [L, embed, heads, head_dim] and o is [L, heads, head_dim, embed]: the flat
-    heads*head_dim dim of the adapter is heads-major, as in the model's forward pass.
+    heads*head_dim dim of the adapter is heads-major, as in torch's q_proj/o_proj.
     """
     t = config.text
     H, KV, Dh, D = t.num_attention_heads, t.num_key_value_heads, t.head_dim, t.hidden_size
@@ -112,28 +124,38 @@ def lora_delta_kernels(params: dict, scale: float, config: LlavaConfig) -> dict:
     out = {}
     for name, ab in params.items():
         kernel = KERNELS[name][0]
-        d = jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32)) * scale
+        d = jnp.einsum("lir,lro->lio", jnp.asarray(ab["a"], jnp.float32), jnp.asarray(ab["b"], jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST) * scale
         out[kernel] = d.reshape(d.shape[0], *shapes[kernel]) if kernel in shapes else d
     return out
 
 
-def merge_lora(model: nnx.Module, params: dict, scale: float) -> nnx.Module:
-    """A NEW model whose decoder kernels are W + a @ b * scale (for export); `model` is left unchanged.
+def merge_lora(model: nnx.Module, params: dict, lora_cfg: LoraConfig) -> nnx.Module:
+    """A NEW model whose decoder kernels are W + a @ b * scale (for export); `model` is not modified.
 
-    Only the merged kernels are new arrays; every other parameter is shared with `model`.
+    This is the one place that copies the base: every parameter of the result is a fresh array in a fresh
+    nnx.Variable, so updating, donating or deleting the merged model never touches `model` (peak memory is
+    two full models).  Sum in float32, stored in the kernel's dtype.
     """
     check_lora(params, model.config)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
-    for kernel, d in lora_delta_kernels(params, scale, model.config).items():
-        path = ("language_model", "layers", kernel)
-        var = flat[path]
+    deltas = lora_delta_kernels(params, lora_cfg.scale, model.config)
+    for path, var in flat.items():
         w = var.get_value()
-        flat[path] = var.replace(value=(w.astype(jnp.float32) + d).astype(w.dtype))
-    new = nnx.merge(graphdef, nnx.from_flat_state(flat))
+        kernel = path[-1] if path[:2] == ("language_model", "layers") else None
+        if kernel in deltas:
+            new = (w.astype(jnp.float32) + deltas[kernel]).astype(w.dtype)
+        else:
+            new = jnp.copy(w) if isinstance(w, jax.Array) else w
+        flat[path] = var.replace(value=new)
+    missing = {k for k in deltas if ("language_model", "layers", k) not in flat}
+    if missing:
+        raise ValueError(f"model has no decoder kernels {sorted(missing)} under language_model.layers")
+    merged = nnx.merge(graphdef, nnx.from_flat_state(flat))
     if hasattr(model, "source_path"):
-        new.source_path = model.source_path
-    return new
+        merged.source_path = model.source_path
+    return merged
 
 
 def lora_axes(params: dict) -> dict:

@@ -3,19 +3,20 @@
 Key names (found empirically with peft 0.21.2 + transformers 5 on `LlavaForConditionalGeneration`):
     base_model.model.model.language_model.layers.{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight
     base_model.model.model.language_model.layers.{i}.mlp.{gate,up,down}_proj.lora_{A,B}.weight
-lora_A is torch [r, in] (our a = A.T), lora_B is [out, r] (our b = B.T).  The reader also accepts the
-original LLaVA-RLHF spelling (`base_model.model.model.layers.{i}...`, LlavaLlamaForCausalLM) and keys
-with an adapter name (`lora_A.default.weight`).
+lora_A is torch [r, in] (our a = A.T), lora_B is [out, r] (our b = B.T).  The reader also accepts the older
+spellings `base_model.model.language_model.model.layers.{i}...` (transformers 4.x llava-hf) and
+`base_model.model.model.layers.{i}...` (original LLaVA's LlavaLlamaForCausalLM, e.g. LLaVA-RLHF's
+rm_lora_adapter_model / rlhf_lora_adapter_model) and keys carrying an adapter name (`lora_A.default.weight`).
 
-target_modules: LLaVA's vision tower also has q/k/v_proj modules, so PEFT's plain list
-["q_proj", ...] would ALSO wrap CLIP (the original code escaped this only because it loaded the vision
-tower after wrapping).  We write a regex that matches decoder projections only (any name without
-"vision"), which PEFT full-matches against module names.  On read, LoRA tensors on the vision tower
-are ignored with a warning when they are exactly zero (a fresh PEFT init) and refused otherwise.
+target_modules: LLaVA's vision tower also has q/k/v/o-like modules, so PEFT's plain list ["q_proj", ...]
+would ALSO wrap CLIP (the original code escaped this only because it loaded the vision tower after wrapping).
+We write a regex matching decoder projections only (any module name without "vision"), which PEFT
+full-matches against module names.  On read, LoRA tensors on the vision tower are ignored with a warning when
+their B is exactly zero (a fresh PEFT init: no effect) and refused otherwise.
 
-RM layout (LLaVA-RLHF release `rm_lora_adapter_model/`): `adapter_model/` (PEFT files) + the reward
-head.  The release stores the head as a torch pickle `reward_head`; we read only
-`reward_head.safetensors` (weight [1, D], bias [1]) and refuse pickles with conversion instructions.
+RM layout (LLaVA-RLHF release `rm_lora_adapter_model/`): `adapter_model/` (PEFT files) + the reward head.  The
+release stores the head as a torch pickle `reward_head`; we read only `reward_head.safetensors` (torch
+Linear(D, 1) layout: weight [1, D], bias [1]) and refuse pickles with conversion instructions.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from jaxlava.train.lora import TARGETS, LoraConfig, check_lora
+from jaxlava.lora import TARGETS, LoraConfig, check_lora
 
-log = logging.getLogger("jaxlava.train.peft_io")
+log = logging.getLogger("jaxlava.peft_io")
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 HEAD_FILE = "reward_head.safetensors"
@@ -50,7 +51,7 @@ class AdapterFormatError(ValueError):
 
 def target_regex(targets=TARGETS) -> str:
     """PEFT `target_modules` regex: the decoder's projections only, never the CLIP vision tower."""
-    groups = {}
+    groups: dict[str, list[str]] = {}
     for t in targets:
         groups.setdefault(MODULE[t], []).append(t)
     alts = "|".join(f"{m}\\.({'|'.join(ts)})" for m, ts in groups.items())
@@ -70,8 +71,16 @@ def _atomic_safetensors(tensors, path):
     os.replace(tmp, path)
 
 
+def _refuse_pickle(path: str, dst: str, what: str):
+    raise AdapterFormatError(
+        f"{path} is {what}; jaxlava reads only safetensors (unpickling a file can run code). Convert it once, "
+        f"where you trust the file (a whole pickled nn.Module needs weights_only=False and .state_dict()):\n"
+        f"  cd {os.path.dirname(path) or '.'} && " + _CONVERT.format(src=os.path.basename(path), dst=dst))
+
+
 # ------------------------------------------------------------------------------------------- write
 def adapter_config(lora_cfg: LoraConfig, base_model_name_or_path: str | None = None) -> dict:
+    """adapter_config.json contents as peft 0.21 reads them."""
     return {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
         "r": int(lora_cfg.r), "lora_alpha": float(lora_cfg.alpha), "lora_dropout": float(lora_cfg.dropout),
@@ -84,12 +93,18 @@ def adapter_config(lora_cfg: LoraConfig, base_model_name_or_path: str | None = N
 
 def save_adapter(path: str, params: dict, lora_cfg: LoraConfig, *, base_model_name_or_path: str | None = None,
                  dtype=np.float32) -> None:
-    """Write `params` as a PEFT adapter folder loadable by `peft.PeftModel.from_pretrained`."""
+    """Write `params` as a PEFT adapter folder loadable by `peft.PeftModel.from_pretrained`.
+
+    dtype: storage dtype (numpy or ml_dtypes, e.g. ml_dtypes.bfloat16)."""
     tensors = {}
     for name, ab in params.items():
+        if name not in MODULE:
+            raise ValueError(f"adapter has an unknown projection {name!r}; known: {list(TARGETS)}")
         a, b = np.asarray(ab["a"]).astype(dtype), np.asarray(ab["b"]).astype(dtype)
-        if a.shape[-1] != lora_cfg.r:
-            raise ValueError(f"adapter {name}: rank {a.shape[-1]} differs from LoraConfig.r={lora_cfg.r}")
+        if a.ndim != 3 or b.ndim != 3 or a.shape[-1] != lora_cfg.r or b.shape[1] != lora_cfg.r \
+                or a.shape[0] != b.shape[0]:
+            raise ValueError(f"adapter {name}: a {a.shape} / b {b.shape} are not [L, in, r={lora_cfg.r}] / "
+                             f"[L, r={lora_cfg.r}, out]")
         for i in range(a.shape[0]):
             tensors[KEY_FMT.format(i=i, module=MODULE[name], name=name, ab="A")] = np.ascontiguousarray(a[i].T)
             tensors[KEY_FMT.format(i=i, module=MODULE[name], name=name, ab="B")] = np.ascontiguousarray(b[i].T)
@@ -115,45 +130,37 @@ def _check_peft_config(d: dict, where: str) -> None:
             refuse(f"a non-empty {pat}")
     if d.get("modules_to_save"):
         refuse(f"modules_to_save={d['modules_to_save']} (fully trained extra modules)")
+    if "r" not in d:
+        raise AdapterFormatError(f"{where}: no rank `r`")
 
 
 def _read_weights(folder: str) -> dict[str, np.ndarray]:
     st = os.path.join(folder, ADAPTER_WEIGHTS)
     if os.path.exists(st):
-        return load_file(st)
+        try:
+            return load_file(st)
+        except Exception as e:  # noqa: BLE001
+            raise AdapterFormatError(f"{st}: not a readable safetensors file ({e})") from None
     binf = os.path.join(folder, "adapter_model.bin")
     if os.path.exists(binf):
-        raise AdapterFormatError(
-            f"{binf} is a torch pickle; jaxlava reads only safetensors (loading a pickle can run code). Convert it "
-            f"once where you trust the file:\n  cd {folder} && " + _CONVERT.format(src="adapter_model.bin",
-                                                                                   dst=ADAPTER_WEIGHTS))
+        _refuse_pickle(binf, ADAPTER_WEIGHTS, "a torch pickle (adapter_model.bin)")
     raise AdapterFormatError(f"{folder}: no {ADAPTER_WEIGHTS} found")
 
 
-def load_adapter(path: str, config=None, dtype=np.float32) -> tuple[dict, LoraConfig]:
-    """Read a PEFT adapter folder -> (params {"q_proj": {"a": [L,in,r], "b": [L,r,out]}, ...}, LoraConfig).
-
-    config: an optional LlavaConfig to check names, layer count and shapes against.
-    """
-    cfg_path = os.path.join(path, ADAPTER_CONFIG)
-    if not os.path.exists(cfg_path):
-        raise AdapterFormatError(f"{path}: no {ADAPTER_CONFIG} (is this a PEFT adapter folder?)")
-    with open(cfg_path) as fh:
-        d = json.load(fh)
-    _check_peft_config(d, cfg_path)
-    tensors = _read_weights(path)
-    where = os.path.join(path, ADAPTER_WEIGHTS)
+def _group(tensors: dict, where: str) -> dict[str, dict[str, dict[int, np.ndarray]]]:
+    """{name: {"A": {layer: [r, in]}, "B": {layer: [out, r]}}} of the decoder LoRA tensors."""
     found: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    vision_b = {k: v for k, v in tensors.items() if "vision" in k and ".lora_B" in k}
     for key, value in tensors.items():
         if "lora_" not in key:
             raise AdapterFormatError(f"{where}: tensor {key} is not a LoRA weight")
+        if "vision" in key:
+            b = vision_b.get(key.replace(".lora_A", ".lora_B"), value)
+            if not np.any(np.asarray(b, np.float32)):
+                log.warning("%s: ignoring LoRA tensor %s on the vision tower (its lora_B is zero)", where, key)
+                continue
         m = _KEY_RE.search(key)
         if "vision" in key or m is None:
-            if "vision" in key and ".lora_A" in key:
-                continue  # A alone does nothing; the B check below decides
-            if "vision" in key and not np.any(value):
-                log.warning("%s: ignoring zero LoRA tensor on the vision tower %s", where, key)
-                continue
             raise AdapterFormatError(f"{where}: tensor {key} is not a LoRA weight of a decoder projection "
                                      f"({', '.join(TARGETS)}); jaxlava adapts the language model only")
         layer, module, name, ab = int(m.group(1)), m.group(2), m.group(3), m.group(4)
@@ -161,41 +168,60 @@ def load_adapter(path: str, config=None, dtype=np.float32) -> tuple[dict, LoraCo
             raise AdapterFormatError(f"{where}: tensor {key}: {name} is not under {module}")
         slot = found.setdefault(name, {"A": {}, "B": {}})[ab]
         if layer in slot:
-            raise AdapterFormatError(f"{where}: two tensors for layer {layer} {name} lora_{ab}")
+            raise AdapterFormatError(f"{where}: two tensors for layer {layer} {name} lora_{ab} (mixed key spellings?)")
         slot[layer] = value
     if not found:
         raise AdapterFormatError(f"{where}: holds no decoder LoRA tensors")
+    return found
+
+
+def load_adapter(path: str, config=None, dtype=np.float32) -> tuple[dict, LoraConfig]:
+    """Read a PEFT adapter folder -> (params {"q_proj": {"a": [L,in,r], "b": [L,r,out]}, ...}, LoraConfig).
+
+    config: an optional LlavaConfig to check names, layer count and shapes against.  Layers excluded by
+    `layers_to_transform` get zero a/b.
+    """
+    cfg_path = os.path.join(path, ADAPTER_CONFIG)
+    if not os.path.exists(cfg_path):
+        raise AdapterFormatError(f"{path}: no {ADAPTER_CONFIG} (is this a PEFT adapter folder?)")
+    try:
+        with open(cfg_path) as fh:
+            d = json.load(fh)
+    except json.JSONDecodeError as e:
+        raise AdapterFormatError(f"{cfg_path}: not valid JSON ({e})") from None
+    _check_peft_config(d, cfg_path)
+    where = os.path.join(path, ADAPTER_WEIGHTS)
+    found = _group(_read_weights(path), where)
     L = config.text.num_hidden_layers if config is not None else 1 + max(
-        max(s["A"]) for s in found.values())
+        max([*s["A"], *s["B"]]) for s in found.values())
     only = d.get("layers_to_transform")
     only = set([only] if isinstance(only, int) else only) if only is not None else None
     r = int(d["r"])
     params = {}
     for name in [t for t in TARGETS if t in found]:
         A, B = found[name]["A"], found[name]["B"]
-        a_list, b_list = [], []
-        din = dout = None
+        extra = sorted(i for i in {*A, *B} if i >= L)
+        if extra:
+            raise AdapterFormatError(f"{where}: {name} has layers {extra} but the model has {L}")
+        a_list, b_list, din, dout = [], [], None, None
         for i in range(L):
             if i in A and i in B:
                 a_i, b_i = A[i], B[i]
-                if a_i.shape[0] != r or b_i.shape[1] != r:
+                if a_i.ndim != 2 or b_i.ndim != 2 or a_i.shape[0] != r or b_i.shape[1] != r:
                     raise AdapterFormatError(f"{where}: layer {i} {name}: lora_A {a_i.shape} / lora_B {b_i.shape} "
-                                             f"do not have rank r={r} from {ADAPTER_CONFIG}")
+                                             f"are not [r={r}, in] / [out, r={r}] (r from {ADAPTER_CONFIG})")
                 din, dout = a_i.shape[1], b_i.shape[0]
-                a_list.append(a_i.T)
-                b_list.append(b_i.T)
+                a_list.append(np.asarray(a_i.T, dtype))
+                b_list.append(np.asarray(b_i.T, dtype))
             elif (i in A) != (i in B) or only is None or i in only:
                 raise AdapterFormatError(f"{where}: layer {i} {name}: lora_A/lora_B missing "
                                          f"(have A for {sorted(A)}, B for {sorted(B)}; the model has {L} layers)")
             else:
                 a_list.append(None)
                 b_list.append(None)
-        extra = [i for i in A if i >= L]
-        if extra:
-            raise AdapterFormatError(f"{where}: {name} has layers {extra} but the model has {L}")
-        a_list = [x if x is not None else np.zeros((din, r), np.float32) for x in a_list]
-        b_list = [x if x is not None else np.zeros((r, dout), np.float32) for x in b_list]
-        params[name] = {"a": np.stack(a_list).astype(dtype), "b": np.stack(b_list).astype(dtype)}
+        a_list = [x if x is not None else np.zeros((din, r), dtype) for x in a_list]
+        b_list = [x if x is not None else np.zeros((r, dout), dtype) for x in b_list]
+        params[name] = {"a": np.stack(a_list), "b": np.stack(b_list)}
     if config is not None:
         try:
             check_lora(params, config)
@@ -207,11 +233,18 @@ def load_adapter(path: str, config=None, dtype=np.float32) -> tuple[dict, LoraCo
 
 
 # -------------------------------------------------------------------------------- scalar heads / RM
-def save_scalar_head(path: str, head: dict) -> None:
-    """{"w": [D], "b": []} -> torch Linear(D, 1) layout: weight [1, D], bias [1] (safetensors)."""
-    w = np.asarray(head["w"], np.float32).reshape(1, -1)
-    b = np.asarray(head["b"], np.float32).reshape(1)
-    _atomic_safetensors({"weight": w, "bias": b}, path)
+def save_reward_head(path: str, head: dict) -> None:
+    """{"w": [D], "b": []} -> safetensors in torch Linear(D, 1) layout: weight [1, D], bias [1].
+
+    `path` is a folder (the file is PATH/reward_head.safetensors) or a file name ending in .safetensors."""
+    if not path.endswith(".safetensors"):
+        os.makedirs(path, exist_ok=True)
+        path = os.path.join(path, HEAD_FILE)
+    w = np.asarray(head["w"], np.float32)
+    b = np.asarray(head["b"], np.float32)
+    if w.ndim != 1 or b.size != 1:
+        raise ValueError(f"reward head: w {w.shape} / b {b.shape} are not [D] / []")
+    _atomic_safetensors({"weight": w.reshape(1, -1), "bias": b.reshape(1)}, path)
 
 
 def _is_safetensors(path: str) -> bool:
@@ -222,24 +255,35 @@ def _is_safetensors(path: str) -> bool:
         return False
 
 
-def load_scalar_head(path: str, hidden_size: int | None = None) -> dict:
-    """A Linear(D, 1) head from safetensors (keys weight/bias, optionally prefixed) -> {"w": [D], "b": []}."""
+def load_reward_head(path: str, hidden_size: int | None = None) -> dict:
+    """A Linear(D, 1) head -> {"w": [D], "b": []} (float32).
+
+    `path`: a .safetensors file (keys weight/bias, optionally prefixed) or a folder holding
+    reward_head.safetensors.  A torch pickle (the release's `reward_head`) is refused with instructions."""
+    if os.path.isdir(path):
+        st, pkl = os.path.join(path, HEAD_FILE), os.path.join(path, "reward_head")
+        if not os.path.exists(st) and os.path.isfile(pkl):
+            path = pkl
+        elif not os.path.exists(st):
+            raise AdapterFormatError(f"{path}: no {HEAD_FILE}")
+        else:
+            path = st
+    if not os.path.isfile(path):
+        raise AdapterFormatError(f"{path}: no such reward head file")
     if not _is_safetensors(path):
         dst = HEAD_FILE if os.path.basename(path) == "reward_head" else os.path.basename(path) + ".safetensors"
-        raise AdapterFormatError(
-            f"{path} is not a safetensors file (the LLaVA-RLHF release stores the head as a torch pickle); jaxlava "
-            f"does not unpickle files. Convert it once where you trust the file:\n  cd {os.path.dirname(path) or '.'}"
-            f" && " + _CONVERT.format(src=os.path.basename(path), dst=dst))
+        _refuse_pickle(path, dst, "not a safetensors file (the LLaVA-RLHF release stores the head as a torch pickle)")
     t = load_file(path)
-    w = next((t[k] for k in t if k.split(".")[-1] == "weight"), None)
-    b = next((t[k] for k in t if k.split(".")[-1] == "bias"), None)
-    if w is None or b is None or len(t) != 2:
+    w = [t[k] for k in t if k.split(".")[-1] == "weight"]
+    b = [t[k] for k in t if k.split(".")[-1] == "bias"]
+    if len(w) != 1 or len(b) != 1 or len(t) != 2:
         raise AdapterFormatError(f"{path}: expected exactly a weight [1, D] and a bias [1], found {sorted(t)}")
+    w, b = w[0], b[0]
     if w.ndim != 2 or w.shape[0] != 1 or b.shape not in ((1,), ()):
         raise AdapterFormatError(f"{path}: weight {w.shape} / bias {b.shape} is not a Linear(D, 1)")
     if hidden_size is not None and w.shape[1] != hidden_size:
         raise AdapterFormatError(f"{path}: head width {w.shape[1]} != model hidden size {hidden_size}")
-    return {"w": w[0].astype(np.float32), "b": np.asarray(b, np.float32).reshape(())}
+    return {"w": np.asarray(w[0], np.float32), "b": np.asarray(b, np.float32).reshape(())}
 
 
 def save_reward_model_adapter(path: str, params: dict, lora_cfg: LoraConfig, head: dict, *,
@@ -247,11 +291,13 @@ def save_reward_model_adapter(path: str, params: dict, lora_cfg: LoraConfig, hea
     """The LLaVA-RLHF RM layout: PATH/adapter_model/ (PEFT) + PATH/reward_head.safetensors."""
     save_adapter(os.path.join(path, "adapter_model"), params, lora_cfg,
                  base_model_name_or_path=base_model_name_or_path)
-    save_scalar_head(os.path.join(path, HEAD_FILE), head)
+    save_reward_head(os.path.join(path, HEAD_FILE), head)
 
 
 def load_reward_model_adapter(path: str, config=None) -> tuple[dict, LoraConfig, dict]:
-    """Read `rm_lora_adapter_model/` -> (adapter params, LoraConfig, head {"w", "b"})."""
+    """Read `rm_lora_adapter_model/` -> (adapter params, LoraConfig, head {"w": [D], "b": []}).
+
+    The PEFT files may sit in PATH/adapter_model/ (release layout) or in PATH itself."""
     folder = os.path.join(path, "adapter_model")
     if not os.path.isdir(folder):
         if os.path.exists(os.path.join(path, ADAPTER_CONFIG)):
@@ -259,9 +305,7 @@ def load_reward_model_adapter(path: str, config=None) -> tuple[dict, LoraConfig,
         else:
             raise AdapterFormatError(f"{path}: expected an adapter_model/ folder (LLaVA-RLHF RM layout)")
     params, lora_cfg = load_adapter(folder, config)
-    head_path = next((p for p in (os.path.join(path, HEAD_FILE), os.path.join(path, "reward_head"))
-                      if os.path.exists(p)), None)
-    if head_path is None:
+    if not any(os.path.exists(os.path.join(path, f)) for f in (HEAD_FILE, "reward_head")):
         raise AdapterFormatError(f"{path}: no {HEAD_FILE} (or reward_head) beside adapter_model/")
-    head = load_scalar_head(head_path, config.text.hidden_size if config is not None else None)
+    head = load_reward_head(path, config.text.hidden_size if config is not None else None)
     return params, lora_cfg, head
