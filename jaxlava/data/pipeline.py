@@ -127,25 +127,49 @@ def _shard(shard_index, shard_count):
     if shard_index is None or shard_count is None:
         import jax
         return jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in 0..{shard_count - 1}")
     return shard_index, shard_count
 
 
+class FitsLength:
+    """Drops examples whose sequences exceed `max_len` (left-padded prompts cannot be cut without losing the
+    image placeholders or the end of the text the score is read at)."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+
+    def __call__(self, x: dict) -> bool:
+        seqs = x["candidates"] if "candidates" in x else [x["input_ids"]]
+        return all(len(s) <= self.max_len for s in seqs)
+
+
+def mark_flags_parsed() -> None:
+    """grain workers read absl flags: mark them parsed when the program did not parse them itself."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def _pipeline(source, encode, collate, *, batch_size, seed, shuffle, num_epochs, shard_index, shard_count,
-              num_workers, random_encode=False) -> grain.DatasetIterator:
+              num_workers, random_encode=False, max_len=None) -> grain.DatasetIterator:
+    """source -> shard -> (shuffle) -> repeat -> encode -> (length filter) -> batch -> (workers) -> iterator.
+    Each epoch is reshuffled with its own permutation; `num_epochs=None` repeats forever."""
     idx, count = _shard(shard_index, shard_count)
     ds = grain.MapDataset.source(source)
     if count > 1:
         ds = ds[idx::count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {idx}/{count} of {source!r} holds no records")
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)  # None = forever; each epoch is reshuffled
+    ds = ds.repeat(num_epochs)
     ds = ds.random_map(encode, seed=seed) if random_encode else ds.map(encode)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
-    it = ds.to_iter_dataset()
+    if max_len is not None:
+        ds = ds.filter(FitsLength(max_len))
+    it = ds.to_iter_dataset().batch(batch_size, drop_remainder=True, batch_fn=collate)
     if num_workers > 0:
-        from absl import flags
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
+        mark_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it)
 
@@ -158,6 +182,7 @@ def _pad_id(processor) -> int:
 def sft_batches(source, processor, *, batch_size: int, template: str = "v1", buckets=DEFAULT_BUCKETS,
                 seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
                 shard_count=None, num_workers: int = 0):
+    """SFT batches (right padded; rows longer than the largest bucket are cut at its end, like LLaVA's limit)."""
     return _pipeline(source, EncodeSFT(processor, template), CollateSFT(_pad_id(processor), buckets),
                      batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      shard_index=shard_index, shard_count=shard_count, num_workers=num_workers)
@@ -166,6 +191,8 @@ def sft_batches(source, processor, *, batch_size: int, template: str = "v1", buc
 def preference_batches(source, processor, *, batch_size: int, with_facts: bool = True, buckets=DEFAULT_BUCKETS,
                        seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
                        shard_count=None, num_workers: int = 0):
+    """Reward-model pairs (left padded to a bucket).  Convert with `--max-tokens` so that every pair fits the
+    largest bucket (a filter here could spin forever on a dataset where nothing fits)."""
     return _pipeline(source, EncodePreference(processor, with_facts), CollatePreference(_pad_id(processor), buckets),
                      batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      shard_index=shard_index, shard_count=shard_count, num_workers=num_workers, random_encode=True)
@@ -173,10 +200,13 @@ def preference_batches(source, processor, *, batch_size: int, with_facts: bool =
 
 def ppo_prompt_batches(source, processor, *, batch_size: int, template: str = "v1", buckets=DEFAULT_BUCKETS,
                        seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
-                       shard_count=None, num_workers: int = 0):
+                       shard_count=None, num_workers: int = 0, max_prompt_len: int | None = None):
+    """PPO queries (left padded, ending at the assistant tag); queries longer than `max_prompt_len` (default: the
+    largest bucket) are dropped together with their metadata (spec §4.2 keeps queries of <= 128 tokens)."""
     return _pipeline(source, EncodePrompt(processor, template), CollatePrompt(_pad_id(processor), buckets),
                      batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                     shard_index=shard_index, shard_count=shard_count, num_workers=num_workers)
+                     shard_index=shard_index, shard_count=shard_count, num_workers=num_workers,
+                     max_len=max_prompt_len or max(buckets))
 
 
 def probe_batches(source, processor, *, batch_size: int, template: str = "llava_v1", buckets=DEFAULT_BUCKETS):

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from jaxlava.data.templates import IMAGE, tokenize_with_spans
+from jaxlava.data.templates import IMAGE, has_image_token, tokenize_with_spans
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,6 +29,8 @@ def load_image(src) -> Image.Image:
     try:
         if isinstance(src, Image.Image):
             img = src
+        elif isinstance(src, np.ndarray):
+            img = Image.fromarray(np.asarray(src, np.uint8))
         elif isinstance(src, (bytes, bytearray)):
             img = Image.open(io.BytesIO(src))
         else:
@@ -82,6 +84,17 @@ class ImagePrep:
         return arr.transpose(2, 0, 1).astype(np.float32)
 
 
+def num_image_tokens_from(proc: dict, crop: int, where: str = "processor_config.json") -> int:
+    """Placeholders per image: (image_size / patch_size)^2, plus the CLS token for the "full" strategy."""
+    if "num_image_tokens" in proc:
+        return int(proc["num_image_tokens"])
+    if "patch_size" not in proc:
+        raise ValueError(f"{where}: processor_config.json gives neither num_image_tokens nor patch_size")
+    n = (int(crop) // int(proc["patch_size"])) ** 2
+    extra = int(proc.get("num_additional_image_tokens", 1))
+    return n + (extra if proc.get("vision_feature_select_strategy", "default") == "full" else 0)
+
+
 class LlavaProcessor:
     """Tokenizer + image preparation for a LLaVA model."""
 
@@ -90,13 +103,21 @@ class LlavaProcessor:
         if image_token_id is None:
             image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
         self.image_token_id = int(image_token_id)
+        self.padding_side = "right"
 
     @classmethod
-    def from_pretrained(cls, path: str, *, pad_to_square: bool | None = None, num_image_tokens: int | None = None):
+    def from_pretrained(cls, path: str, model_config=None, *, pad_to_square: bool | None = None,
+                        num_image_tokens: int | None = None, image_token_id: int | None = None):
+        """HF tokenizer files + preprocessor_config.json (+ processor_config.json) from `path`.  With a
+        `model_config` (jaxlava LlavaConfig) the placeholder count and id come from the model."""
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(path)
-        pp = _read(os.path.join(path, "preprocessor_config.json"))
         proc = _read(os.path.join(path, "processor_config.json"), missing_ok=True)
+        pp_path = os.path.join(path, "preprocessor_config.json")
+        if not os.path.exists(pp_path) and isinstance(proc.get("image_processor"), dict):
+            pp = proc["image_processor"]  # transformers 5 nests it in processor_config.json
+        else:
+            pp = _read(pp_path)
         size = pp.get("size", {})
         size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
         crop = pp.get("crop_size", size)
@@ -105,16 +126,14 @@ class LlavaProcessor:
             pad_to_square = pp.get("jaxlava_pad_to_square", pp.get("image_aspect_ratio", "pad") == "pad")
         prep = ImagePrep(int(size), int(crop), pp.get("image_mean", CLIP_MEAN), pp.get("image_std", CLIP_STD),
                          pad_to_square, int(pp.get("resample", Image.BICUBIC)), float(pp.get("rescale_factor", 1 / 255)))
+        if model_config is not None:
+            num_image_tokens = num_image_tokens or model_config.num_image_tokens
+            image_token_id = model_config.image_token_index if image_token_id is None else image_token_id
         if num_image_tokens is None:
-            if "num_image_tokens" in proc:
-                num_image_tokens = int(proc["num_image_tokens"])
-            elif "patch_size" in proc:
-                n = (int(crop) // int(proc["patch_size"])) ** 2
-                extra = int(proc.get("num_additional_image_tokens", 1))
-                num_image_tokens = n + (extra if proc.get("vision_feature_select_strategy") == "full" else 0)
-            else:
-                raise ValueError(f"{path}: processor_config.json gives neither num_image_tokens nor patch_size")
-        self = cls(tok, prep, num_image_tokens)
+            num_image_tokens = num_image_tokens_from(proc, int(crop), path)
+        if image_token_id is None and not has_image_token(tok):
+            raise ValueError(f"{path}: the tokenizer has no {IMAGE} token; pass model_config or image_token_id")
+        self = cls(tok, prep, num_image_tokens, image_token_id)
         self.source_path = path
         return self
 
@@ -135,9 +154,18 @@ class LlavaProcessor:
                                      num_image_tokens=self.num_image_tokens)
         return ids
 
-    def __call__(self, text: str | Sequence[str], images: Sequence | None = None, *, padding_side: str = "right",
+    def __call__(self, text: str | Sequence[str], images=None, *, padding_side: str | None = None,
                  pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Batch of texts (+ one image or None per text) -> input_ids/attention_mask [B,T] (+ pixel_values)."""
+        padding_side = padding_side or self.padding_side
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         texts = [text] if isinstance(text, str) else list(text)
+        if images is not None and (isinstance(images, (Image.Image, bytes, str, os.PathLike))
+                                   or isinstance(images, np.ndarray)):
+            images = [images]  # one image for one text
+        if images is not None and len(images) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images (one image slot per text)")
         seqs = [self.encode_text(t) for t in texts]
         T = max(len(s) for s in seqs) if pad_to is None else pad_to
         if any(len(s) > T for s in seqs):

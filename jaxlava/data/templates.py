@@ -14,6 +14,7 @@ import numpy as np
 
 IMAGE = "<image>"
 IGNORE_INDEX = -100
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # VQA-style suffix (LLaVA eval / SFT+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,12 @@ def render_segments(turns: Sequence[dict], template: str = "v1", add_generation_
 
 def render(turns: Sequence[dict], template: str = "v1", add_generation_prompt: bool = False) -> str:
     return "".join(s for s, _ in render_segments(turns, template, add_generation_prompt))
+
+
+def render_prompt(template: str, question: str, *, has_image: bool = False) -> str:
+    """A one-question generation prompt (`<image>` first when there is an image), ending at the assistant tag."""
+    value = f"{IMAGE}\n{question}" if has_image and IMAGE not in question else question
+    return render([{"from": "human", "value": value}], template, add_generation_prompt=True)
 
 
 def _target_spans(segs) -> list[tuple[int, int]]:
@@ -183,16 +190,16 @@ def encode_prompt(tokenizer, turns, *, template="v1", image_token_id: int, num_i
 # Reward-model prompt (LLaVA-RLHF §3.2 structure; the wording is jaxlava's own).
 # ------------------------------------------------------------------------------------------------
 REWARD_PROMPT = (
-    "USER: Please rate the quality of your previous answer. Judge it on the following dimensions:\n\n"
-    "1. Accurate: the answer states only what the image actually shows and adds nothing that the image does not "
-    "support or that contradicts it. {factual_prompt}\n"
-    "2. Helpful: the answer serves what the user asked for, staying grounded in the image.\n"
-    "3. Language Natural: the answer reads fluently, without repetition or awkward phrasing.\n"
-    "4. Concise: the answer is brief and clear, without needless detail.\n\n"
-    "A good answer is accurate, helpful, natural and concise. "
-    "ASSISTANT: Based on these dimensions, the quality score of my previous answer is"
+    "USER: Please rate how good your last response was. Weigh it on these aspects:\n\n"
+    "1. Accurate: the response states only what the image really shows, with nothing that the image does not "
+    "support or that goes against it. {factual_prompt}\n"
+    "2. Helpful: the response meets what the user asked for while staying grounded in the image.\n"
+    "3. Language Natural: the response reads fluently, with no repetition or clumsy wording.\n"
+    "4. Concise: the response is short and clear, without needless detail.\n\n"
+    "An ideal response is accurate, helpful, natural in its language, and concise. "
+    "ASSISTANT: Judging by these aspects, the quality score of my last response is"
 )
-FACTS_HEADER = "In particular, every claim in the answer must be backed by these descriptions of the image:\n"
+FACTS_HEADER = "In particular, every claim of the response must be backed by these descriptions of the image:\n"
 
 
 def factual_block(facts: Sequence[str], rng: random.Random | None) -> str:
