@@ -99,7 +99,8 @@ def _builder_cls(kind: str):
             super().__init__(**kw)
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=_feature(kind),
+            # disable_shuffling: records keep the order they were written in (tfds otherwise orders by key hash)
+            return tfds.core.DatasetInfo(builder=self, features=_feature(kind), disable_shuffling=True,
                                          description=f"jaxlava {kind} records")
 
         def _split_generators(self, dl_manager):
