@@ -46,7 +46,7 @@ class RMConfig(runs.RunConfig):
 
 
 PRESETS = {
-    "shapes": RMConfig(steps=300, batch_size=8, checkpoint_every=100, eval_every=50,
+    "shapes": RMConfig(steps=200, batch_size=8, checkpoint_every=100, eval_every=50,
                        lora=LoraConfig(r=64, alpha=128, dropout=0.0),
                        optim=OptimConfig(lr=5e-4, schedule="constant_with_warmup", warmup_ratio=0.03,
                                          max_grad_norm=1.0)),
