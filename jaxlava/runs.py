@@ -5,7 +5,6 @@ import dataclasses
 import os
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jaxlava import sharding
@@ -95,6 +94,17 @@ def resolve_steps(cfg: RunConfig, n_records: int, epochs: float) -> int:
     if cfg.steps is not None:
         return cfg.steps
     return max(1, int(epochs * n_records // cfg.batch_size))
+
+
+def setup(cfg, mesh, kind: str, epochs: float):
+    """What every trainer builds inside its mesh: (model, processor, train source of `kind`, total steps, optimizer)."""
+    from jaxlava.data.storage import open_source
+    from jaxlava.optim import make_optimizer
+    model = build_model(cfg, mesh)
+    processor = processor_for(cfg, model.config)
+    source = open_source(cfg.data, kind, "train")
+    total = resolve_steps(cfg, len(source), epochs)
+    return model, processor, source, total, make_optimizer(cfg.optim, total)
 
 
 def as_dict(cfg) -> dict:

@@ -31,7 +31,7 @@ from jaxlava.data.pipeline import preference_batches  # noqa: E402
 from jaxlava.data.storage import open_source  # noqa: E402
 from jaxlava.lora import LoraConfig, init_lora, make_lora  # noqa: E402
 from jaxlava.model.heads import init_scalar_head  # noqa: E402
-from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step  # noqa: E402
+from jaxlava.optim import OptimConfig, init_state, make_schedule, make_train_step  # noqa: E402
 from jaxlava.trainer import fit  # noqa: E402
 
 
@@ -90,11 +90,7 @@ def main(argv=None) -> dict:
             sft_main(["--data", cfg.data, "--out", os.path.dirname(cfg.init.rstrip("/"))])
     mesh = sharding.make_mesh(cfg.mesh)
     with sharding.use_mesh(mesh):
-        model = runs.build_model(cfg, mesh)
-        processor = runs.processor_for(cfg, model.config)
-        source = open_source(cfg.data, "preference", "train")
-        total = runs.resolve_steps(cfg, len(source), cfg.epochs)
-        tx = make_optimizer(cfg.optim, total)
+        model, processor, source, total, tx = runs.setup(cfg, mesh, "preference", cfg.epochs)
         graphdef, base = nnx.split(model)
         key = jax.random.key(cfg.seed)
         trainable = {"lora": init_lora(model.config, cfg.lora, key),

@@ -21,12 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from jaxlava import distributed, hf, runs, sft, sharding  # noqa: E402
 from jaxlava.cli import parse, preset_default  # noqa: E402
 from jaxlava.data.pipeline import sft_batches  # noqa: E402
 from jaxlava.data.storage import open_source  # noqa: E402
-from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step  # noqa: E402
+from jaxlava.optim import OptimConfig, init_state, make_schedule, make_train_step  # noqa: E402
 from jaxlava.trainer import fit  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def eval_loss_fn(graphdef, frozen, source, processor, cfg, put, n_batches=2):
             batches.append(put(next(it)))
         except StopIteration:
             break
-    loss_fn = jax.jit(lambda p, fr, b: sft.sft_loss(sft.nnx.merge(graphdef, p, fr), b)[0])
+    loss_fn = jax.jit(lambda p, fr, b: sft.sft_loss(nnx.merge(graphdef, p, fr), b)[0])
 
     def evaluate(state):
         return {"eval_loss": float(np.mean([loss_fn(state["params"], frozen, b) for b in batches]))} if batches else {}
@@ -75,11 +76,7 @@ def main(argv=None) -> dict:
         runs.ensure_shapes_world(cfg.data)
     mesh = sharding.make_mesh(cfg.mesh)
     with sharding.use_mesh(mesh):
-        model = runs.build_model(cfg, mesh)
-        processor = runs.processor_for(cfg, model.config)
-        source = open_source(cfg.data, "conversation", "train")
-        total = runs.resolve_steps(cfg, len(source), cfg.epochs)
-        tx = make_optimizer(cfg.optim, total)
+        model, processor, source, total, tx = runs.setup(cfg, mesh, "conversation", cfg.epochs)
         graphdef, trainable, frozen = sft.split_trainable(model)
         state = init_state(trainable, tx, cfg.seed)
 
@@ -99,7 +96,7 @@ def main(argv=None) -> dict:
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=frozen, data=data, total_steps=total,
                           checkpoint_every=cfg.checkpoint_every, config={"stage": "sft", **runs.as_dict(cfg)},
                           put=put, eval_fn=evaluate, eval_every=cfg.eval_every, keep=cfg.keep_checkpoints)
-        model = sft.nnx.merge(graphdef, state["params"], frozen)
+        model = nnx.merge(graphdef, state["params"], frozen)
         if distributed.is_main_process():
             hf.save_pretrained(model, os.path.join(cfg.out, "hf"))
             processor.save_pretrained(os.path.join(cfg.out, "hf"))

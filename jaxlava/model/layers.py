@@ -7,7 +7,6 @@ both the scanned and the unrolled execution of a layer stack.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -133,6 +132,3 @@ def values(module: nnx.Module) -> dict:
             out[name] = v[...]
     return out
 
-
-def default_std(fan_in: int) -> float:
-    return 1.0 / math.sqrt(fan_in)
