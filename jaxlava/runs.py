@@ -31,6 +31,8 @@ class RunConfig:
     remat: bool = False
     scan_layers: bool = False
     eval_every: int = 50
+    # shapes preset without --init: steps of the vision tower's stage 0 (jaxlava/shapes_vision.py; 0 = random tower)
+    vision_pretrain_steps: int = 300
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
 
@@ -77,7 +79,11 @@ def build_model(cfg: RunConfig, mesh):
                                scan_layers=cfg.scan_layers,
                                shardings=lambda st: sharding.state_shardings(st, mesh))
     from jaxlava.model import LlavaModel
-    return sharding.create_sharded(lambda: LlavaModel(mc, rngs=nnx.Rngs(cfg.seed)), mesh)
+    model = sharding.create_sharded(lambda: LlavaModel(mc, rngs=nnx.Rngs(cfg.seed)), mesh)
+    if cfg.preset == "shapes":
+        from jaxlava.shapes_vision import VisionPretrainConfig, ensure_pretrained
+        ensure_pretrained(model, cfg.data, VisionPretrainConfig(steps=cfg.vision_pretrain_steps))
+    return model
 
 
 def batch_putter(mesh):

@@ -46,6 +46,7 @@ class ShapesConfig:
     n_sft: int = 4000
     sft_test_frac: float = 0.05
     max_turns: int = 3
+    # kinds: describe | yesno | count | attribute | mc | compare (text-only reading; opt-in, see docs/decisions.md)
     sft_mix: tuple[tuple[str, float], ...] = (("describe", 0.35), ("yesno", 0.25), ("count", 0.15),
                                               ("attribute", 0.1), ("mc", 0.15))
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
@@ -189,6 +190,9 @@ class _Builder:
         if kind == "mc":
             q, a, _, _ = T.multiple_choice(scene, self.spec, self.counts, rng)
             return q, a, kind
+        if kind == "compare":  # text-only reading (see shapes_text.compare_qa)
+            return (*T.compare_qa(scene, self.spec, rng, self.cfg.pref_hallucination_probs, self.cfg.pref_omit_prob),
+                    kind)
         raise ValueError(f"ShapesConfig.sft_mix: unknown question kind {kind!r}")
 
     # ------------------------------------------------------------------------------------------- preference pairs

@@ -203,12 +203,25 @@ def render(scene: Scene, texture: str = "gradient") -> Image.Image:
     img = Image.fromarray(arr, "RGB")
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        fill = COLOURS[o.colour]
-        if o.shape == "circle":
-            draw.ellipse([o.x - o.r, o.y - o.r, o.x + o.r, o.y + o.r], fill=fill)
-        else:
-            draw.polygon(shape_polygon(o.shape, o.x, o.y, o.r), fill=fill)
+        _draw(draw, o, COLOURS[o.colour])
     return img
+
+
+def _draw(draw: ImageDraw.ImageDraw, o: Obj, fill) -> None:
+    if o.shape == "circle":
+        draw.ellipse([o.x - o.r, o.y - o.r, o.x + o.r, o.y + o.r], fill=fill)
+    else:
+        draw.polygon(shape_polygon(o.shape, o.x, o.y, o.r), fill=fill)
+
+
+def object_mask(scene: Scene) -> np.ndarray:
+    """[S, S] uint8 map of which object covers each pixel: 0 for the background, i + 1 for scene.objects[i]
+    (the same geometry as `render`, so it labels exactly the painted pixels)."""
+    img = Image.new("L", (scene.image_size, scene.image_size), 0)
+    draw = ImageDraw.Draw(img)
+    for i, o in enumerate(scene.objects):
+        _draw(draw, o, i + 1)
+    return np.asarray(img, np.uint8)
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -301,3 +301,29 @@ def mmhal_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, qtype: str
                 f"The objects have {num(len(cols))} different {plural('colour', len(cols))}: {join(cols)}.", {})
     q, a, _ = counting_qa(scene, spec, rng)  # "counting", and comparison/relation on one-object scenes
     return q, a, {}
+
+
+# ----------------------------------------------------------------------------------------------- reading
+COMPARE_QUESTION = ("Which objects in the description do the captions not support, and which objects of the "
+                    "captions does it leave out?")
+
+
+def compare_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, hallucination_probs=(0.5, 0.3, 0.2),
+               omit_prob: float = 0.3, n_captions: int = 2) -> tuple[str, str]:
+    """A text-only reading exercise: a description (which may name absent objects or leave present ones out),
+    then some of the scene's captions, then a question asking for the difference.  It plays the part of the
+    text-only instructions in LLaVA-1.5's SFT mix: a language model trained from scratch has no reading skills,
+    and the reward model needs exactly this one (compare a response with the facts that follow it)."""
+    n = len(scene.objects)
+    h = int(rng.choice(3, p=np.asarray(hallucination_probs)))
+    omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < omit_prob else 0
+    fakes = pick_absent(scene, spec, rng, h) if h else []
+    d = describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes)
+    caps = [c for i, c in enumerate(captions(scene)) if i != 2]  # the shape-only caption names no categories
+    caps = [caps[i] for i in rng.permutation(len(caps))[:n_captions]]
+    q = f"Description: {d.text}\nCaptions:\n" + "".join(f"  - {c}\n" for c in caps) + COMPARE_QUESTION
+    left_out = sorted({o.category for o in scene.objects} - set(d.mentioned))
+    a = (f"The captions do not mention {join([an(c) for c in fakes])}." if fakes
+         else "The captions support every object in the description.")
+    a += f" It leaves out {join([an(c) for c in left_out])}." if left_out else " It leaves nothing out."
+    return q, a
