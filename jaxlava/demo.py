@@ -1,7 +1,7 @@
 """`make demo`: the LLaVA-RLHF recipe on the embedded shapes world, end to end on a CPU.
 
 1. generate the shapes world (images, facts, conversations, preferences, probes, tokenizer);
-2. SFT the small `shapes` model (train/sft.py);
+2. SFT the small `shapes` model (train/sft.py), after training its vision tower (stage 0, jaxlava/shapes_vision.py);
 3. train the fact-augmented reward model on top of it (train/rm.py);
 4. sample answers to held-out questions with the SFT model and score each with the reward model;
 5. export the SFT model to the llava-hf layout and check transformers' logits on it (when torch is installed).
