@@ -32,8 +32,9 @@ class RunConfig:
     scan_layers: bool = False
     eval_every: int = 50
     # shapes preset without --init: steps of the vision tower's stage 0 (jaxlava/shapes_vision.py; 0 = random tower)
-    vision_pretrain_steps: int = 300
+    vision_pretrain_steps: int = 3000
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """AdamW, learning-rate schedule, gradient clipping and accumulation."""
 
 
 def ensure_shapes_world(data_dir: str) -> None:

@@ -2,7 +2,7 @@
 
 LLaVA starts from a pretrained CLIP encoder and keeps it frozen.  The shapes model has no pretrained encoder to
 download, and a randomly initialised frozen tower leaves the language model nearly blind: with one, the SFT
-model's held-out loss was 0.76 with the right image and 0.78 with another row's (0.67 vs 1.00 after stage 0;
+model's held-out loss was 0.76 with the right image and 0.78 with another row's (0.68 vs 0.90 after stage 0;
 docs/decisions.md, 9).  So before SFT the `shapes` preset trains its small
 vision tower on freshly drawn scenes (never the world's own images; categories drawn uniformly, with no
 co-occurrence) to name, at every patch, the colour, shape and size of the object painted there.  Afterwards
@@ -32,11 +32,12 @@ from jaxlava.data.shapes import ShapesConfig, load_world_info
 from jaxlava.data.shapes_scene import SIZES, WorldSpec, object_mask, render, sample_scene
 
 CACHE_DIR = "vision_tower"
+LOSS_VERSION = 2  # part of the cache key: 2 = shape and size heads trained on object patches only
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionPretrainConfig:
-    steps: int = 300  # 0: keep the random tower (the behaviour before stage 0 existed)
+    steps: int = 3000  # 0: keep the random tower (the behaviour before stage 0 existed)
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 20
@@ -98,15 +99,21 @@ def init_heads(key, dim: int, sizes: tuple[int, ...]) -> list[dict]:
 
 
 def patch_loss(tower, heads, pixels, targets):
-    """Mean cross-entropy of the three per-patch heads, and per-head accuracy on object patches."""
+    """Cross-entropy of the three per-patch heads, and per-head accuracy on object patches.
+
+    The colour head also separates objects from the background (its class 0) and is trained on every patch;
+    the shape and size heads are trained on object patches only.  Averaging their loss over all patches too
+    drowns the shape signal: with background patches in it, held-out shape accuracy stays at chance."""
     feats = tower.features(pixels).astype(jnp.float32)  # [B, N, D]
     loss, acc = 0.0, []
     obj = (targets[..., 0] > 0).astype(jnp.float32)
+    n_obj = jnp.maximum(obj.sum(), 1.0)
     for j, h in enumerate(heads):
         logits = feats @ h["w"] + h["b"]
-        loss = loss + optax.softmax_cross_entropy_with_integer_labels(logits, targets[..., j]).mean()
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets[..., j])
+        loss = loss + (ce.mean() if j == 0 else (ce * obj).sum() / n_obj)
         hit = (logits.argmax(-1) == targets[..., j]).astype(jnp.float32)
-        acc.append((hit * obj).sum() / jnp.maximum(obj.sum(), 1.0))
+        acc.append((hit * obj).sum() / n_obj)
     return loss, jnp.stack(acc)
 
 
@@ -146,7 +153,7 @@ def pretrain(model, world: ShapesConfig, cfg: VisionPretrainConfig = VisionPretr
 
 def _meta(model, world: ShapesConfig, cfg: VisionPretrainConfig) -> dict:
     return {"vision": dataclasses.asdict(model.config.vision), "feature_layers": list(model.config.feature_layers),
-            "world": world.to_dict(), "pretrain": dataclasses.asdict(cfg)}
+            "world": world.to_dict(), "pretrain": dataclasses.asdict(cfg), "loss_version": LOSS_VERSION}
 
 
 def ensure_pretrained(model, data_dir: str, cfg: VisionPretrainConfig = VisionPretrainConfig(),
