@@ -1,5 +1,4 @@
 """Stage 0 of the shapes world (the stand-in for CLIP pretraining) and the text-only reading exercise."""
-import json
 import os
 import re
 
@@ -10,8 +9,8 @@ from flax import nnx
 
 from jaxlava import shapes_vision as sv
 from jaxlava.data import shapes_text as T
-from jaxlava.data.shapes import ShapesConfig, preset, write_world
-from jaxlava.data.shapes_scene import COLOURS, SHAPES, Obj, Scene, make_spec, object_mask, sample_scene
+from jaxlava.data.shapes import ShapesConfig, load_world_info, preset, write_world
+from jaxlava.data.shapes_scene import COLOURS, SHAPES, SIZES, Obj, Scene, make_spec, object_mask, sample_scene
 
 
 def test_object_mask_matches_rendered_pixels():
@@ -50,11 +49,14 @@ def world(tmp_path_factory):
     return d
 
 
+def _world_cfg(world) -> ShapesConfig:
+    return ShapesConfig.from_dict(load_world_info(world)["config"])
+
+
 def _model(world):
     from jaxlava.model import LlavaModel
     from jaxlava.presets import shapes_config
-    info = json.load(open(os.path.join(world, "world.json")))
-    return LlavaModel(shapes_config(info["tokenizer"]["vocab_size"]), rngs=nnx.Rngs(0))
+    return LlavaModel(shapes_config(load_world_info(world)["tokenizer"]["vocab_size"]), rngs=nnx.Rngs(0))
 
 
 def test_stage0_trains_caches_and_reloads(world):
@@ -83,9 +85,9 @@ def test_shape_and_size_heads_ignore_background_patches(world):
     """Only the colour head (whose class 0 is the background) sees background patches; labels written into the
     shape and size columns of background patches must not change the loss."""
     m = _model(world)
-    info = ShapesConfig.from_dict(json.load(open(os.path.join(world, "world.json")))["config"])
-    px, tg = sv.SceneStream(info, 8, 64, sv.VisionPretrainConfig(), 0).batch(4)
-    heads = sv.init_heads(jax.random.key(0), m.config.vision.hidden_size, (9, 7, 3))
+    w, v = _world_cfg(world), m.config.vision
+    px, tg = sv.SceneStream(w, v.patch_size, v.image_size, sv.VisionPretrainConfig(), 0).batch(4)
+    heads = sv.init_heads(jax.random.key(0), v.hidden_size, (len(w.colours) + 1, len(w.shapes) + 1, len(SIZES) + 1))
     noisy = tg.copy()
     bg = tg[..., 0] == 0
     assert bg.any() and (~bg).any()
@@ -102,10 +104,8 @@ def test_shape_and_size_heads_ignore_background_patches(world):
 @pytest.mark.slow
 def test_stage0_learns_shape_not_only_colour(world):
     """Held-out shape accuracy leaves chance (1 in 6). With the shape loss averaged over background patches
-    too, it stayed at 0.21 after 1500 steps; with object patches only it is 0.34-0.45 (docs/decisions.md, 9)."""
-    metrics = sv.pretrain(_model(world), ShapesConfig.from_dict(
-        json.load(open(os.path.join(world, "world.json")))["config"]), sv.VisionPretrainConfig(steps=1500),
-        progress=False)
+    too, it stayed at 0.21 after 1500 steps; with object patches only it is 0.34 (docs/decisions.md, 9)."""
+    metrics = sv.pretrain(_model(world), _world_cfg(world), sv.VisionPretrainConfig(steps=1500), progress=False)
     assert metrics["colour_accuracy"] > 0.95
     assert metrics["shape_accuracy"] > 0.28
 

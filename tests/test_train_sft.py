@@ -21,7 +21,8 @@ def world(tmp_path_factory):
 
 def _cmd(world, out, *extra):
     return [sys.executable, os.path.join(ROOT, "train", "sft.py"), "--data", world, "--out", out, "--steps", "8",
-            "--batch-size", "4", "--checkpoint-every", "3", "--eval-every", "100", "--vision-pretrain-steps", "20", *extra]
+            "--batch-size", "4", "--checkpoint-every", "3", "--eval-every", "100", "--vision-pretrain-steps", "20",
+            *extra]
 
 
 def _env(devices=1):
