@@ -1,8 +1,11 @@
 """The training loop shared by every stage: resume, progress bar, NaN guard, metrics, checkpoints."""
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 import zlib
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import jax
@@ -15,6 +18,37 @@ from jaxlava.metrics import MetricsLogger, plot_metrics
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class RunDirBusy(RuntimeError):
+    """Another process is training into the same RUN_DIR."""
+
+
+@contextmanager
+def run_dir_lock(run_dir: str):
+    """Hold an exclusive lock on RUN_DIR/.lock for the life of a run: two processes resuming the same RUN_DIR
+    would interleave their checkpoints and metrics.  The OS drops the lock when a process dies (no stale locks
+    after a kill)."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, ".lock")
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise RunDirBusy(f"RUN_DIR {run_dir} is in use by another training process (pid {holder}); wait for it "
+                         "to finish or choose another --out") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def _fingerprint(batch: dict) -> int:
@@ -31,8 +65,16 @@ def fit(*, run_dir: str, step_fn: Callable, state, frozen, data: Iterator, total
     """Run `step_fn(state, frozen, batch) -> (state, metrics)` until `total_steps`, resuming from RUN_DIR.
 
     Returns (state, last metrics row).  `stop_after` ends the run early after that many steps of this
-    process (tests use it to simulate preemption without a kill).
+    process (tests use it to simulate preemption without a kill).  Raises `RunDirBusy` when another process
+    holds RUN_DIR.
     """
+    with run_dir_lock(run_dir):
+        return _fit(run_dir, step_fn, state, frozen, data, total_steps, checkpoint_every, config, put,
+                    max_bad_steps, eval_fn, eval_every, keep, tokens, stop_after, progress)
+
+
+def _fit(run_dir, step_fn, state, frozen, data, total_steps, checkpoint_every, config, put, max_bad_steps,
+         eval_fn, eval_every, keep, tokens, stop_after, progress):
     ckpt = Checkpointer(run_dir, keep=keep)
     logger = MetricsLogger(run_dir)
     start = 0
@@ -42,6 +84,9 @@ def fit(*, run_dir: str, step_fn: Callable, state, frozen, data: Iterator, total
         if data_state.get("iterator") is not None:
             data.set_state(data_state["iterator"])
         print(f"resumed from step {start} ({ckpt.dir})", flush=True)
+        if start >= total_steps:
+            print(f"{run_dir} already holds step {start} of a {total_steps}-step run: nothing to train (raise "
+                  "--steps to continue it, or choose another --out)", flush=True)
     save_config(run_dir, config)
     bad_in_row, last, done_here = 0, {}, 0
     bar = tqdm(total=total_steps, initial=start, desc=config.get("stage", "train"), disable=not progress,

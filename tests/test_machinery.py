@@ -1,6 +1,9 @@
 """Training machinery: schedules, the NaN/inf guard, checkpoint fallback, exact resume of the loop."""
 import math
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import jax
@@ -10,7 +13,7 @@ import pytest
 
 from jaxlava.checkpoint import Checkpointer
 from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step
-from jaxlava.trainer import NonFiniteError, fit
+from jaxlava.trainer import NonFiniteError, RunDirBusy, fit
 
 
 def test_schedules_match_hand_computed_values():
@@ -110,3 +113,27 @@ def test_loop_resume_is_exact(tmp_path):
                    total_steps=8, checkpoint_every=4, config={}, progress=False)
     assert again["step"] == 8 and abs(again["loss"] - ref["loss"]) <= 1e-7
     assert again["data_crc"] == ref["data_crc"]
+
+
+def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
+    """A run holds RUN_DIR/.lock; another process that tries the same RUN_DIR gets a clear error, not a
+    checkpoint race. The lock dies with its holder."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from jaxlava.trainer import run_dir_lock
+        with run_dir_lock({str(tmp_path)!r}):
+            print("held", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        step, state = _setup()
+        with pytest.raises(RunDirBusy, match=f"pid {holder.pid}"):
+            fit(run_dir=str(tmp_path), step_fn=step, state=state, frozen=None, data=ToyData(), total_steps=2,
+                checkpoint_every=100, config={}, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    _, last = fit(run_dir=str(tmp_path), step_fn=step, state=state, frozen=None, data=ToyData(), total_steps=2,
+                  checkpoint_every=100, config={}, progress=False)
+    assert last["step"] == 2
