@@ -26,11 +26,12 @@ class RunDirBusy(RuntimeError):
 
 @contextmanager
 def run_dir_lock(run_dir: str):
-    """Hold an exclusive lock on RUN_DIR/.lock for the life of a run: two processes resuming the same RUN_DIR
-    would interleave their checkpoints and metrics.  The OS drops the lock when a process dies (no stale locks
-    after a kill)."""
+    """Hold an exclusive lock on RUN_DIR/.lock.p<process index> for the life of a run: two jobs resuming the
+    same RUN_DIR would interleave their checkpoints and metrics.  The OS drops the lock when a process dies (no
+    stale locks after a kill)."""
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, ".lock")
+    # one lock per JAX process: the hosts of one multi-host job share RUN_DIR, two jobs' process 0 collide
+    path = os.path.join(run_dir, f".lock.p{jax.process_index()}")
     fh = open(path, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
