@@ -2,6 +2,7 @@
 the world's tokenizer (DIR/tokenizer/) and DIR/world.json.
 
     python data/shapes.py --out DIR [--seed S] [--size small|default|large] [--image-size 64] [--noise-rate 0.2] ...
+    python data/shapes.py --out runs/shapes_world_20k --n-pref 20000   # more preference pairs for long RM runs
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class Args:
     cooccur_prob: float | None = None  # P(both members of a designed pair | either) (default 0.8)
     noise_rate: float | None = None  # share of SFT descriptions with a hallucinated object (default 0.2)
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)
+    n_sft: int | None = None  # SFT conversations (default 4000; the size preset sets it otherwise)
+    n_pref: int | None = None  # preference pairs (default 2000; 10% held out)
 
 
 def main(args: Args) -> dict:

@@ -1,7 +1,6 @@
 """Storage round trip and Grain pipelines: batch formats (docs/design.md), determinism, sharding, exact resume
 from saved iterator state (workers 0 and 1), orbax/grain checkpointing."""
 import io
-import time
 
 import numpy as np
 import pytest
@@ -152,7 +151,6 @@ def test_probe_batches(data, proc):
 def test_exact_resume(data, proc, workers):
     """An ArrayRecord-backed iterator restored from a saved state yields the identical next batches."""
     d, _ = data
-    t0 = time.time()
     src = storage.open_source(d, "preference")
     make = lambda: P.preference_batches(src, proc, batch_size=2, buckets=BUCKETS, seed=3, num_workers=workers,  # noqa
                                         shard_index=0, shard_count=1)
@@ -164,7 +162,6 @@ def test_exact_resume(data, proc, workers):
     it2.set_state(state)
     for a, b in zip(want, _take(it2, 3)):
         _eq(a, b)
-    assert time.time() - t0 < 60
 
 
 def test_orbax_grain_checkpoint(data, proc, tmp_path):
