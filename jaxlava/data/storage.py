@@ -5,7 +5,9 @@ are stored as JSON text and restored on read; images are stored as their encoded
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
 import os
 from typing import Any, Iterable
@@ -135,7 +137,9 @@ def write_records(kind: str, records: Iterable[dict], out_dir: str, split: str =
         import shutil
         shutil.rmtree(data_dir)
     builder = _builder_cls(kind)(records=records, split=split, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    # tfds prints "Downloading and preparing dataset ..." for every build, although nothing is downloaded
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare()
     return len(records)
 
 
