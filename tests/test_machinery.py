@@ -116,7 +116,7 @@ def test_loop_resume_is_exact(tmp_path):
 
 
 def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
-    """A run holds RUN_DIR/.lock; another process that tries the same RUN_DIR gets a clear error, not a
+    """A run holds RUN_DIR/.lock.p<process>; another process that tries the same RUN_DIR gets a clear error, not a
     checkpoint race. The lock dies with its holder."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
