@@ -195,6 +195,26 @@ def test_preferences_need_the_facts():
         assert acc(cue) < 0.62
 
 
+def test_counterfactual_twins(world):
+    """pref_minimal_prob: the losing response is the winner with one present object renamed to an absent category
+    (in every sentence), so only the image or the facts can tell them apart; off by default."""
+    assert not any(m.get("counterfactual") for m in world.meta.values())
+    w = build_world(preset("small", seed=5, n_pref=300, pref_minimal_prob=1.0))
+    recs = _all(w, "preference")
+    # not a twin only when the first response names no present object (all of them replaced by hallucinations)
+    assert np.mean([w.meta[r["id"]]["counterfactual"] for r in recs]) > 0.85
+    for r in recs:
+        if not w.meta[r["id"]]["counterfactual"]:
+            continue
+        win, lose = r[f"output_{r['preference']}"].split(), r[f"output_{3 - r['preference']}"].split()
+        assert len(win) == len(lose)
+        diff = {(a.strip(".,"), b.strip(".,")) for a, b in zip(win, lose) if a != b}
+        renamed = T.mentioned_categories(" ".join(lose), w.spec.categories) - \
+            T.mentioned_categories(" ".join(win), w.spec.categories)
+        assert len(renamed) == 1 and not T.mentioned_categories(" ".join(r["facts"]), renamed)
+        assert diff and all(a in COLOURS or a in w.spec.shapes for pair in diff for a in pair)
+
+
 def test_ppo_prompts(world):
     recs = _all(world, "ppo_prompt")
     assert {r["caption_type"] for r in recs} >= {1, 6, 7}

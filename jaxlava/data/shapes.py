@@ -57,6 +57,7 @@ class ShapesConfig:
     pref_omit_prob: float = 0.3  # P(a response leaves out some present objects)
     pref_detail_prob: float = 0.5  # P(a response adds location sentences)
     pref_substitute_prob: float = 0.5  # P(hallucinated objects replace real ones rather than add to them)
+    pref_minimal_prob: float = 0.0  # P(a pair is a counterfactual twin: one object renamed, every other word kept)
     # PPO prompts
     n_ppo: int = 1000
     ppo_mix: tuple[tuple[str, float], ...] = (("general", 0.5), ("mc", 0.25), ("yesno", 0.25))
@@ -75,7 +76,7 @@ class ShapesConfig:
         if self.max_objects < 3:
             raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
         for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "pref_omit_prob",
-                     "pref_detail_prob", "pref_substitute_prob"):
+                     "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.pref_hallucination_probs) != 3 or abs(sum(self.pref_hallucination_probs) - 1) > 1e-6:
@@ -203,8 +204,10 @@ class _Builder:
             scene, png = self.scene(rng)
             q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
             d1 = self.pref_response(scene, rng)
+            twin = (T.swap_object(d1, scene, self.spec, rng)
+                    if cfg.pref_minimal_prob and rng.random() < cfg.pref_minimal_prob else None)
             for _ in range(1000):
-                d2 = self.pref_response(scene, rng)
+                d2 = twin or self.pref_response(scene, rng)
                 winner = T.annotator_prefers(d1, d2)
                 if winner is not None:
                     break
@@ -220,7 +223,8 @@ class _Builder:
                         "output_1": o1.text, "output_2": o2.text, "preference": slot,
                         "hallucination": bool(o1.hallucinated or o2.hallucinated), "facts": T.captions(scene)})
             self.keep(rid, scene, responses=[dataclasses.asdict(o1), dataclasses.asdict(o2)],
-                      decided_by="hallucination" if len(o1.hallucinated) != len(o2.hallucinated) else "completeness")
+                      decided_by="hallucination" if len(o1.hallucinated) != len(o2.hallucinated) else "completeness",
+                      counterfactual=twin is not None)
         return out
 
     def pref_response(self, scene: Scene, rng: np.random.Generator) -> T.Description:

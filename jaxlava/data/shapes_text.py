@@ -146,6 +146,22 @@ def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] =
     return Description(text, tuple(hallucinate), tuple(o.category for o in keep), details)
 
 
+def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Generator) -> Description | None:
+    """A counterfactual twin of `d`: one mentioned present object renamed to an absent category (same size,
+    same place in every sentence), all other words unchanged; None when `d` mentions no present object."""
+    if not d.mentioned:
+        return None
+    old = d.mentioned[int(rng.integers(len(d.mentioned)))]
+    taken = set(scene.categories) | set(d.hallucinated)
+    new = next((c for c in pick_absent(scene, spec, rng, len(spec.categories) - len(scene.categories))
+                if c not in taken), None)
+    if new is None:
+        return None
+    text = re.sub(rf"\b{old}\b", new, d.text)
+    return Description(text, d.hallucinated + (new,), tuple(m for m in d.mentioned if m != old),
+                       d.details - (1 if d.details else 0))
+
+
 def annotator_prefers(d1: Description, d2: Description) -> int | None:
     """The simulated annotator: the less hallucinated response wins; only on a tie the more complete one; None if
     tied on both (the caller re-samples)."""
