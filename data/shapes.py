@@ -28,6 +28,9 @@ class Args:
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)
     n_sft: int | None = None  # SFT conversations (default 4000; the size preset sets it otherwise)
     n_pref: int | None = None  # preference pairs (default 2000; 10% held out)
+    # share of preference pairs that are counterfactual twins: the loser is the winner with one object renamed
+    # to an absent one, every other word kept (default 0; docs/decisions.md 10)
+    pref_minimal_prob: float | None = None
 
 
 def main(args: Args) -> dict:
