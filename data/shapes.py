@@ -3,6 +3,8 @@ the world's tokenizer (DIR/tokenizer/) and DIR/world.json.
 
     python data/shapes.py --out DIR [--seed S] [--size small|default|large] [--image-size 64] [--noise-rate 0.2] ...
     python data/shapes.py --out runs/shapes_world_20k --n-pref 20000   # more preference pairs for long RM runs
+    python data/shapes.py --out runs/twins --colours red blue green yellow --shapes circle square triangle \
+        --max-objects 3 --pref-minimal-prob 1 --n-pref 6000           # the twin-pair world of docs/decisions.md 10
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ class Args:
     size: Literal["small", "default", "large"] = "default"
     image_size: int | None = None  # image side in pixels (default 64)
     max_objects: int | None = None  # objects per image: 1..max_objects (default 5)
+    # a smaller palette (default: all 9 colours, all 6 shapes); designed pairs outside it are dropped
+    colours: tuple[str, ...] | None = None
+    shapes: tuple[str, ...] | None = None
     cooccur_prob: float | None = None  # P(both members of a designed pair | either) (default 0.8)
     noise_rate: float | None = None  # share of SFT descriptions with a hallucinated object (default 0.2)
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)

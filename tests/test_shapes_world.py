@@ -60,6 +60,10 @@ def test_config_validation_and_roundtrip():
     with pytest.raises(ValueError, match="unknown size"):
         preset("huge")
     assert set(PRESETS) == {"small", "default", "large"}
+    # a smaller palette keeps only the designed pairs that still exist in it; explicit pairs are kept as given
+    small = preset("small", colours=("red", "blue", "green", "yellow"), shapes=("circle", "square", "triangle"))
+    assert small.cooccur_pairs == (("red circle", "blue square"),)
+    assert preset("small", colours=("red", "blue", "green", "yellow"), cooccur_pairs=()).cooccur_pairs == ()
 
 
 def test_object_counts_and_cooccurrence_rate():

@@ -100,9 +100,17 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(size: str = "default", **overrides) -> ShapesConfig:
+    """A size preset with field overrides.  A smaller palette (`colours`, `shapes`) without its own
+    `cooccur_pairs` keeps the designed pairs whose two members are still categories of the world."""
     if size not in PRESETS:
         raise ValueError(f"shapes world: unknown size {size!r}; choose from {sorted(PRESETS)}")
-    return ShapesConfig(**(PRESETS[size] | overrides))
+    kw = PRESETS[size] | overrides
+    if ("colours" in overrides or "shapes" in overrides) and "cooccur_pairs" not in overrides:
+        colours = set(kw.get("colours", ShapesConfig.colours))
+        shapes = set(kw.get("shapes", ShapesConfig.shapes))
+        kw["cooccur_pairs"] = tuple(p for p in ShapesConfig.cooccur_pairs
+                                    if all(c.split(" ")[0] in colours and c.split(" ")[1] in shapes for c in p))
+    return ShapesConfig(**kw)
 
 
 @dataclasses.dataclass
