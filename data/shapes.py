@@ -25,9 +25,8 @@ class Args:
     size: Literal["small", "default", "large"] = "default"
     image_size: int | None = None  # image side in pixels (default 64)
     max_objects: int | None = None  # objects per image: 1..max_objects (default 5)
-    # a smaller palette (default: all 9 colours, all 6 shapes); designed pairs outside it are dropped
-    colours: tuple[str, ...] | None = None
-    shapes: tuple[str, ...] | None = None
+    colours: tuple[str, ...] | None = None  # colour names (default all 9); co-occurrence pairs outside are dropped
+    shapes: tuple[str, ...] | None = None  # shape names (default all 6); likewise
     cooccur_prob: float | None = None  # P(both members of a designed pair | either) (default 0.8)
     noise_rate: float | None = None  # share of SFT descriptions with a hallucinated object (default 0.2)
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)
