@@ -106,10 +106,9 @@ def preset(size: str = "default", **overrides) -> ShapesConfig:
         raise ValueError(f"shapes world: unknown size {size!r}; choose from {sorted(PRESETS)}")
     kw = PRESETS[size] | overrides
     if ("colours" in overrides or "shapes" in overrides) and "cooccur_pairs" not in overrides:
-        colours = set(kw.get("colours", ShapesConfig.colours))
-        shapes = set(kw.get("shapes", ShapesConfig.shapes))
-        kw["cooccur_pairs"] = tuple(p for p in ShapesConfig.cooccur_pairs
-                                    if all(c.split(" ")[0] in colours and c.split(" ")[1] in shapes for c in p))
+        cats = {f"{c} {s}" for c in kw.get("colours", ShapesConfig.colours)
+                for s in kw.get("shapes", ShapesConfig.shapes)}
+        kw["cooccur_pairs"] = tuple(p for p in ShapesConfig.cooccur_pairs if set(p) <= cats)
     return ShapesConfig(**kw)
 
 
