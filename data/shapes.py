@@ -35,6 +35,8 @@ class Args:
     # share of preference pairs that are counterfactual twins: the loser is the winner with one object renamed
     # to an absent one, every other word kept (default 0; docs/decisions.md 10)
     pref_minimal_prob: float | None = None
+    # what a twin renames: any absent category, or only the shape (resp. colour) to one the image lacks
+    pref_twin_rename: Literal["category", "shape", "colour"] | None = None
 
 
 def main(args: Args) -> dict:

@@ -219,6 +219,27 @@ def test_counterfactual_twins(world):
         assert diff and all(a in COLOURS or a in w.spec.shapes for pair in diff for a in pair)
 
 
+@pytest.mark.parametrize("attr", ["shape", "colour"])
+def test_twin_rename_one_attribute(attr):
+    """pref_twin_rename: a twin keeps the renamed object's other attribute and gives it a shape (colour) that no
+    object of the image has, so the new word is in no fact."""
+    w = build_world(preset("small", seed=6, n_pref=200, pref_minimal_prob=1.0, pref_twin_rename=attr))
+    recs = [r for r in _all(w, "preference") if w.meta[r["id"]]["counterfactual"]]
+    assert len(recs) > 100
+    pool = set(w.spec.shapes) if attr == "shape" else set(COLOURS)
+    for r in recs:
+        win, lose = r[f"output_{r['preference']}"].split(), r[f"output_{3 - r['preference']}"].split()
+        diff = {(a.strip(".,"), b.strip(".,")) for a, b in zip(win, lose) if a != b}
+        assert len(diff) == 1, diff
+        (old, new), = diff
+        assert old in pool and new in pool
+        scene = w.scenes[r["id"]]
+        assert new not in {getattr(o, attr) for o in scene.objects}
+        assert not re.search(rf"\b{new}\b", " ".join(r["facts"]))
+    with pytest.raises(ValueError, match="pref_twin_rename"):
+        preset("small", pref_twin_rename="size")
+
+
 def test_ppo_prompts(world):
     recs = _all(world, "ppo_prompt")
     assert {r["caption_type"] for r in recs} >= {1, 6, 7}

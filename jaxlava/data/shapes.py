@@ -58,6 +58,7 @@ class ShapesConfig:
     pref_detail_prob: float = 0.5  # P(a response adds location sentences)
     pref_substitute_prob: float = 0.5  # P(hallucinated objects replace real ones rather than add to them)
     pref_minimal_prob: float = 0.0  # P(a pair is a counterfactual twin: one object renamed, every other word kept)
+    pref_twin_rename: str = "category"  # what a twin changes: category | shape | colour (see shapes_text.swap_object)
     # PPO prompts
     n_ppo: int = 1000
     ppo_mix: tuple[tuple[str, float], ...] = (("general", 0.5), ("mc", 0.25), ("yesno", 0.25))
@@ -79,6 +80,9 @@ class ShapesConfig:
                      "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.pref_twin_rename not in ("category", "shape", "colour"):
+            raise ValueError(f"ShapesConfig.pref_twin_rename must be category, shape or colour, got "
+                             f"{self.pref_twin_rename!r}")
         if len(self.pref_hallucination_probs) != 3 or abs(sum(self.pref_hallucination_probs) - 1) > 1e-6:
             raise ValueError("ShapesConfig.pref_hallucination_probs: 3 probabilities (0, 1, 2 objects) summing to 1")
 
@@ -211,7 +215,7 @@ class _Builder:
             scene, png = self.scene(rng)
             q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
             d1 = self.pref_response(scene, rng)
-            twin = (T.swap_object(d1, scene, self.spec, rng)
+            twin = (T.swap_object(d1, scene, self.spec, rng, cfg.pref_twin_rename)
                     if cfg.pref_minimal_prob and rng.random() < cfg.pref_minimal_prob else None)
             for _ in range(1000):
                 d2 = twin or self.pref_response(scene, rng)

@@ -146,15 +146,31 @@ def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] =
     return Description(text, tuple(hallucinate), tuple(o.category for o in keep), details)
 
 
-def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Generator) -> Description | None:
+def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Generator,
+                rename: str = "category") -> Description | None:
     """A counterfactual twin of `d`: one mentioned present object renamed to an absent category (same size,
-    same place in every sentence), all other words unchanged; None when `d` mentions no present object."""
+    same place in every sentence), all other words unchanged; None when `d` mentions no present object or no
+    absent category fits.  `rename`: "category" (any absent category, the describer's plausible confusions
+    first), "shape" (same colour, a shape no object of the image has) or "colour" (same shape, a colour no
+    object of the image has)."""
     if not d.mentioned:
         return None
     old = d.mentioned[int(rng.integers(len(d.mentioned)))]
     taken = set(scene.categories) | set(d.hallucinated)
-    new = next((c for c in pick_absent(scene, spec, rng, len(spec.categories) - len(scene.categories))
-                if c not in taken), None)
+    if rename == "category":
+        pool = pick_absent(scene, spec, rng, len(spec.categories) - len(scene.categories))
+    elif rename in ("shape", "colour"):
+        colour, shape = old.split(" ")
+        if rename == "shape":
+            used = {o.shape for o in scene.objects}
+            pool = [f"{colour} {s}" for s in spec.shapes if s not in used]
+        else:
+            used = {o.colour for o in scene.objects}
+            pool = [f"{c} {shape}" for c in spec.colours if c not in used]
+        pool = [pool[i] for i in rng.permutation(len(pool))]
+    else:
+        raise ValueError(f"shapes world: unknown twin rename {rename!r}; expected category, shape or colour")
+    new = next((c for c in pool if c not in taken), None)
     if new is None:
         return None
     text = re.sub(rf"\b{old}\b", new, d.text)
