@@ -139,6 +139,18 @@ def test_preference_and_ppo_formats(data, proc):
     assert list(short) == []  # every query is longer than 5 tokens: dropped, not cut
 
 
+def test_other_facts_view(data):
+    src = storage.open_source(data[0], "preference")
+    view = P.OtherFacts(src, shift=3)
+    assert len(view) == len(src) == N
+    for i in range(N):
+        got, own = view[i], src[i]
+        assert got["facts"] == src[(i + 3) % N]["facts"] != own["facts"]
+        assert {k: v for k, v in got.items() if k != "facts"} == {k: v for k, v in own.items() if k != "facts"}
+    with pytest.raises(ValueError, match="needs 2 or more"):
+        P.OtherFacts([src[0]])
+
+
 def test_probe_batches(data, proc):
     d, _ = data
     bs = list(P.probe_batches(storage.open_source(d, "probe"), proc, batch_size=2, buckets=BUCKETS))

@@ -3,7 +3,9 @@
 Each preference pair is scored twice (output_1, output_2), each time as the conversation with the candidate
 answer followed by the reward prompt, whose Accurate criterion lists the image's facts (shuffled at each
 use).  Loss: BCE on the score difference + 1e-3 * |mean(r0 + r1)|.  `--no-facts` trains the ablation
-without facts.  Held-out accuracy is logged as `eval_accuracy` in metrics.jsonl.
+without facts.  Held-out accuracy is logged as `eval_accuracy` in metrics.jsonl, and, with facts, as
+`eval_accuracy_other_facts` with every held-out pair given another pair's facts: if the two are close, the
+model does not use the facts (docs/decisions.md 10).
 
 With no flags it trains on the shapes world, starting from runs/sft/hf (running `train/sft.py` first if
 that model is missing).  The adapter is written in PEFT format with the head beside it (RUN_DIR/adapter).
@@ -27,7 +29,7 @@ from flax import nnx  # noqa: E402
 
 from jaxlava import distributed, rm, runs, sharding  # noqa: E402
 from jaxlava.cli import parse, preset_default  # noqa: E402
-from jaxlava.data.pipeline import preference_batches  # noqa: E402
+from jaxlava.data.pipeline import OtherFacts, preference_batches  # noqa: E402
 from jaxlava.data.storage import open_source  # noqa: E402
 from jaxlava.lora import LoraConfig, init_lora, make_lora  # noqa: E402
 from jaxlava.model.heads import init_scalar_head  # noqa: E402
@@ -60,10 +62,16 @@ PRESETS["llava-7b-224"] = dataclasses.replace(PRESETS["llava-13b-336"], preset="
 
 
 def accuracy_fn(graphdef, base, processor, source, cfg, put, lora_cfg):
-    it = preference_batches(source, processor, batch_size=min(cfg.batch_size, len(source)),
-                            with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1,
-                            shard_index=jax.process_index(), shard_count=jax.process_count())
-    batches = [put(b) for b in it]
+    """Held-out accuracy (`eval_accuracy`); with facts, also with each pair given another pair's facts
+    (`eval_accuracy_other_facts`): near `eval_accuracy` means the model judges without reading the facts."""
+    def batches(src):
+        it = preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
+                                with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1,
+                                shard_index=jax.process_index(), shard_count=jax.process_count())
+        return [put(b) for b in it]
+    sets = {"eval_accuracy": batches(source)}
+    if not cfg.no_facts and len(source) >= 2:
+        sets["eval_accuracy_other_facts"] = batches(OtherFacts(source))
 
     @jax.jit
     def scores(params, base_, b):
@@ -73,8 +81,8 @@ def accuracy_fn(graphdef, base, processor, source, cfg, put, lora_cfg):
         return rm.preference_loss(r, b["choice"])[1]["accuracy"]
 
     def evaluate(state):
-        accs = [float(scores(state["params"], base, b)) for b in batches]
-        return {"eval_accuracy": float(np.mean(accs))} if accs else {}
+        return {name: float(np.mean([float(scores(state["params"], base, b)) for b in bs]))
+                for name, bs in sets.items() if bs}
     return evaluate
 
 

@@ -80,6 +80,27 @@ class EncodePreference:
                 "choice": np.int32(0 if rec["preference"] == 1 else 1)}
 
 
+class OtherFacts:
+    """A view of a preference source in which record i carries the facts of record (i + shift) mod n and keeps
+    everything else.  A reward model that reads the facts loses accuracy on it; one that ignores them (it
+    judges from the image or the wording) does not (`eval_accuracy_other_facts` in train/rm.py)."""
+
+    def __init__(self, source, shift: int = 1):
+        if len(source) < 2:
+            raise ValueError(f"OtherFacts: {source!r} has {len(source)} record(s); swapping facts needs 2 or more")
+        self.source, self.shift = source, shift
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.source)
+        return {**self.source[i], "facts": self.source[(i + self.shift) % n]["facts"]}
+
+    def __repr__(self) -> str:
+        return f"OtherFacts({self.source!r}, shift={self.shift})"
+
+
 class CollatePreference:
     def __init__(self, pad_id: int, buckets: Sequence[int]):
         self.pad_id, self.buckets = pad_id, tuple(buckets)
