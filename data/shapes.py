@@ -35,6 +35,9 @@ class Args:
     # share of preference pairs that are counterfactual twins: the loser is the winner with one object renamed
     # to an absent one, every other word kept (default 0; docs/decisions.md 10)
     pref_minimal_prob: float | None = None
+    # SFT question kinds and their shares, e.g. `--sft-mix describe 0.25 yesno 0.15 count 0.1 attribute 0.05 mc 0.1
+    # compare 0.35` (compare: the text-only reading exercise, off by default; docs/decisions.md 10)
+    sft_mix: dict[str, float] | None = None
     # what a twin renames: any absent category, or only the shape (resp. colour) to one the image lacks
     pref_twin_rename: Literal["category", "shape", "colour"] | None = None
 
@@ -42,6 +45,8 @@ class Args:
 def main(args: Args) -> dict:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Args)
                  if f.name not in ("out", "size") and getattr(args, f.name) is not None}
+    if "sft_mix" in overrides:
+        overrides["sft_mix"] = tuple(overrides["sft_mix"].items())
     t0 = time.perf_counter()
     info = write_world(args.out, preset(args.size, **overrides))
     s = info["stats"]

@@ -238,6 +238,8 @@ def test_twin_rename_one_attribute(attr):
         assert not re.search(rf"\b{new}\b", " ".join(r["facts"]))
     with pytest.raises(ValueError, match="pref_twin_rename"):
         preset("small", pref_twin_rename="size")
+    with pytest.raises(ValueError, match="sft_mix"):
+        preset("small", sft_mix=(("describe", 1.0), ("essay", 0.5)))
 
 
 def test_ppo_prompts(world):

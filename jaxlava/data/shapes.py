@@ -80,6 +80,11 @@ class ShapesConfig:
                      "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        kinds = ("describe", "yesno", "count", "attribute", "mc", "compare")
+        if (not self.sft_mix or any(k not in kinds or w < 0 for k, w in self.sft_mix)
+                or sum(w for _, w in self.sft_mix) <= 0):
+            raise ValueError(f"ShapesConfig.sft_mix: (kind, weight) pairs with kinds from {kinds} and non-negative "
+                             f"weights of positive sum, got {self.sft_mix!r}")
         if self.pref_twin_rename not in ("category", "shape", "colour"):
             raise ValueError(f"ShapesConfig.pref_twin_rename must be category, shape or colour, got "
                              f"{self.pref_twin_rename!r}")
