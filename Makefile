@@ -7,7 +7,7 @@ JAX_PLATFORMS ?= cpu
 export JAX_PLATFORMS
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast install clean-venv
+.PHONY: demo test test-fast test-long install clean-venv
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/pytest -q -rfE -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rfE -m "not slow and not long" $(PYTEST_ARGS)
+
+# opt-in quality runs (marker `long`): the reward model's 0.9 bar, about 80 minutes on 2 cores
+test-long: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -rfE -s -m long $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
