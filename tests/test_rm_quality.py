@@ -6,6 +6,9 @@ only the facts decide (the small vision tower reads shapes at about 0.54), and w
 exercise in the SFT mix, which gives the small decoder the text-comparison skill the paper's RM inherits from
 Vicuna (docs/decisions.md 10).  Besides accuracy, the test checks that the facts are what the RM uses: with
 each held-out pair given another pair's facts its accuracy must fall far.
+
+Set JAXLAVA_LONG_DIR to keep the runs in that folder: an interrupted test then resumes where it stopped (the
+trainers resume from their checkpoints, and finished stages are skipped).
 """
 import json
 import os
@@ -36,13 +39,16 @@ def _last_eval(run):
 
 
 def test_fact_augmented_rm_reaches_0_9_and_beats_no_facts(tmp_path):
-    w, sft = str(tmp_path / "world"), str(tmp_path / "sft")
-    _run("data/shapes.py", "--out", w, *WORLD)
-    _run("train/sft.py", "--data", w, "--out", sft, "--steps", "1500", "--eval-every", "500",
-         "--checkpoint-every", "500")
-    facts, none = str(tmp_path / "rm"), str(tmp_path / "rm_nofacts")
-    _run("train/rm.py", "--data", w, "--init", sft + "/hf", "--out", facts, "--steps", "2500", *RM)
-    _run("train/rm.py", "--data", w, "--init", sft + "/hf", "--out", none, "--no-facts", "--steps", "1000", *RM)
+    root = os.environ.get("JAXLAVA_LONG_DIR") or str(tmp_path)
+    w, sft, facts, none = (os.path.join(root, d) for d in ("world", "sft", "rm", "rm_nofacts"))
+    if not os.path.exists(os.path.join(w, "world.json")):
+        _run("data/shapes.py", "--out", w, *WORLD)
+    if not os.path.exists(os.path.join(sft, "hf", "config.json")):
+        _run("train/sft.py", "--data", w, "--out", sft, "--steps", "1500", "--eval-every", "500",
+             "--checkpoint-every", "500")
+    for out, extra in ((facts, ["--steps", "2500"]), (none, ["--no-facts", "--steps", "1000"])):
+        if not os.path.exists(os.path.join(out, "adapter", "reward_head.safetensors")):
+            _run("train/rm.py", "--data", w, "--init", os.path.join(sft, "hf"), "--out", out, *extra, *RM)
     f, n = _last_eval(facts), _last_eval(none)
     print(f"\nheld-out accuracy: facts {f['eval_accuracy']:.3f} (with another pair's facts "
           f"{f['eval_accuracy_other_facts']:.3f}), no facts {n['eval_accuracy']:.3f}")
