@@ -240,6 +240,9 @@ def test_twin_rename_one_attribute(attr):
         preset("small", pref_twin_rename="size")
     with pytest.raises(ValueError, match="sft_mix"):
         preset("small", sft_mix=(("describe", 1.0), ("essay", 0.5)))
+    with pytest.raises(ValueError, match="other than describe"):
+        preset("small", sft_mix=(("describe", 1.0), ("yesno", 0.0)))
+    assert preset("small", sft_mix=(("describe", 1.0),), max_turns=1).sft_mix == (("describe", 1.0),)
 
 
 def test_ppo_prompts(world):

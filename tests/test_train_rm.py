@@ -62,8 +62,9 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     assert "final: step=4" in stdout and "eval_accuracy_other_facts=" in stdout
     # the written adapter and head, loaded afresh, reproduce the last logged held-out accuracy
     cfg = runs.RunConfig(data=world, init=init, batch_size=4)
-    with sharding.use_mesh(sharding.make_mesh(None)):
-        model = runs.build_model(cfg, sharding.make_mesh(None))
+    mesh = sharding.make_mesh(None)
+    with sharding.use_mesh(mesh):
+        model = runs.build_model(cfg, mesh)
         proc = runs.processor_for(cfg, model.config)
         lora, lcfg, head = load_reward_model_adapter(os.path.join(out, "adapter"), model.config)
         accs = []

@@ -23,6 +23,7 @@ from jaxlava.data.shapes_scene import (BACKGROUNDS, COLOURS, SHAPES, Scene, Worl
 
 KINDS = ("conversation", "preference", "ppo_prompt", "probe")
 SOURCE = "shapes"
+SFT_KINDS = ("describe", "yesno", "count", "attribute", "mc", "compare")  # question kinds of the SFT mix
 # caption_type values (spec §4.5 AnswerType)
 GENERAL, A_IN_ABCD, NO_IN_YESNO, YES_IN_YESNO = 1, 2, 6, 7
 _STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5}
@@ -80,13 +81,15 @@ class ShapesConfig:
                      "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        kinds = ("describe", "yesno", "count", "attribute", "mc", "compare")
-        if (not self.sft_mix or any(k not in kinds or w < 0 for k, w in self.sft_mix)
+        if (not self.sft_mix or any(k not in SFT_KINDS or w < 0 for k, w in self.sft_mix)
                 or sum(w for _, w in self.sft_mix) <= 0):
-            raise ValueError(f"ShapesConfig.sft_mix: (kind, weight) pairs with kinds from {kinds} and non-negative "
-                             f"weights of positive sum, got {self.sft_mix!r}")
-        if self.pref_twin_rename not in ("category", "shape", "colour"):
-            raise ValueError(f"ShapesConfig.pref_twin_rename must be category, shape or colour, got "
+            raise ValueError(f"ShapesConfig.sft_mix: (kind, weight) pairs with kinds from {SFT_KINDS} and "
+                             f"non-negative weights of positive sum, got {self.sft_mix!r}")
+        if self.max_turns > 1 and not any(k != "describe" and w > 0 for k, w in self.sft_mix):
+            raise ValueError("ShapesConfig.sft_mix: a conversation describes its image once, so with max_turns > 1 "
+                             "the mix needs a kind other than describe")
+        if self.pref_twin_rename not in T.TWIN_RENAMES:
+            raise ValueError(f"ShapesConfig.pref_twin_rename must be one of {T.TWIN_RENAMES}, got "
                              f"{self.pref_twin_rename!r}")
         if len(self.pref_hallucination_probs) != 3 or abs(sum(self.pref_hallucination_probs) - 1) > 1e-6:
             raise ValueError("ShapesConfig.pref_hallucination_probs: 3 probabilities (0, 1, 2 objects) summing to 1")

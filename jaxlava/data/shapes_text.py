@@ -19,6 +19,7 @@ DESCRIBE_QUESTIONS = ("Describe the image.", "What do you see in this picture?",
                       "What objects are in the image?", "Give a short description of the picture.",
                       "Tell me about the shapes in this image.")
 NEGATIVE_KINDS = ("random", "popular", "adversarial")
+TWIN_RENAMES = ("category", "shape", "colour")  # what a counterfactual twin changes (swap_object)
 
 
 def an(phrase: str) -> str:
@@ -169,7 +170,7 @@ def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Ge
             pool = [f"{c} {shape}" for c in spec.colours if c not in used]
         pool = [pool[i] for i in rng.permutation(len(pool))]
     else:
-        raise ValueError(f"shapes world: unknown twin rename {rename!r}; expected category, shape or colour")
+        raise ValueError(f"shapes world: unknown twin rename {rename!r}; expected one of {TWIN_RENAMES}")
     new = next((c for c in pool if c not in taken), None)
     if new is None:
         return None
