@@ -12,16 +12,24 @@ import jax
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str, *, tensorboard: bool = True, print_every: int = 10):
+    """`resume_step`: the step a resumed run restarts from. Rows after it, written by the interrupted run
+    before it died, are dropped from metrics.jsonl (the resumed run writes them again), and TensorBoard is
+    told to purge its events after that step, so both hold one value per step."""
+
+    def __init__(self, run_dir: str, *, tensorboard: bool = True, print_every: int = 10,
+                 resume_step: int | None = None):
         self.main = jax.process_index() == 0
         self.print_every = print_every
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.tb = None
         if self.main:
             os.makedirs(run_dir, exist_ok=True)
+            if resume_step is not None:
+                _truncate_after(self.path, resume_step)
             if tensorboard:
                 from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+                purge = None if resume_step is None else resume_step + 1
+                self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=purge)
 
     def log(self, step: int, metrics: dict, *, echo: bool | None = None) -> None:
         if not self.main:
@@ -40,6 +48,29 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Keep the rows of `path` up to `step` (atomic rewrite); a torn last line from a kill is dropped too."""
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path) as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if int(row.get("step", 0)) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.writelines(kept)
+        os.replace(tmp, path)
 
 
 def _num(v):

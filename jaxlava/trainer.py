@@ -71,7 +71,6 @@ def fit(*, run_dir: str, step_fn: Callable, state, frozen, data: Iterator, total
     """
     with run_dir_lock(run_dir):
         ckpt = Checkpointer(run_dir, keep=keep)
-        logger = MetricsLogger(run_dir)
         start = 0
         restored = ckpt.restore_latest(state)
         if restored is not None:
@@ -82,6 +81,7 @@ def fit(*, run_dir: str, step_fn: Callable, state, frozen, data: Iterator, total
             if start >= total_steps:
                 print(f"{run_dir} already holds step {start} of a {total_steps}-step run: nothing to train (raise "
                       "--steps to continue it, or choose another --out)", flush=True)
+        logger = MetricsLogger(run_dir, resume_step=start)  # drops rows an interrupted attempt wrote past `start`
         save_config(run_dir, config)
         bad_in_row, last, done_here = 0, {}, 0
         bar = tqdm(total=total_steps, initial=start, desc=config.get("stage", "train"), disable=not progress,

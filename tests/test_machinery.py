@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxlava.checkpoint import Checkpointer
+from jaxlava.metrics import MetricsLogger, read_metrics
 from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step
 from jaxlava.trainer import NonFiniteError, RunDirBusy, fit
 
@@ -113,6 +114,19 @@ def test_loop_resume_is_exact(tmp_path):
                    total_steps=8, checkpoint_every=4, config={}, progress=False)
     assert again["step"] == 8 and abs(again["loss"] - ref["loss"]) <= 1e-7
     assert again["data_crc"] == ref["data_crc"]
+    # step 5 of the preempted attempt was dropped on resume and written again: one row per step, equal to the
+    # uninterrupted run's
+    a, b = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
+    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 9))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-7)
+
+
+def test_resume_drops_metric_rows_past_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"step": {i}, "loss": {i}.0}}\n' for i in range(1, 7)) + '{"step": 7, "lo')
+    MetricsLogger(str(tmp_path), tensorboard=False, resume_step=4).log(5, {"loss": 50.0})
+    assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))] == [(1, 1.0), (2, 2.0), (3, 3.0),
+                                                                            (4, 4.0), (5, 50.0)]
 
 
 def test_second_process_on_the_same_run_dir_is_refused(tmp_path):

@@ -36,7 +36,8 @@ def _rows(out):
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         for line in fh:
             r = json.loads(line)
-            rows[r["step"]] = r  # a resumed run rewrites the steps after its checkpoint
+            assert r["step"] not in rows, f"step {r['step']} logged twice in {out}"  # resume drops stale rows
+            rows[r["step"]] = r
     return rows
 
 
