@@ -1,6 +1,6 @@
 """The reward model's quality bar (issue: fact-augmented RM >= 0.9 held-out, facts at least as good as none).
 
-Opt-in (`make test-long`, marker `long`): about 80 minutes on 2 cores, far beyond the CI budget.  The world is
+Opt-in (`make test-long`, marker `long`): about 85 minutes on 2 cores, far beyond the CI budget.  The world is
 the shapes world with counterfactual twin pairs that rename one object's shape to a shape the image lacks, so
 only the facts decide (the small vision tower reads shapes at about 0.54), and with the `compare` reading
 exercise in the SFT mix, which gives the small decoder the text-comparison skill the paper's RM inherits from
