@@ -10,14 +10,15 @@ each held-out pair given another pair's facts its accuracy must fall far.
 Set JAXLAVA_LONG_DIR to keep the runs in that folder: an interrupted test then resumes where it stopped (the
 trainers resume from their checkpoints, and finished stages are skipped).
 """
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cli_fixtures import ROOT, cli_env
+from jaxlava.metrics import read_metrics
+
 pytestmark = pytest.mark.long
 
 WORLD = ["--colours", "red", "blue", "green", "yellow", "--max-objects", "3", "--pref-minimal-prob", "1",
@@ -27,15 +28,12 @@ RM = ["--epochs", "4", "--optim.schedule", "cosine", "--eval-every", "250", "--c
 
 
 def _run(*cmd):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-    r = subprocess.run([sys.executable, *cmd], env=env, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, *cmd], env=cli_env(None), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 def _last_eval(run):
-    with open(os.path.join(run, "metrics.jsonl")) as fh:
-        return [r for r in map(json.loads, fh) if "eval_accuracy" in r][-1]
+    return [r for r in read_metrics(run) if "eval_accuracy" in r][-1]
 
 
 def test_fact_augmented_rm_reaches_0_9_and_beats_no_facts(tmp_path):

@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cli_fixtures import ROOT, cli_env as _env
+from jaxlava.metrics import read_metrics
 pytestmark = pytest.mark.slow
-
-
-def _env():
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-                PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
 
 
 def _run(script, *args):
@@ -37,11 +33,6 @@ def sft(tmp_path_factory):
     return world, str(d / "sft" / "hf")
 
 
-def _rows(out):
-    with open(os.path.join(out, "metrics.jsonl")) as fh:
-        return [json.loads(line) for line in fh]
-
-
 def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     from jaxlava import rm, runs, sharding
     from jaxlava.data.pipeline import preference_batches
@@ -52,7 +43,7 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     out = str(tmp_path / "rm")
     stdout = _run("rm.py", "--data", world, "--init", init, "--out", out, "--steps", "4", "--batch-size", "4",
                   "--eval-every", "2", "--checkpoint-every", "2")
-    rows = _rows(out)
+    rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         assert {"loss", "lr", "grad_norm", "tokens_per_s", "accuracy"} <= set(r)
@@ -77,6 +68,6 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     ablation = str(tmp_path / "rm_nf")
     _run("rm.py", "--data", world, "--init", init, "--out", ablation, "--no-facts", "--steps", "2",
          "--batch-size", "4", "--eval-every", "2")
-    last = _rows(ablation)[-1]
+    last = read_metrics(ablation)[-1]
     assert "eval_accuracy" in last and "eval_accuracy_other_facts" not in last
     assert json.load(open(os.path.join(ablation, "config.json")))["no_facts"] is True

@@ -1,5 +1,4 @@
 """SFT trainer on a small shapes world: loss falls, kill-and-resume is exact, mesh runs match one device."""
-import json
 import os
 import signal
 import subprocess
@@ -8,7 +7,8 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cli_fixtures import ROOT, cli_env as _env
+from jaxlava.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +25,11 @@ def _cmd(world, out, *extra):
             *extra]
 
 
-def _env(devices=1):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
 def _rows(out):
     rows = {}
-    with open(os.path.join(out, "metrics.jsonl")) as fh:
-        for line in fh:
-            r = json.loads(line)
-            assert r["step"] not in rows, f"step {r['step']} logged twice in {out}"  # resume drops stale rows
-            rows[r["step"]] = r
+    for r in read_metrics(out):
+        assert r["step"] not in rows, f"step {r['step']} logged twice in {out}"  # resume drops stale rows
+        rows[r["step"]] = r
     return rows
 
 
