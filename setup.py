@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "tyro>=1.0,<2",
     "absl-py",
     "matplotlib>=3.9",
+    "httpx>=0.27,<1",  # the evaluation judge client (jaxlava/eval/judge.py)
 ]
 
 EXTRAS = {

@@ -5,7 +5,6 @@ matmul throughput) in the same process and reports ratios against them.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -60,11 +59,8 @@ def machine() -> dict:
 def write_json(path: str | None, obj) -> None:
     if not path:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    from jaxlava.fileio import write_json as write
+    write(path, obj, sort_keys=True)
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

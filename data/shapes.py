@@ -19,7 +19,7 @@ from typing import Literal
 
 import tyro
 
-from jaxlava.data.shapes import preset, write_world
+from jaxlava.shapes.world import preset, write_world
 
 
 @dataclasses.dataclass

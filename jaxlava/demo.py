@@ -1,24 +1,22 @@
 """`make demo`: the LLaVA-RLHF recipe on the embedded shapes world, end to end on a CPU.
 
 1. generate the shapes world (images, facts, conversations, preferences, probes, tokenizer);
-2. SFT the small `shapes` model (train/sft.py), after training its vision tower (stage 0, jaxlava/shapes_vision.py);
-3. train the fact-augmented reward model on top of it (train/rm.py);
+2. SFT the small `shapes` model (as train/sft.py does), after training its vision tower (stage 0, jaxlava/shapes/vision.py);
+3. train the fact-augmented reward model on top of it (as train/rm.py does);
 4. sample answers to held-out questions with the SFT model and score each with the reward model;
 5. export the SFT model to the llava-hf layout and check transformers' logits on it (when torch is installed).
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import random
 import time
 
-import jax
 import numpy as np
 
 
 def sample_and_score(run: str, world: str, n: int = 4) -> None:
-    from flax import nnx
 
     import jaxlava
     from jaxlava import rm
@@ -73,22 +71,26 @@ def interop_check(run: str) -> None:
     print(f"\ntransformers LlavaForConditionalGeneration on {path}: max |logit diff| = {np.abs(ref - ours).max():.2e}")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/demo", help="run folder (reused: finished stages resume or are skipped)")
-    ap.add_argument("--sft-steps", type=int, default=400)
-    ap.add_argument("--rm-steps", type=int, default=200)
-    args = ap.parse_args(argv)
-    from train import rm as rm_cli
-    from train import sft as sft_cli
+@dataclasses.dataclass
+class DemoConfig:
+    """`make demo`: the LLaVA-RLHF recipe on the embedded shapes world, end to end on a CPU."""
+    out: str = "runs/demo"  # run folder (reused: finished stages resume or are skipped)
+    sft_steps: int = 400
+    rm_steps: int = 200
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxlava.shapes import open_world
+    from jaxlava.training import run_rm, run_sft
+    from jaxlava.training.cli import parse
+    args = parse(DemoConfig, argv, description=__doc__)
     t0 = time.time()
     world = os.path.join(args.out, "world")
-    from jaxlava.runs import ensure_shapes_world
-    ensure_shapes_world(world)
+    open_world(world, build=True)
     print("\n== SFT ==", flush=True)
-    sft_cli.main(["--data", world, "--out", os.path.join(args.out, "sft"), "--steps", str(args.sft_steps)])
+    run_sft.main(["--data", world, "--out", os.path.join(args.out, "sft"), "--steps", str(args.sft_steps)])
     print("\n== reward model (with facts) ==", flush=True)
-    rm_cli.main(["--data", world, "--init", os.path.join(args.out, "sft", "hf"), "--out",
+    run_rm.main(["--data", world, "--init", os.path.join(args.out, "sft", "hf"), "--out",
                  os.path.join(args.out, "rm"), "--steps", str(args.rm_steps)])
     print("\n== sampled answers and their rewards ==", flush=True)
     sample_and_score(args.out, world)

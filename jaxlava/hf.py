@@ -17,9 +17,9 @@ import jax
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from jaxlava.config import LlavaConfig, VisionConfig
+from jaxlava.fileio import save_safetensors, write_json
 from jaxlava.hf_map import (ALIASES, IGNORED_SUFFIXES, ORIGINAL_ALIASES, P, V, Entry, hf_shape, read_slice,
                             table, to_hf)
 from jaxlava.model import LlavaModel
@@ -265,8 +265,9 @@ def hf_config(cfg: LlavaConfig) -> dict:
     if cfg.image_token_index >= cfg.text.vocab_size:
         raise CheckpointError(
             f"image_token_index {cfg.image_token_index} is outside the vocabulary ({cfg.text.vocab_size}); "
-            "transformers embeds the placeholder id, so resize the embeddings first "
-            "(jaxlava.hf.extend_vocab(model, n)) before exporting")
+            "transformers embeds the placeholder id, so the llava-hf layout needs a vocabulary that holds it. "
+            "jaxlava does not resize embeddings in place: build the model from a config whose text.vocab_size is "
+            "above image_token_index (add the <image> token to the tokenizer first), then export")
     d["torch_dtype"] = d["dtype"] = cfg.param_dtype
     return d
 
@@ -293,17 +294,17 @@ def save_pretrained(model: LlavaModel, path: str, *, max_shard_bytes: int = 2 * 
     shards.append(cur)
     meta = {"format": "pt"}
     if len(shards) == 1:
-        _atomic_save(shards[0], os.path.join(path, "model.safetensors"), meta)
+        save_safetensors(os.path.join(path, "model.safetensors"), shards[0], meta)
     else:
         weight_map = {}
         for k, shard in enumerate(shards):
             fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_save(shard, os.path.join(path, fname), meta)
+            save_safetensors(os.path.join(path, fname), shard, meta)
             weight_map.update({n: fname for n in shard})
         total = sum(t.nbytes for t in tensors.values())
-        _atomic_json({"metadata": {"total_size": total}, "weight_map": weight_map},
-                     os.path.join(path, "model.safetensors.index.json"))
-    _atomic_json(cfg_dict, os.path.join(path, "config.json"))
+        write_json(os.path.join(path, "model.safetensors.index.json"),
+                   {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(os.path.join(path, "config.json"), cfg_dict)
     src = copy_side_files_from or getattr(model, "source_path", None)
     if src and os.path.abspath(src) != os.path.abspath(path):
         for f in SIDE_FILES:
@@ -311,14 +312,3 @@ def save_pretrained(model: LlavaModel, path: str, *, max_shard_bytes: int = 2 * 
                 shutil.copy2(os.path.join(src, f), os.path.join(path, f))
 
 
-def _atomic_save(tensors, path, meta):
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)

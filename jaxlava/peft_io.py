@@ -27,8 +27,9 @@ import re
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
+from jaxlava.fileio import save_safetensors, write_json
 from jaxlava.lora import TARGETS, LoraConfig, check_lora
 
 log = logging.getLogger("jaxlava.peft_io")
@@ -56,19 +57,6 @@ def target_regex(targets=TARGETS) -> str:
         groups.setdefault(MODULE[t], []).append(t)
     alts = "|".join(f"{m}\\.({'|'.join(ts)})" for m, ts in groups.items())
     return f"^(?!.*vision).*\\.layers\\.\\d+\\.({alts})$"
-
-
-def _atomic_json(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _atomic_safetensors(tensors, path):
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, path)
 
 
 def _refuse_pickle(path: str, dst: str, what: str):
@@ -110,8 +98,8 @@ def save_adapter(path: str, params: dict, lora_cfg: LoraConfig, *, base_model_na
             tensors[KEY_FMT.format(i=i, module=MODULE[name], name=name, ab="B")] = np.ascontiguousarray(b[i].T)
     cfg = LoraConfig(r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout, targets=tuple(params))
     os.makedirs(path, exist_ok=True)
-    _atomic_safetensors(tensors, os.path.join(path, ADAPTER_WEIGHTS))
-    _atomic_json(adapter_config(cfg, base_model_name_or_path), os.path.join(path, ADAPTER_CONFIG))
+    save_safetensors(os.path.join(path, ADAPTER_WEIGHTS), tensors, {"format": "pt"})
+    write_json(os.path.join(path, ADAPTER_CONFIG), adapter_config(cfg, base_model_name_or_path), sort_keys=True)
 
 
 # -------------------------------------------------------------------------------------------- read
@@ -244,7 +232,7 @@ def save_reward_head(path: str, head: dict) -> None:
     b = np.asarray(head["b"], np.float32)
     if w.ndim != 1 or b.size != 1:
         raise ValueError(f"reward head: w {w.shape} / b {b.shape} are not [D] / []")
-    _atomic_safetensors({"weight": w.reshape(1, -1), "bias": b.reshape(1)}, path)
+    save_safetensors(path, {"weight": w.reshape(1, -1), "bias": b.reshape(1)}, {"format": "pt"})
 
 
 def _is_safetensors(path: str) -> bool:

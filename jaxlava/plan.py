@@ -1,8 +1,8 @@
 """AOT planner: compile a stage's training step for a device topology and report per-chip memory and FLOPs.
 
 Nothing is allocated: the model comes from `nnx.eval_shape`, parameters, optimizer state and the batch are
-`jax.ShapeDtypeStruct`s carrying their `NamedSharding`s, and the library's own step (`jaxlava.sft.loss_and_grad`
-inside `jaxlava.optim.make_train_step`, AdamW with gradient clipping and the NaN guard) is lowered and compiled.
+`jax.ShapeDtypeStruct`s carrying their `NamedSharding`s, and the trainer's own step (`jaxlava.sft.make_step`:
+accumulation, AdamW with gradient clipping and the NaN guard) is lowered and compiled.
 
     python -m jaxlava.plan --preset llava-13b-336 --stage sft --topology v5p:2x2x4 --batch 32 --seq-len 1280
     python -m jaxlava.plan --preset tiny --stage sft --cpu-devices 8 --mesh fsdp=4,tensor=2
@@ -11,15 +11,18 @@ TPU topologies need libtpu (`pip install libtpu`) but no TPU: XLA's TPU compiler
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import re
 import sys
 import time
-from typing import Callable
+from typing import Annotated, Callable, Literal
+
+import tyro
+
+from jaxlava.fileio import write_json
+from jaxlava.presets import MODEL_PRESETS
 
 GIB = 1024 ** 3
 # HBM per chip (GiB) by TPU generation (the prefix of the topology name)
@@ -86,7 +89,7 @@ def model_flops(cfg, batch: int, seq: int, trained: bool = True) -> float:
 
 # ---------------------------------------------------------------------------------------------- stages
 def build_sft(cfg, mesh, batch: int, seq_len: int, grad_accum: int) -> StepSpec:
-    """SFT: the trainer's step (`make_train_step` over `sft.loss_and_grad`) on a [batch, seq_len + image tokens]
+    """SFT: the trainer's step (`sft.make_step`) on a [batch, seq_len + image tokens]
     batch with one image per row."""
     import jax
     import jax.numpy as jnp
@@ -95,8 +98,9 @@ def build_sft(cfg, mesh, batch: int, seq_len: int, grad_accum: int) -> StepSpec:
 
     from jaxlava import sft
     from jaxlava.model import LlavaModel
-    from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_train_step
     from jaxlava.sharding import batch_sharding, like_params_shardings, state_shardings
+    from jaxlava.training.optim import OptimConfig, make_optimizer
+    from jaxlava.training.step import init_state
 
     abstract = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0)))
     graphdef, trainable, frozen = sft.split_trainable(abstract)
@@ -116,10 +120,7 @@ def build_sft(cfg, mesh, batch: int, seq_len: int, grad_accum: int) -> StepSpec:
               "pixel_values": ((batch, v.num_channels, v.image_size, v.image_size), jnp.float32)}
     batch_abs = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding(mesh, len(s))) for k, (s, d) in shapes.items()}
 
-    def lag(params, frozen_, b, rng):
-        return sft.loss_and_grad(graphdef, params, frozen_, b)
-
-    step = make_train_step(lag, tx, grad_accum)
+    step = sft.make_step(graphdef, tx, grad_accum)
     _, metrics_abs = jax.eval_shape(step, state, frozen_abs, batch_abs)
     state_out = jax.tree.map(lambda x: x.sharding, state)
     out_sh = (state_out, jax.tree.map(lambda _: repl, metrics_abs))
@@ -254,37 +255,67 @@ def format_report(r: dict) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from jaxlava.presets import PRESETS
-    p = argparse.ArgumentParser(prog="python -m jaxlava.plan", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", required=True, choices=list(PRESETS), help="model preset")
-    p.add_argument("--stage", default="sft", help=f"training stage to plan: {', '.join(STAGES)} (default sft)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--topology", help="TPU topology to compile for, e.g. v5p:2x2x1 (4 chips), v5p:2x2x4 "
-                       "(16), v5e:4x4, v4:2x2x2, v6e:4x4 (needs libtpu, not a TPU)")
-    where.add_argument("--cpu-devices", type=int, help="compile for N fake CPU devices instead (no libtpu needed)")
-    p.add_argument("--mesh", nargs="?", const="", default="",
-                   help="mesh spec over the devices, e.g. 'data=2,fsdp=-1,tensor=2' (default / flag alone: all "
-                   "devices on fsdp)")
-    p.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step), default 8")
-    p.add_argument("--seq-len", type=int, default=1280,
-                   help="text tokens per row; the preset's image tokens are added (default 1280)")
-    p.add_argument("--grad-accum", type=int, default=1, help="microbatches per step (default 1)")
-    p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="parameter (and optimizer state) dtype, default float32")
-    p.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16"],
-                   help="activation dtype, default bfloat16")
-    p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True,
-                   help="rematerialize each layer in the backward pass (default on)")
-    p.add_argument("--hbm-gib", type=float, help="per-chip memory to compare with (default: the TPU generation's "
-                   "HBM: " + ", ".join(f"{k} {v}" for k, v in HBM_GIB.items()) + " GiB)")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
-    return p
+Dtype = Literal["float32", "bfloat16"]
+PresetName = Literal[tuple(MODEL_PRESETS)]  # type: ignore[valid-type]  # the choices of --preset
+
+
+@dataclasses.dataclass(kw_only=True)
+class PlanArgs:
+    """What to plan: a model preset and stage, the devices and mesh, and the batch."""
+    preset: PresetName
+    """model preset"""
+    stage: Annotated[str, tyro.conf.arg(help=f"training stage to plan: {', '.join(STAGES)}")] = "sft"
+    topology: str | None = None
+    """TPU topology to compile for, e.g. v5p:2x2x1 (4 chips), v5p:2x2x4 (16), v5e:4x4, v4:2x2x2, v6e:4x4 (needs
+    libtpu, not a TPU); not with --cpu-devices"""
+    cpu_devices: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
+    """compile for N fake CPU devices instead (no libtpu needed); not with --topology"""
+    mesh: str = "all"
+    """mesh spec over the devices, e.g. 'data=2,fsdp=-1,tensor=2' (default, 'all' or the flag alone: all devices
+    on fsdp)"""
+    batch: int = 8
+    """global batch (rows per optimizer step)"""
+    seq_len: int = 1280
+    """text tokens per row; the preset's image tokens are added"""
+    grad_accum: int = 1
+    """microbatches per step"""
+    param_dtype: Dtype = "float32"
+    """parameter (and optimizer state) dtype"""
+    compute_dtype: Dtype = "bfloat16"
+    """activation dtype"""
+    remat: bool = True
+    """rematerialize each layer in the backward pass"""
+    hbm_gib: Annotated[float | None, tyro.conf.arg(
+        help="per-chip memory to compare with (default: the TPU generation's HBM: "
+             + ", ".join(f"{k} {v}" for k, v in HBM_GIB.items()) + " GiB)")] = None
+    json: Annotated[str | None, tyro.conf.arg(metavar="PATH")] = None
+    """also write the report as JSON to PATH"""
+
+
+def parse_args(argv: list[str] | None = None) -> PlanArgs:
+    """The command line (`sys.argv[1:]` when None) as PlanArgs; a bare `--mesh` means all devices on fsdp."""
+    from jaxlava.training.cli import normalize_argv
+    argv = sys.argv[1:] if argv is None else argv
+    args = tyro.cli(PlanArgs, args=normalize_argv(argv), prog="python -m jaxlava.plan", description=__doc__)
+    if args.topology and args.cpu_devices is not None:
+        raise SystemExit("--topology and --cpu-devices are mutually exclusive: compile either for a TPU topology "
+                         "(--topology v5p:2x2x1) or for N fake CPU devices (--cpu-devices N)")
+    return args
+
+
+class _Parser:
+    """`build_parser().parse_args(argv)`, as when the planner's command line was an argparse parser."""
+
+    def parse_args(self, argv: list[str] | None = None) -> PlanArgs:
+        return parse_args(argv)
+
+
+def build_parser() -> _Parser:
+    return _Parser()
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     if args.cpu_devices is not None:
         if args.cpu_devices < 1:
             raise SystemExit("--cpu-devices must be >= 1")
@@ -304,8 +335,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--stage {args.stage}: {e}") from None
     print(format_report(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
     return report
 
 

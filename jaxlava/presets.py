@@ -6,8 +6,8 @@
 - `shapes`: the small model trained on the embedded shapes world (`shapes_config(vocab, image_token_index)`
   fits the vocabulary of the world's tokenizer).
 
-`get_preset(name, **overrides)` returns a fresh config; overrides are LlavaConfig fields (runtime ones such as
-`param_dtype`, `remat`, `scan_layers` included).
+`MODEL_PRESETS` maps each name to its factory; `get_preset(name, **overrides)` returns a fresh config, where
+overrides are LlavaConfig fields (runtime ones such as `param_dtype`, `remat`, `scan_layers` included).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def shapes_config(vocab_size: int = 2048, image_token_index: int | None = None) 
                        vision_feature_select_strategy="default")
 
 
-PRESETS: dict[str, Callable[[], LlavaConfig]] = {
+MODEL_PRESETS: dict[str, Callable[[], LlavaConfig]] = {
     "llava-7b-224": llava_7b_224,
     "llava-13b-336": llava_13b_336,
     "tiny": tiny,
@@ -77,11 +77,15 @@ PRESETS: dict[str, Callable[[], LlavaConfig]] = {
 }
 
 
+# The old name, until tests/test_plan.py imports MODEL_PRESETS (the shapes world has its own PRESETS).
+PRESETS = MODEL_PRESETS
+
+
 def get_preset(name: str, **overrides) -> LlavaConfig:
     """A fresh LlavaConfig of preset `name`, with LlavaConfig field overrides."""
     try:
-        factory = PRESETS[name]
+        factory = MODEL_PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; presets are: {', '.join(PRESETS)}") from None
+        raise ValueError(f"unknown model preset {name!r}; presets are: {', '.join(MODEL_PRESETS)}") from None
     cfg = factory()
     return cfg.replace(**overrides) if overrides else cfg

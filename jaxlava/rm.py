@@ -1,4 +1,5 @@
-"""Reward-model stage math (LLaVA-RLHF §3): a base LLaVA + LoRA adapter + scalar head.
+"""The reward-model stage (LLaVA-RLHF §3): a base LLaVA + LoRA adapter + scalar head; its loss, train step and
+held-out accuracy.  The run itself is `jaxlava.training.run_rm`.
 
 The score of a sequence is the head applied to the last hidden state at the LAST position;
 sequences are left-padded, so that is the final real token (the end of the reward prompt).
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jaxlava.lora import LoraConfig, make_lora
 from jaxlava.model.heads import apply_scalar_head
-from jaxlava.model.layers import Lora
+from jaxlava.training.step import make_train_step
 
 CENTERING_COEF = 1e-3
 
@@ -49,19 +52,41 @@ def preference_loss(r: jax.Array, choice: jax.Array, centering_coef: float = CEN
                           "reward_mean": jnp.mean(r), "margin": jnp.mean(preferred - other)}
 
 
-def rm_loss(model, trainable: dict, batch: dict, *, lora_scale: float, lora_dropout: float = 0.0, rng=None):
-    """trainable = {"lora": adapter params, "head": head params}."""
-    lora = Lora(trainable["lora"], rng=rng, scale=lora_scale, dropout=lora_dropout)
-    r = pair_scores(model, trainable["head"], batch, lora=lora)
+def rm_loss(model, trainable: dict, batch: dict, *, lora_cfg: LoraConfig, rng=None):
+    """trainable = {"lora": adapter params, "head": head params}; dropout applies when `rng` is given."""
+    r = pair_scores(model, trainable["head"], batch, lora=make_lora(trainable["lora"], lora_cfg, rng))
     return preference_loss(r, batch["choice"])
 
 
-def loss_and_grad(graphdef, base_state, trainable, batch, *, lora_scale: float, lora_dropout: float = 0.0, rng=None):
+def loss_and_grad(graphdef, base_state, trainable, batch, *, lora_cfg: LoraConfig, rng=None):
     """Gradients w.r.t. the adapter and the head only; the base is frozen (and may be shared with other roles)."""
     model = nnx.merge(graphdef, base_state)
 
     def f(tr):
-        return rm_loss(model, tr, batch, lora_scale=lora_scale, lora_dropout=lora_dropout, rng=rng)
+        return rm_loss(model, tr, batch, lora_cfg=lora_cfg, rng=rng)
 
     (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(trainable)
     return loss, metrics, grads
+
+
+def make_step(graphdef, lora_cfg: LoraConfig, tx, grad_accum: int = 1, schedule=None):
+    """The RM train step `step(state, base, batch) -> (TrainState, StepOutput)` (trainable: adapter + head)."""
+    def lag(params, base, batch, rng):
+        return loss_and_grad(graphdef, base, params, batch, lora_cfg=lora_cfg,
+                             rng=rng if lora_cfg.dropout > 0 else None)
+    return make_train_step(lag, tx, grad_accum, schedule)
+
+
+def eval_accuracy(graphdef, base, lora_cfg: LoraConfig, sets: dict[str, list]):
+    """`evaluate(state) -> {name: held-out accuracy}` for each named list of device preference batches
+    (`eval_accuracy`; `eval_accuracy_other_facts` when each pair is given another pair's facts)."""
+    @jax.jit
+    def accuracy(params, base_, b):
+        model = nnx.merge(graphdef, base_)
+        r = pair_scores(model, params["head"], b, lora=make_lora(params["lora"], lora_cfg))
+        return preference_loss(r, b["choice"])[1]["accuracy"]
+
+    def evaluate(state) -> dict:
+        return {name: float(np.mean([float(accuracy(state.params, base, b)) for b in bs]))
+                for name, bs in sets.items() if bs}
+    return evaluate

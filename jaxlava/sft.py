@@ -1,15 +1,17 @@
-"""SFT stage math: masked next-token cross-entropy and its loss-and-gradient step.
+"""The SFT stage: masked next-token cross-entropy, its train step and its eval metric.
 
-Pure functions only; the trainer (train/sft.py) and the AOT planner (jaxlava.plan) both use
-`loss_and_grad`, so the step that is planned is the step that runs.
+Pure functions and step builders only (the run itself is `jaxlava.training.run_sft`).  The trainer and the AOT
+planner (`jaxlava.plan`) both call `make_step`, so the step that is planned is the step that runs.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-IGNORE_INDEX = -100
+from jaxlava.data.templates import IGNORE_INDEX
+from jaxlava.training.step import make_train_step
 
 # SFT trains the projector and the language model; the vision tower is always frozen.
 TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision_tower")))
@@ -45,3 +47,22 @@ def loss_and_grad(graphdef, trainable, frozen, batch: dict):
 
     (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(trainable)
     return loss, aux, grads
+
+
+def make_step(graphdef, tx, grad_accum: int = 1, schedule=None):
+    """The SFT train step `step(state, frozen, batch) -> (TrainState, StepOutput)` (not jitted: the trainer jits
+    it with donation, the planner lowers it with shardings)."""
+    def lag(params, frozen, batch, rng):
+        return loss_and_grad(graphdef, params, frozen, batch)
+    return make_train_step(lag, tx, grad_accum, schedule)
+
+
+def eval_loss(graphdef, frozen, batches: list):
+    """`evaluate(state) -> {"eval_loss": mean loss over the held-out batches}` (device batches, made once)."""
+    loss_fn = jax.jit(lambda p, fr, b: sft_loss(nnx.merge(graphdef, p, fr), b)[0])
+
+    def evaluate(state) -> dict:
+        if not batches:
+            return {}
+        return {"eval_loss": float(np.mean([loss_fn(state.params, frozen, b) for b in batches]))}
+    return evaluate

@@ -223,7 +223,7 @@ def test_ppo_prompts(images, tmp_path):
 
 
 def test_over_long_rejected_with_tokenizer(images, tmp_path):
-    from jaxlava.data.shapes_tokenizer import train_tokenizer
+    from jaxlava.shapes.tokenizer import train_tokenizer
     texts = ["A chat between a curious user and an artificial intelligence assistant.", "What is on the table?",
              "A red cup and a plate.", "How many dogs are there? Two.", "USER: ASSISTANT:"] * 20
     tok_dir = str(tmp_path / "tok")

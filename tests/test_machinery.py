@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlava.checkpoint import Checkpointer
-from jaxlava.metrics import MetricsLogger, read_metrics
-from jaxlava.optim import OptimConfig, init_state, make_optimizer, make_schedule, make_train_step
-from jaxlava.trainer import NonFiniteError, RunDirBusy, fit
+from jaxlava.training.checkpoint import Checkpointer
+from jaxlava.training.metrics import MetricsLogger, read_metrics
+from jaxlava.training.optim import OptimConfig, make_optimizer, make_schedule
+from jaxlava.training.step import init_state, make_train_step
+from jaxlava.training.loop import NonFiniteError, RunDirBusy, fit
 
 
 def test_schedules_match_hand_computed_values():
@@ -134,7 +135,7 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
     checkpoint race. The lock dies with its holder."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from jaxlava.trainer import run_dir_lock
+        from jaxlava.training.loop import run_dir_lock
         with run_dir_lock({str(tmp_path)!r}):
             print("held", flush=True)
             time.sleep(60)

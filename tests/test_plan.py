@@ -11,7 +11,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlava import plan
-from jaxlava.presets import PRESETS, get_preset, shapes_config
+from jaxlava.presets import MODEL_PRESETS as PRESETS, get_preset, shapes_config
 from jaxlava.sharding import like_params_shardings, make_mesh, opt_state_shardings, state_shardings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from cli_fixtures import ROOT, cli_env
-from jaxlava.metrics import read_metrics
+from jaxlava.training.metrics import read_metrics
 
 pytestmark = pytest.mark.long
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxlava import shapes_vision as sv
-from jaxlava.data import shapes_text as T
-from jaxlava.data.shapes import ShapesConfig, load_world_info, preset, write_world
-from jaxlava.data.shapes_scene import COLOURS, SHAPES, SIZES, Obj, Scene, make_spec, object_mask, sample_scene
+from jaxlava.shapes import vision as sv
+from jaxlava.shapes import text as T
+from jaxlava.shapes.world import ShapesConfig, load_world_info, preset, write_world
+from jaxlava.shapes.scene import COLOURS, SHAPES, SIZES, Obj, Scene, make_spec, object_mask, sample_scene
 
 
 def test_object_mask_matches_rendered_pixels():
-    from jaxlava.data.shapes_scene import render
+    from jaxlava.shapes.scene import render
     spec = sv.uniform_spec(ShapesConfig())
     rng = np.random.default_rng(0)
     for _ in range(5):

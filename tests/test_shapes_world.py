@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxlava.data import shapes_text as T
+from jaxlava.shapes import text as T
 from jaxlava.data import templates
-from jaxlava.data.shapes import (PRESETS, ShapesConfig, build_world, generate_world, preset, template_texts,
+from jaxlava.shapes.world import (WORLD_SIZES as PRESETS, ShapesConfig, build_world, generate_world, preset, template_texts,
                                   world_texts)
-from jaxlava.data.shapes_scene import COLOURS, make_spec, sample_scene
-from jaxlava.data.shapes_tokenizer import IMAGE_TOKEN, image_token_id, load_tokenizer, save_tokenizer, train_tokenizer
+from jaxlava.shapes.scene import COLOURS, make_spec, sample_scene
+from jaxlava.shapes.tokenizer import IMAGE_TOKEN, image_token_id, load_tokenizer, save_tokenizer, train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from cli_fixtures import ROOT, cli_env as _env
-from jaxlava.metrics import read_metrics
+from jaxlava.training.metrics import read_metrics
 pytestmark = pytest.mark.slow
 
 
@@ -24,7 +24,7 @@ def _run(script, *args):
 
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory):
-    from jaxlava.data.shapes import preset, write_world
+    from jaxlava.shapes.world import preset, write_world
     d = tmp_path_factory.mktemp("rm")
     world = str(d / "world")
     write_world(world, preset("small", n_pref=60), progress=False)
@@ -34,7 +34,8 @@ def sft(tmp_path_factory):
 
 
 def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
-    from jaxlava import rm, runs, sharding
+    from jaxlava import rm, sharding
+    from jaxlava.training import runs
     from jaxlava.data.pipeline import preference_batches
     from jaxlava.data.storage import open_source
     from jaxlava.lora import make_lora

@@ -8,12 +8,12 @@ import time
 import pytest
 
 from cli_fixtures import ROOT, cli_env as _env
-from jaxlava.metrics import read_metrics
+from jaxlava.training.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from jaxlava.data.shapes import preset, write_world
+    from jaxlava.shapes.world import preset, write_world
     d = str(tmp_path_factory.mktemp("world"))
     write_world(d, preset("small"), progress=False)
     return d

@@ -8,13 +8,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from jaxlava.data.templates import IMAGE, has_image_token, tokenize_with_spans
+from jaxlava.fileio import write_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -200,6 +200,4 @@ def _read(path: str, missing_ok: bool = False) -> dict:
 
 
 def _write(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=2)
-    shutil.move(path + ".tmp", path)
+    write_json(path, obj)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,7 @@ class DecoderLayers(nnx.Module):
             self.down_bias = param(rngs, (L, D), (lay, "norm"), pd, "zeros")
 
 
-def _proj(x, p, name, kernel_eq, lora, lora_p, rng, dtype, out_shape=None):
+def _proj(x, name, kernel_eq, *, p, lora, lora_p, rng, dtype):
     """Projection `name` with optional bias and optional LoRA delta."""
     y = jnp.einsum(kernel_eq, x, p[f"{name}_kernel"].astype(dtype))
     if f"{name}_bias" in p:
@@ -89,6 +90,36 @@ def _proj(x, p, name, kernel_eq, lora, lora_p, rng, dtype, out_shape=None):
         if d is not None:
             y = y + d.reshape(y.shape)
     return y
+
+
+class KVCache(NamedTuple):
+    """The decoder's KV cache.  `k`, `v`: stacked arrays [L,B,KV,S,Dh] (what the scanned stack carries), or tuples
+    of L arrays [B,KV,S,Dh] (`per_layer`: the unrolled stack updates and reads each layer's buffer in place, no
+    slice copies; what `jaxlava.generate` uses).  Both layouts give the same numbers."""
+    k: Any
+    v: Any
+
+    @property
+    def per_layer(self) -> bool:
+        return isinstance(self.k, tuple)
+
+
+class LayerContext(NamedTuple):
+    """What every layer of one decoder call shares."""
+    t: TextConfig
+    positions: jax.Array  # [B,T]
+    kv_mask: jax.Array  # [B,S]
+    cache_index: Any  # first cache slot written by this call (int or traced scalar)
+    inv_freq: jax.Array
+    dtype: Any
+    lora: Lora | None
+
+
+class LayerWeights(NamedTuple):
+    """One layer's parameter slices, its adapter slices and its dropout key (None without dropout)."""
+    p: dict
+    lora: dict
+    rng: jax.Array | None
 
 
 def _write_kv(cache, new, layer, cache_index):
@@ -104,43 +135,45 @@ def _write_kv(cache, new, layer, cache_index):
     return cache, jax.lax.dynamic_index_in_dim(cache, layer, 0, keepdims=False)
 
 
-def _decoder_block(p, lora_p, x, positions, kv_mask, cache_k, cache_v, cache_index, layer, *, t: TextConfig,
-                   inv_freq, dtype, lora: Lora | None, rng):
-    """One decoder layer.  cache_k/v: None, one layer's cache [B,KV,S,Dh] (layer None), or the stacked cache
-    [L,B,KV,S,Dh]; the keys/values of this call are written in place at slots cache_index.. and attended over."""
-    B, T, _ = x.shape
+def _attention(ctx: LayerContext, q, k_all, v_all):
+    """q [B,T,H,Dh] over keys/values [B,KV,S,Dh] (GQA), causal from `cache_index` and masked by `kv_mask`."""
+    t = ctx.t
+    B, T = q.shape[:2]
     H, KV, Dh = t.num_attention_heads, t.num_key_value_heads, t.head_dim
-    rngs = list(jax.random.split(rng, 7)) if rng is not None else [None] * 7
-    h = rms_norm(x, p["input_norm"], t.rms_norm_eps)
-    q = _proj(h, p, "q", "btd,dhk->bthk", lora, lora_p, rngs[0], dtype)
-    k = _proj(h, p, "k", "btd,dhk->bthk", lora, lora_p, rngs[1], dtype)
-    v = _proj(h, p, "v", "btd,dhk->bthk", lora, lora_p, rngs[2], dtype)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3)  # [B,KV,T,Dh]: the cache layout
-    v = v.transpose(0, 2, 1, 3)
-    if cache_k is not None:
-        cache_k, k_all = _write_kv(cache_k, k, layer, cache_index)
-        cache_v, v_all = _write_kv(cache_v, v, layer, cache_index)
-        k_all, v_all = k_all.astype(dtype), v_all.astype(dtype)
-    else:
-        k_all, v_all = k, v
     S = k_all.shape[2]
     q = q.reshape(B, T, KV, H // KV, Dh).transpose(0, 2, 3, 1, 4)  # [B,KV,G,T,Dh]
     scores = jnp.einsum("bkgtd,bksd->bkgts", q, k_all).astype(jnp.float32) * (Dh ** -0.5)
     slot = jnp.arange(S)[None, :]
-    query_slot = cache_index + jnp.arange(T)[:, None]
-    allowed = (slot <= query_slot)[None] & kv_mask.astype(bool)[:, None, :]  # [B,T,S]
+    query_slot = ctx.cache_index + jnp.arange(T)[:, None]
+    allowed = (slot <= query_slot)[None] & ctx.kv_mask.astype(bool)[:, None, :]  # [B,T,S]
     scores = jnp.where(allowed[:, None, None], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    probs = jax.nn.softmax(scores, axis=-1).astype(ctx.dtype)
     attn = jnp.einsum("bkgts,bksd->btkgd", probs, v_all).reshape(B, T, H, Dh)
-    attn = constrain(attn, ("batch", "seq", "heads", "head_dim"))
-    x = x + _proj(attn, p, "o", "bthk,hkd->btd", lora, lora_p, rngs[3], dtype)
-    h = rms_norm(x, p["post_attn_norm"], t.rms_norm_eps)
-    act = activation(t.hidden_act)
-    g = _proj(h, p, "gate", "btd,df->btf", lora, lora_p, rngs[4], dtype)
-    u = _proj(h, p, "up", "btd,df->btf", lora, lora_p, rngs[5], dtype)
-    m = constrain(act(g) * u, ("batch", "seq", "mlp"))
-    x = x + _proj(m, p, "down", "btf,fd->btd", lora, lora_p, rngs[6], dtype)
+    return constrain(attn, ("batch", "seq", "heads", "head_dim"))
+
+
+def _decoder_block(ctx: LayerContext, w: LayerWeights, x, cache_k, cache_v, layer):
+    """One decoder layer.  cache_k/v: None, one layer's cache [B,KV,S,Dh] (layer None), or the stacked cache
+    [L,B,KV,S,Dh] (layer: its index); the keys/values of this call are written at slots cache_index.. and
+    attended over.  Returns (x, cache_k, cache_v)."""
+    t, dtype = ctx.t, ctx.dtype
+    rngs = list(jax.random.split(w.rng, 7)) if w.rng is not None else [None] * 7
+    proj = functools.partial(_proj, p=w.p, lora=ctx.lora, lora_p=w.lora, dtype=dtype)
+    h = rms_norm(x, w.p["input_norm"], t.rms_norm_eps)
+    q = apply_rope(proj(h, "q", "btd,dhk->bthk", rng=rngs[0]), ctx.positions, ctx.inv_freq)
+    k = apply_rope(proj(h, "k", "btd,dhk->bthk", rng=rngs[1]), ctx.positions, ctx.inv_freq)
+    k = k.transpose(0, 2, 1, 3)  # [B,KV,T,Dh]: the cache layout
+    v = proj(h, "v", "btd,dhk->bthk", rng=rngs[2]).transpose(0, 2, 1, 3)
+    if cache_k is not None:
+        cache_k, k = _write_kv(cache_k, k, layer, ctx.cache_index)
+        cache_v, v = _write_kv(cache_v, v, layer, ctx.cache_index)
+        k, v = k.astype(dtype), v.astype(dtype)
+    x = x + proj(_attention(ctx, q, k, v), "o", "bthk,hkd->btd", rng=rngs[3])
+    h = rms_norm(x, w.p["post_attn_norm"], t.rms_norm_eps)
+    g = proj(h, "gate", "btd,df->btf", rng=rngs[4])
+    u = proj(h, "up", "btd,df->btf", rng=rngs[5])
+    m = constrain(activation(t.hidden_act)(g) * u, ("batch", "seq", "mlp"))
+    x = x + proj(m, "down", "btf,fd->btd", rng=rngs[6])
     return constrain(x, ("batch", "seq", "embed")), cache_k, cache_v
 
 
@@ -159,71 +192,74 @@ class LanguageModel(nnx.Module):
         x = jnp.take(self.embed_tokens[...], ids, axis=0).astype(self.cfg.jnp_dtype)
         return constrain(x, ("batch", "seq", "embed"))
 
-    def init_cache(self, batch: int, max_len: int, dtype=None, *, per_layer: bool = False) -> dict:
-        """Zero KV cache {"k", "v"}: stacked [L,B,KV,S,Dh], or (per_layer) lists of L arrays [B,KV,S,Dh].
-
-        The per-layer layout lets an unrolled decode step update and read each layer's buffer in place
-        (no slice copies); both layouts give the same numbers."""
+    def init_cache(self, batch: int, max_len: int, dtype=None, *, per_layer: bool = False) -> KVCache:
+        """A zero `KVCache` of `max_len` slots: stacked, or per layer (see `KVCache`)."""
         t = self.cfg.text
         shape = (batch, t.num_key_value_heads, max_len, t.head_dim)
         dtype = dtype or self.cfg.jnp_dtype
         if per_layer:
-            return {n: [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)] for n in ("k", "v")}
-        return {n: jnp.zeros((t.num_hidden_layers, *shape), dtype) for n in ("k", "v")}
+            return KVCache(*(tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)) for _ in "kv"))
+        return KVCache(*(jnp.zeros((t.num_hidden_layers, *shape), dtype) for _ in "kv"))
 
-    def split_layers(self, lora: Lora | None = None) -> list[dict]:
-        """Per-layer parameter slices [{"p": ..., "lora": ...}] for `__call__(layers=...)`.
+    def split_layers(self, lora: Lora | None = None) -> list[LayerWeights]:
+        """Per-layer parameter slices for `__call__(layers=...)` (dropout keys are added per call).
 
         A caller that runs many steps (the sampler's while loop) slices once outside its loop, so
         XLA does not copy every layer's weights out of the stacked arrays at each step."""
         layer_p = values(self.layers)
         lora_p = lora.params if lora is not None else {}
-        return [{"p": jax.tree.map(lambda a, i=i: a[i], layer_p), "lora": jax.tree.map(lambda a, i=i: a[i], lora_p)}
-                for i in range(self.cfg.text.num_hidden_layers)]
+        return [LayerWeights(jax.tree.map(lambda a, i=i: a[i], layer_p), jax.tree.map(lambda a, i=i: a[i], lora_p),
+                             None) for i in range(self.cfg.text.num_hidden_layers)]
 
-    def __call__(self, embeds, positions, kv_mask, *, cache=None, cache_index=0, lora: Lora | None = None,
-                 layers: list[dict] | None = None):
+    def __call__(self, embeds, positions, kv_mask, *, cache: KVCache | None = None, cache_index=0,
+                 lora: Lora | None = None, layers: list[LayerWeights] | None = None):
         """embeds [B,T,D]; kv_mask [B,S] (S = T without a cache). Returns (final-normed hidden, new cache).
 
-        layers: optional `split_layers(lora)` output; the stack then runs unrolled over those slices."""
+        The stack runs scanned (`scan_layers`, a stacked or no cache, no `layers`) or unrolled (otherwise);
+        layers: optional `split_layers(lora)` output for the unrolled stack."""
         cfg, t = self.cfg, self.cfg.text
-        inv_freq = rope_inv_freq(t)
-        L = t.num_hidden_layers
+        ctx = LayerContext(t, positions, kv_mask, cache_index, rope_inv_freq(t), cfg.jnp_dtype, lora)
         rng = lora.rng if (lora is not None and lora.dropout > 0) else None
-        rngs = jax.random.split(rng, L) if rng is not None else None
-        per_layer = cache is not None and isinstance(cache["k"], (list, tuple))
+        rngs = jax.random.split(rng, t.num_hidden_layers) if rng is not None else None
+        scanned = cfg.scan_layers and layers is None and (cache is None or not cache.per_layer)
+        if scanned:
+            x, cache = self._run_scanned(ctx, embeds, cache, rngs)
+        else:
+            x, cache = self._run_unrolled(ctx, embeds, cache, rngs, layers)
+        return rms_norm(x, self.norm[...], t.rms_norm_eps), cache
 
-        def block(x, ck, cv, s, layer):
-            return _decoder_block(s["p"], s["lora"], x, positions, kv_mask, ck, cv, cache_index, layer, t=t,
-                                  inv_freq=inv_freq, dtype=cfg.jnp_dtype, lora=lora, rng=s["rng"])
+    def _run_scanned(self, ctx: LayerContext, x, cache: KVCache | None, rngs):
+        """`lax.scan` over the stacked layers; a stacked cache rides in the carry, each layer updating its slice."""
+        L = self.cfg.text.num_hidden_layers
+        xs = (LayerWeights(values(self.layers), ctx.lora.params if ctx.lora is not None else {}, rngs),
+              jnp.arange(L, dtype=jnp.int32))
 
-        if cfg.scan_layers and layers is None and not per_layer:
-            # the whole stacked cache rides in the carry and each layer updates its slice in place
-            xs = {"p": values(self.layers), "lora": lora.params if lora is not None else {}, "rng": rngs,
-                  "layer": jnp.arange(L, dtype=jnp.int32)}
-            carry = (embeds, *((cache["k"], cache["v"]) if cache is not None else (None, None)))
+        def body(carry, w_and_layer):
+            w, layer = w_and_layer
+            return _decoder_block(ctx, w, *carry, layer), None
 
-            def body(c, s):
-                return block(*c, s, s["layer"]), None
+        carry = (x, *(cache if cache is not None else (None, None)))
+        (x, ck, cv), _ = run_stack(body, carry, xs, num_layers=L, scan=True, remat=self.cfg.remat)
+        return x, (KVCache(ck, cv) if cache is not None else None)
 
-            (x, ck, cv), _ = run_stack(body, carry, xs, num_layers=L, scan=True, remat=cfg.remat)
-            new_cache = {"k": ck, "v": cv} if cache is not None else None
-            return rms_norm(x, self.norm[...], t.rms_norm_eps), new_cache
-        layers = layers if layers is not None else self.split_layers(lora)
-        x = embeds
-        ck = list(cache["k"]) if per_layer else (cache["k"] if cache is not None else None)
-        cv = list(cache["v"]) if per_layer else (cache["v"] if cache is not None else None)
-        for i in range(L):
-            s = dict(layers[i], rng=rngs[i] if rngs is not None else None)
-            step = functools.partial(block, layer=None if per_layer else i)
-            if cfg.remat:
+    def _run_unrolled(self, ctx: LayerContext, x, cache: KVCache | None, rngs, layers):
+        """A Python loop over per-layer slices (longer compiles, no slicing inside a step)."""
+        layers = layers if layers is not None else self.split_layers(ctx.lora)
+        per_layer = cache is not None and cache.per_layer
+        ck = list(cache.k) if per_layer else (cache.k if cache is not None else None)
+        cv = list(cache.v) if per_layer else (cache.v if cache is not None else None)
+        for i, w in enumerate(layers):
+            w = w._replace(rng=rngs[i] if rngs is not None else None)
+            step = functools.partial(_decoder_block, ctx, w, layer=None if per_layer else i)
+            if self.cfg.remat:
                 step = jax.checkpoint(step, prevent_cse=True, policy=jax.checkpoint_policies.nothing_saveable)
             if per_layer:
-                x, ck[i], cv[i] = step(x, ck[i], cv[i], s)
+                x, ck[i], cv[i] = step(x, ck[i], cv[i])
             else:
-                x, ck, cv = step(x, ck, cv, s)
-        new_cache = {"k": ck, "v": cv} if cache is not None else None
-        return rms_norm(x, self.norm[...], t.rms_norm_eps), new_cache
+                x, ck, cv = step(x, ck, cv)
+        if cache is None:
+            return x, None
+        return x, (KVCache(tuple(ck), tuple(cv)) if per_layer else KVCache(ck, cv))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         dtype = self.cfg.jnp_dtype

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from jaxlava.data.shapes_scene import RADIUS, SIZES, Obj, Scene, WorldSpec
+from jaxlava.shapes.scene import RADIUS, SIZES, Obj, Scene, WorldSpec
 
 NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 LETTERS = "ABCD"

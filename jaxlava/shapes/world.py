@@ -17,8 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from jaxlava.data import shapes_text as T
-from jaxlava.data.shapes_scene import (BACKGROUNDS, COLOURS, SHAPES, Scene, WorldSpec, encode_png, make_spec, render,
+from jaxlava.fileio import write_json
+from jaxlava.shapes import text as T
+from jaxlava.shapes.scene import (BACKGROUNDS, COLOURS, SHAPES, Scene, WorldSpec, encode_png, make_spec, render,
                                        sample_scene)
 
 KINDS = ("conversation", "preference", "ppo_prompt", "probe")
@@ -104,7 +105,7 @@ class ShapesConfig:
         return cls(**{k: tup(v) for k, v in d.items()})
 
 
-PRESETS: dict[str, dict] = {
+WORLD_SIZES: dict[str, dict] = {
     "small": dict(n_sft=240, n_pref=120, n_ppo=60, pope_images=8, n_mmhal=24, vocab_size=800),
     "default": {},
     "large": dict(n_sft=20000, n_pref=10000, n_ppo=5000, pope_images=100, n_mmhal=192, vocab_size=2000),
@@ -114,9 +115,9 @@ PRESETS: dict[str, dict] = {
 def preset(size: str = "default", **overrides) -> ShapesConfig:
     """A size preset with field overrides.  A smaller palette (`colours`, `shapes`) without its own
     `cooccur_pairs` keeps the designed pairs whose two members are still categories of the world."""
-    if size not in PRESETS:
-        raise ValueError(f"shapes world: unknown size {size!r}; choose from {sorted(PRESETS)}")
-    kw = PRESETS[size] | overrides
+    if size not in WORLD_SIZES:
+        raise ValueError(f"shapes world: unknown size {size!r}; choose from {sorted(WORLD_SIZES)}")
+    kw = WORLD_SIZES[size] | overrides
     if ("colours" in overrides or "shapes" in overrides) and "cooccur_pairs" not in overrides:
         cats = {f"{c} {s}" for c in kw.get("colours", ShapesConfig.colours)
                 for s in kw.get("shapes", ShapesConfig.shapes)}
@@ -413,7 +414,7 @@ def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = 
     """Generate and write the world; returns the world.json content."""
     from tqdm import tqdm
 
-    from jaxlava.data.shapes_tokenizer import save_tokenizer, tokenizer_info, train_tokenizer
+    from jaxlava.shapes.tokenizer import save_tokenizer, tokenizer_info, train_tokenizer
     from jaxlava.data.storage import write_records
 
     cfg = cfg or ShapesConfig()
@@ -431,8 +432,7 @@ def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = 
     t3 = time.perf_counter()
     info = {"config": cfg.to_dict(), "stats": world.stats, "tokenizer": tokenizer_info(tok), "written": written,
             "seconds": {"generate": round(t1 - t0, 2), "tokenizer": round(t2 - t1, 2), "write": round(t3 - t2, 2)}}
-    with open(os.path.join(out_dir, "world.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    write_json(os.path.join(out_dir, "world.json"), info, indent=1)  # written last: its presence marks a whole world
     return info
 
 

@@ -18,7 +18,7 @@ UNK, BOS, EOS, PAD, IMAGE_TOKEN = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500):
-    """Train on `texts` (include the chat templates' text: see `jaxlava.data.shapes.template_texts`) and return a
+    """Train on `texts` (include the chat templates' text: see `jaxlava.shapes.world.template_texts`) and return a
     transformers `PreTrainedTokenizerFast` of at most `vocab_size` ids (fewer if the corpus has fewer pieces)."""
     from transformers import PreTrainedTokenizerFast
 

@@ -7,7 +7,6 @@ the previous good one is used instead.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -15,7 +14,9 @@ import warnings
 import jax
 import orbax.checkpoint as ocp
 
-log = logging.getLogger("jaxlava.checkpoint")
+from jaxlava.fileio import jsonable, write_json
+
+log = logging.getLogger("jaxlava.training.checkpoint")
 
 
 class Checkpointer:
@@ -29,8 +30,8 @@ class Checkpointer:
 
     def save(self, step: int, state, data_state: dict | None = None, extra: dict | None = None) -> None:
         args = {"state": ocp.args.StandardSave(state),
-                "data": ocp.args.JsonSave(_jsonable(data_state or {})),
-                "extra": ocp.args.JsonSave(_jsonable(extra or {}))}
+                "data": ocp.args.JsonSave(jsonable(data_state or {})),
+                "extra": ocp.args.JsonSave(jsonable(extra or {}))}
         self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def wait(self) -> None:
@@ -58,14 +59,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
 def save_config(run_dir: str, config: dict) -> None:
     """The resolved config beside the checkpoints (atomic)."""
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "config.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(_jsonable(config), fh, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(run_dir, "config.json"), config)

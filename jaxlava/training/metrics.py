@@ -10,6 +10,8 @@ import os
 
 import jax
 
+from jaxlava.fileio import atomic_open
+
 
 class MetricsLogger:
     """`resume_step`: the step a resumed run restarts from. Rows after it, written by the interrupted run
@@ -67,10 +69,8 @@ def _truncate_after(path: str, step: int) -> None:
             else:
                 dropped += 1
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
+        with atomic_open(path) as fh:
             fh.writelines(kept)
-        os.replace(tmp, path)
 
 
 def _num(v):

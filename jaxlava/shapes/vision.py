@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +27,9 @@ from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
 from jaxlava.data.processor import ImagePrep
-from jaxlava.data.shapes import ShapesConfig, load_world_info
-from jaxlava.data.shapes_scene import SIZES, WorldSpec, object_mask, render, sample_scene
+from jaxlava.fileio import atomic_dir
+from jaxlava.shapes.world import ShapesConfig, load_world_info
+from jaxlava.shapes.scene import SIZES, WorldSpec, object_mask, render, sample_scene
 
 CACHE_DIR = "vision_tower"
 LOSS_VERSION = 2  # part of the cache key: 2 = shape and size heads trained on object patches only
@@ -180,14 +180,10 @@ def ensure_pretrained(model, data_dir: str, cfg: VisionPretrainConfig = VisionPr
     print("vision stage 0 (held-out object patches): " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()),
           flush=True)
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
         flat = traverse_util.flatten_dict(jax.device_get(nnx.state(model.vision_tower).to_pure_dict()), sep=".")
-        save_file(flat, os.path.join(tmp, "tower.safetensors"))
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"settings": meta, "metrics": metrics}, f, indent=1)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        with atomic_dir(path) as tmp:
+            save_file(flat, os.path.join(tmp, "tower.safetensors"))
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump({"settings": meta, "metrics": metrics}, f, indent=1)
     return metrics
 

@@ -8,15 +8,19 @@ import jax
 from flax import nnx
 
 from jaxlava import sharding
-from jaxlava.data.processor import ImagePrep, LlavaProcessor
-from jaxlava.optim import OptimConfig
+from jaxlava.data.processor import LlavaProcessor
+from jaxlava.shapes import open_world
+from jaxlava.training.optim import OptimConfig
+
+
+DEFAULT_DATA = "runs/shapes_world"
 
 
 @dataclasses.dataclass
 class RunConfig:
     """Options shared by every trainer."""
     preset: str = "shapes"  # shapes (embedded world, CPU-sized) | llava-7b-224 | llava-13b-336 | tiny
-    data: str = "runs/shapes_world"  # data folder (converted data or the shapes world; generated if missing)
+    data: str = DEFAULT_DATA  # data folder: converted data, or the shapes world (generated here if missing)
     init: str | None = None  # HF model folder to start from (llava-hf layout); None = preset's random init
     out: str = "runs/run"  # RUN_DIR: checkpoints, metrics.jsonl, tb/, config.json, hf/
     steps: int | None = None  # optimizer steps (default: the preset's)
@@ -31,59 +35,68 @@ class RunConfig:
     remat: bool = False
     scan_layers: bool = False
     eval_every: int = 50
-    # shapes preset without --init: steps of the vision tower's stage 0 (jaxlava/shapes_vision.py; 0 = random tower)
+    build_missing: bool = False  # build a missing shapes world (or upstream stage) at a path you gave; the
+    # default paths are always built on first use
+    # shapes preset without --init: steps of the vision tower's stage 0 (jaxlava/shapes/vision.py; 0 = random tower)
     vision_pretrain_steps: int = 3000
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     """AdamW, learning-rate schedule, gradient clipping and accumulation."""
 
 
-def ensure_shapes_world(data_dir: str) -> None:
-    if os.path.exists(os.path.join(data_dir, "world.json")):
-        return
-    from jaxlava.data.shapes import write_world
-    print(f"generating the shapes world in {data_dir} ...", flush=True)
-    write_world(data_dir)
+# model presets that come with an embedded dataset: their data folder is a generated world (jaxlava.shapes)
+EMBEDDED_WORLDS = {"shapes": open_world}
 
 
-def processor_for(cfg: RunConfig, model_config=None) -> LlavaProcessor:
-    """The processor of `cfg.init` if it has one, else the shapes world's tokenizer with CLIP-style images."""
+def is_default(cfg, name: str) -> bool:
+    """Whether field `name` of `cfg` still holds its dataclass default (the user did not give a path)."""
+    field = {f.name: f for f in dataclasses.fields(cfg)}[name]
+    return getattr(cfg, name) == field.default
+
+
+def may_build(cfg, name: str) -> bool:
+    """Missing inputs are built only for the default paths, or when --build-missing asks for it."""
+    return cfg.build_missing or is_default(cfg, name)
+
+
+def world_for(cfg: RunConfig):
+    """The embedded world of `cfg.preset` (built when missing and allowed), or None for converted data, whose
+    folder must exist."""
+    opener = EMBEDDED_WORLDS.get(cfg.preset)
+    if opener is None:
+        if not os.path.isdir(cfg.data):
+            raise FileNotFoundError(f"--data {cfg.data}: no such folder (convert data with data/convert.py)")
+        return None
+    return opener(cfg.data, build=may_build(cfg, "data"), vision_pretrain_steps=cfg.vision_pretrain_steps)
+
+
+def processor_for(cfg: RunConfig, model_config, world=None) -> LlavaProcessor:
+    """The processor saved with `cfg.init`, else the embedded world's (opened from `cfg` when not given)."""
     if cfg.init and os.path.exists(os.path.join(cfg.init, "preprocessor_config.json")):
         return LlavaProcessor.from_pretrained(cfg.init)
-    if cfg.preset != "shapes":
+    world = world or world_for(cfg)
+    if world is None:
         raise FileNotFoundError(f"--init {cfg.init!r} has no preprocessor_config.json / tokenizer files")
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(os.path.join(cfg.data, "tokenizer"))
-    mc = model_config
-    return LlavaProcessor(tok, ImagePrep(mc.vision.image_size, pad_to_square=True), mc.num_image_tokens,
-                          image_token_id=mc.image_token_index)
+    return world.processor(model_config)
 
 
-def model_config_for(cfg: RunConfig):
-    from jaxlava.presets import get_preset, shapes_config
+def build_model(cfg: RunConfig, mesh, world=None):
+    """The base model, created or loaded directly sharded on `mesh` (a fresh one from the embedded world's
+    config, opened from `cfg` when not given, or from the model preset)."""
     rt = dict(param_dtype=cfg.param_dtype, dtype=cfg.compute_dtype, remat=cfg.remat, scan_layers=cfg.scan_layers)
     if cfg.init:
-        from jaxlava.hf import load_config
-        return load_config(cfg.init, **rt)[0]
-    if cfg.preset == "shapes":
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(os.path.join(cfg.data, "tokenizer"))
-        return shapes_config(len(tok), tok.convert_tokens_to_ids("<image>")).replace(**rt)
-    return get_preset(cfg.preset).replace(**rt)
-
-
-def build_model(cfg: RunConfig, mesh):
-    """The base model, created or loaded directly sharded on `mesh`."""
-    mc = model_config_for(cfg)
-    if cfg.init:
         from jaxlava.hf import from_pretrained
+        if not os.path.exists(os.path.join(cfg.init, "config.json")):
+            raise FileNotFoundError(f"--init {cfg.init}: no config.json there (expected an llava-hf model folder)")
         return from_pretrained(cfg.init, dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype, remat=cfg.remat,
                                scan_layers=cfg.scan_layers,
                                shardings=lambda st: sharding.state_shardings(st, mesh))
     from jaxlava.model import LlavaModel
+    from jaxlava.presets import get_preset
+    world = world or world_for(cfg)
+    mc = world.model_config(**rt) if world is not None else get_preset(cfg.preset, **rt)
     model = sharding.create_sharded(lambda: LlavaModel(mc, rngs=nnx.Rngs(cfg.seed)), mesh)
-    if cfg.preset == "shapes":
-        from jaxlava.shapes_vision import VisionPretrainConfig, ensure_pretrained
-        ensure_pretrained(model, cfg.data, VisionPretrainConfig(steps=cfg.vision_pretrain_steps))
+    if world is not None:
+        world.prepare_model(model)
     return model
 
 
@@ -106,9 +119,10 @@ def resolve_steps(cfg: RunConfig, n_records: int, epochs: float) -> int:
 def setup(cfg, mesh, kind: str, epochs: float):
     """What every trainer builds inside its mesh: (model, processor, train source of `kind`, total steps, optimizer)."""
     from jaxlava.data.storage import open_source
-    from jaxlava.optim import make_optimizer
-    model = build_model(cfg, mesh)
-    processor = processor_for(cfg, model.config)
+    from jaxlava.training.optim import make_optimizer
+    world = world_for(cfg)
+    model = build_model(cfg, mesh, world)
+    processor = processor_for(cfg, model.config, world)
     source = open_source(cfg.data, kind, "train")
     total = resolve_steps(cfg, len(source), epochs)
     return model, processor, source, total, make_optimizer(cfg.optim, total)

@@ -1,0 +1,57 @@
+"""Optimiser and learning-rate schedules (AdamW with global-norm clipping; HF-style warmup + cosine/constant).
+
+The jitted step that uses them is in `jaxlava.training.step`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    schedule: Literal["cosine", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.03
+    warmup_steps: int | None = None  # overrides warmup_ratio when set
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1  # microbatches per optimizer step (the batch is split along axis 0)
+
+
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    return int(round(cfg.warmup_ratio * total_steps))
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """HF-style schedules: linear warmup from 0, then cosine to 0 (or constant)."""
+    w = max(warmup_steps(cfg, total_steps), 0)
+    total = max(total_steps, w + 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = step / max(w, 1)
+        if cfg.schedule == "constant_with_warmup":
+            decay = 1.0
+        else:
+            progress = jnp.clip((step - w) / max(total - w, 1), 0.0, 1.0)
+            decay = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return cfg.lr * jnp.where(step < w, warm, decay)
+
+    return schedule
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.adamw(make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                    weight_decay=cfg.weight_decay),
+    )

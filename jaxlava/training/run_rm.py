@@ -1,0 +1,113 @@
+"""The reward-model run: its config, run presets and `run(cfg)` (data, base model, adapter + head, the loop, the
+PEFT export).  The step and the held-out accuracy are the stage's own (`jaxlava.rm`); `train/rm.py` is the
+command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+from flax import nnx
+
+from jaxlava import distributed, rm, sharding
+from jaxlava.data.pipeline import OtherFacts, preference_batches
+from jaxlava.data.storage import open_source
+from jaxlava.lora import LoraConfig, init_lora
+from jaxlava.model.heads import init_scalar_head
+from jaxlava.peft_io import save_reward_model_adapter
+from jaxlava.training import runs
+from jaxlava.training.cli import parse, preset_default
+from jaxlava.training.loop import Hook, fit
+from jaxlava.training.metrics import format_row
+from jaxlava.training.optim import OptimConfig, make_schedule
+from jaxlava.training.step import init_state
+
+DEFAULT_INIT = "runs/sft/hf"
+
+
+@dataclasses.dataclass
+class RMConfig(runs.RunConfig):
+    """Reward model training."""
+    init: str | None = DEFAULT_INIT
+    out: str = "runs/rm"
+    no_facts: bool = False  # ablation: the reward prompt without the image's facts
+    epochs: float = 1.0
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+
+
+RUN_PRESETS = {
+    "shapes": RMConfig(steps=200, batch_size=8, checkpoint_every=100, eval_every=50,
+                       lora=LoraConfig(r=64, alpha=128, dropout=0.0),
+                       optim=OptimConfig(lr=5e-4, schedule="constant_with_warmup", warmup_ratio=0.03,
+                                         max_grad_norm=1.0)),
+    "llava-13b-336": RMConfig(preset="llava-13b-336", batch_size=32, epochs=1.0, compute_dtype="bfloat16",
+                              remat=True, scan_layers=True, checkpoint_every=50, eval_every=50,
+                              lora=LoraConfig(r=64, alpha=16, dropout=0.0),
+                              optim=OptimConfig(lr=2e-5, schedule="constant_with_warmup", warmup_ratio=0.03,
+                                                max_grad_norm=0.3)),
+}
+RUN_PRESETS["llava-7b-224"] = dataclasses.replace(RUN_PRESETS["llava-13b-336"], preset="llava-7b-224")
+
+
+def ensure_sft(cfg: RMConfig) -> None:
+    """The SFT model the RM starts from: the default one (runs/sft/hf) is trained when missing; a path the
+    user gave must exist, unless --build-missing asks to train SFT into its parent folder."""
+    if not cfg.init or os.path.exists(os.path.join(cfg.init, "config.json")):
+        return
+    if not runs.may_build(cfg, "init") or os.path.basename(cfg.init.rstrip("/")) != "hf":
+        raise FileNotFoundError(f"--init {cfg.init}: no model there (no config.json). Train SFT first "
+                                "(python train/sft.py --out DIR, then --init DIR/hf), or check the path")
+    from jaxlava.training import run_sft
+    print(f"no SFT model at {cfg.init}: training it first", flush=True)
+    run_sft.run(run_sft.SFTConfig(data=cfg.data, out=os.path.dirname(cfg.init.rstrip("/")),
+                                  build_missing=cfg.build_missing, mesh=cfg.mesh))
+
+
+def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
+    """Held-out preference batches: with each pair's own facts, and (with facts) with another pair's."""
+    source = open_source(cfg.data, "preference", "test")
+
+    def batches(src):
+        it = preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
+                                with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1,
+                                shard_index=jax.process_index(), shard_count=jax.process_count())
+        return [put(b) for b in it]
+    sets = {"eval_accuracy": batches(source)}
+    if not cfg.no_facts and len(source) >= 2:
+        sets["eval_accuracy_other_facts"] = batches(OtherFacts(source))
+    return sets
+
+
+def run(cfg: RMConfig) -> dict:
+    """Train the adapter and head; write RUN_DIR/adapter (PEFT + reward_head).  Returns the last metrics row."""
+    distributed.maybe_initialize()
+    ensure_sft(cfg)
+    mesh = sharding.make_mesh(cfg.mesh)
+    with sharding.use_mesh(mesh):
+        model, processor, source, total, tx = runs.setup(cfg, mesh, "preference", cfg.epochs)
+        graphdef, base = nnx.split(model)
+        key = jax.random.key(cfg.seed)
+        trainable = {"lora": init_lora(model.config, cfg.lora, key),
+                     "head": init_scalar_head(jax.random.fold_in(key, 1), model.config.text.hidden_size)}
+        state = init_state(trainable, tx, cfg.seed)
+        step = jax.jit(rm.make_step(graphdef, cfg.lora, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total)),
+                       donate_argnums=0)
+        data = preference_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
+                                  with_facts=not cfg.no_facts, seed=cfg.seed, num_workers=cfg.num_workers)
+        put = runs.batch_putter(mesh)
+        evaluate = rm.eval_accuracy(graphdef, base, cfg.lora, held_out_sets(cfg, processor, put))
+        state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=base, data=data, total_steps=total,
+                          checkpoint_every=cfg.checkpoint_every, config={"stage": "rm", **runs.as_dict(cfg)},
+                          put=put, hooks=[Hook(cfg.eval_every, lambda _, s: evaluate(s))],
+                          keep=cfg.keep_checkpoints)
+        if distributed.is_main_process():
+            save_reward_model_adapter(os.path.join(cfg.out, "adapter"), jax.device_get(state.params["lora"]),
+                                      cfg.lora, jax.device_get(state.params["head"]),
+                                      base_model_name_or_path=cfg.init)
+    print("final: " + format_row(last))
+    return last
+
+
+def main(argv: list[str], description: str | None = None) -> dict:
+    return run(parse(RMConfig, argv, description=description, default=preset_default(argv, RUN_PRESETS)))
