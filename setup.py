@@ -34,6 +34,7 @@ EXTRAS = {
         "torch==2.13.0",
         "peft>=0.17",
         "sentencepiece",
+        "import-linter>=2.1,<3",  # the layer contract in .importlinter (tests/test_layers.py)
     ],
     "tpu": ["libtpu"],
 }

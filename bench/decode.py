@@ -12,17 +12,19 @@ ceiling measured in the same run (a step is charged max(bytes/bandwidth, flops/p
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 import time
+from typing import Annotated
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import tyro  # noqa: E402
 
 import jaxlava  # noqa: E402
 from common import copy_bandwidth, machine, matmul_ceiling, repeat, table, write_json  # noqa: E402
@@ -122,7 +124,7 @@ def bench_model(name, args, bw, peak, results, rows):
     n_params = count(nnx_state(model))
     print(f"\n== {name}: {n_params / 1e6:.1f}M parameters, jaxlava {args.dtype}, transformers float32", flush=True)
     results[name] = {"parameters": n_params}
-    for batch in args.batches:
+    for batch in args.batch_sizes:
         ids, mask, pixels = prompts(cfg, batch)
         t = time.perf_counter()
         run_jaxlava(model, ids, mask, pixels, args.new_tokens, 0)
@@ -149,16 +151,28 @@ def bench_model(name, args, bw, peak, results, rows):
         print(table(rows[-1:], list(rows[-1])), flush=True)
 
 
+@dataclasses.dataclass(kw_only=True)
+class DecodeArgs:
+    """Which models and batch sizes to time, and how."""
+    out: Annotated[str | None, tyro.conf.arg(metavar="PATH")] = None
+    """write the results as JSON here"""
+    models: Annotated[str, tyro.conf.arg(help="comma-separated subset of: " + ", ".join(MODELS))] = "small,large"
+    batches: str = "1,8,32"
+    """comma-separated batch sizes"""
+    new_tokens: int = 128
+    """tokens sampled per prompt"""
+    repeats: int = 2
+    """timed runs per point (best is reported)"""
+    dtype: str = "float32"
+    """jaxlava parameter+compute dtype (float32 or bfloat16)"""
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [int(b) for b in self.batches.split(",")]
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="write the results as JSON here")
-    p.add_argument("--models", default="small,large", help="comma-separated subset of: " + ", ".join(MODELS))
-    p.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per point (best is reported)")
-    p.add_argument("--dtype", default="float32", help="jaxlava parameter+compute dtype (float32 or bfloat16)")
-    args = p.parse_args(argv)
-    args.batches = [int(b) for b in args.batches.split(",")]
+    args = tyro.cli(DecodeArgs, args=argv, prog="bench/decode.py", description=__doc__)
     import torch
     torch.set_num_threads(os.cpu_count())
     bw = copy_bandwidth()

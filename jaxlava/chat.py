@@ -7,28 +7,41 @@ and preprocessor files.  The question is rendered with the `llava_v1` conversati
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+from typing import Annotated, Literal
 
 import numpy as np
+import tyro
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxlava.chat", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("question", help="the question to ask about the image")
-    p.add_argument("--model", required=True, help="model folder (llava-hf layout, with tokenizer files)")
-    p.add_argument("--image", default=None, help="image file (PNG/JPEG); omit for a text-only question")
-    p.add_argument("--vision-tower", default=None, help="CLIP folder, for original-LLaVA checkpoints only")
-    p.add_argument("--template", default="llava_v1", help="conversation template name (default: llava_v1)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype")
-    p.add_argument("--chunk", type=int, default=8, help="tokens decoded between two screen updates")
-    return p
+@dataclasses.dataclass(kw_only=True)
+class ChatArgs:
+    """A question about an image, the model to ask and how to sample the answer."""
+    question: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="QUESTION")]
+    """the question to ask about the image"""
+    model: Annotated[str, tyro.conf.arg(metavar="DIR")]
+    """model folder (llava-hf layout, with tokenizer files)"""
+    image: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
+    """image file (PNG/JPEG); omit for a text-only question"""
+    vision_tower: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
+    """CLIP folder, for original-LLaVA checkpoints only"""
+    template: str = "llava_v1"
+    """conversation template name"""
+    max_new_tokens: int = 256
+    """most tokens to generate"""
+    temperature: float = 0.0
+    """sampling temperature; 0 = greedy"""
+    top_p: float = 1.0
+    """nucleus sampling: keep the smallest set of tokens with this much probability (1 = all)"""
+    top_k: int = 0
+    """keep the k most likely tokens (0 = all)"""
+    seed: int = 0
+    """sampling seed"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """parameter dtype"""
+    chunk: int = 8
+    """tokens decoded between two screen updates"""
 
 
 class Streamer:
@@ -57,7 +70,7 @@ class Streamer:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = tyro.cli(ChatArgs, args=argv, prog="python -m jaxlava.chat", description=__doc__)
     import jax
 
     import jaxlava

@@ -11,10 +11,13 @@ run reaches its last step; an unfinished run is resumed by re-running its traine
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import shutil
+from typing import Annotated
+
+import tyro
 
 from jaxlava.hf import from_pretrained, save_pretrained
 
@@ -58,12 +61,19 @@ def export(run: str, out: str, merge: bool = False) -> str:
     raise ExportError(f"{run}: stage {stage!r} cannot be exported (sft, rm)")
 
 
+@dataclasses.dataclass(kw_only=True)
+class ExportArgs:
+    """Which finished run to export, and where to."""
+    run: Annotated[str, tyro.conf.arg(metavar="RUN_DIR")]
+    """the RUN_DIR of a finished train/sft.py or train/rm.py run"""
+    out: Annotated[str, tyro.conf.arg(metavar="HF_DIR")]
+    """output folder (llava-hf layout)"""
+    merge: bool = False
+    """fold LoRA adapters into the base weights"""
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="the RUN_DIR of a finished train/sft.py or train/rm.py run")
-    ap.add_argument("--out", required=True, help="output folder (llava-hf layout)")
-    ap.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
-    args = ap.parse_args(argv)
+    args = tyro.cli(ExportArgs, args=argv, prog="python -m jaxlava.export", description=__doc__)
     try:
         what = export(args.run, args.out, args.merge)
     except ExportError as e:

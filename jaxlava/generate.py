@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlava.data.buckets import bucket_length
 from jaxlava.model import check_image_tokens, positions_from_mask
 from jaxlava.sharding import constrain
 
@@ -34,16 +35,6 @@ class SamplingParams(NamedTuple):
     greedy: bool
     top_k: int
     nucleus: bool
-
-
-def bucket_length(n: int, multiple: int = 64, minimum: int = 16) -> int:
-    """Prompt-length bucket: powers of two up to `multiple`, then multiples of `multiple`."""
-    if n <= multiple:
-        b = minimum
-        while b < n:
-            b *= 2
-        return b
-    return -(-n // multiple) * multiple
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import tyro
 
 from jaxlava.fileio import write_json
 from jaxlava.presets import MODEL_PRESETS
+from jaxlava.training.cli import normalize_argv
 
 GIB = 1024 ** 3
 # HBM per chip (GiB) by TPU generation (the prefix of the topology name)
@@ -265,14 +266,13 @@ class PlanArgs:
     preset: PresetName
     """model preset"""
     stage: Annotated[str, tyro.conf.arg(help=f"training stage to plan: {', '.join(STAGES)}")] = "sft"
-    topology: str | None = None
-    """TPU topology to compile for, e.g. v5p:2x2x1 (4 chips), v5p:2x2x4 (16), v5e:4x4, v4:2x2x2, v6e:4x4 (needs
-    libtpu, not a TPU); not with --cpu-devices"""
+    topology: Annotated[str | None, tyro.conf.arg(
+        help="TPU topology to compile for, e.g. v5p:2x2x1 (4 chips), v5p:2x2x4 (16), v5e:4x4, v4:2x2x2, v6e:4x4 "
+             "(needs libtpu, not a TPU); not with --cpu-devices")] = None
     cpu_devices: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
     """compile for N fake CPU devices instead (no libtpu needed); not with --topology"""
     mesh: str = "all"
-    """mesh spec over the devices, e.g. 'data=2,fsdp=-1,tensor=2' (default, 'all' or the flag alone: all devices
-    on fsdp)"""
+    """mesh spec over the devices, e.g. 'data=2,fsdp=-1,tensor=2'; 'all' (or the flag alone): all devices on fsdp"""
     batch: int = 8
     """global batch (rows per optimizer step)"""
     seq_len: int = 1280
@@ -294,7 +294,6 @@ class PlanArgs:
 
 def parse_args(argv: list[str] | None = None) -> PlanArgs:
     """The command line (`sys.argv[1:]` when None) as PlanArgs; a bare `--mesh` means all devices on fsdp."""
-    from jaxlava.training.cli import normalize_argv
     argv = sys.argv[1:] if argv is None else argv
     args = tyro.cli(PlanArgs, args=normalize_argv(argv), prog="python -m jaxlava.plan", description=__doc__)
     if args.topology and args.cpu_devices is not None:

@@ -8,8 +8,12 @@ bad record an error (exit code 2).  A malformed input file is always an error (e
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+from typing import Annotated, ClassVar, Literal, Union
+
+import tyro
+from tyro.conf import arg
 
 FORMATS = {
     "llava": ("LLaVA-Instruct JSON list of {id, image, conversations} -> conversation records",
@@ -28,45 +32,85 @@ FORMATS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="convert.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="format", required=True, metavar="FORMAT")
-    for name, (help_, input_help) in FORMATS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--input", nargs="+", required=True, metavar="FILE", help=input_help)
-        p.add_argument("--out", required=True, metavar="OUT_DIR",
-                       help="output folder: OUT_DIR/<kind>/<split>/ (ArrayRecord) and OUT_DIR/report.json")
-        p.add_argument("--image-dir", metavar="DIR", help="folder the images are read from")
-        p.add_argument("--split", default="train", help="split name to write (default: train)")
-        p.add_argument("--strict", action="store_true", help="the first bad record is an error (exit code 2)")
-        p.add_argument("--tokenizer", metavar="DIR", help="HF tokenizer folder for the --max-tokens check")
-        p.add_argument("--max-tokens", type=int, metavar="N",
-                       help="skip samples longer than N tokens (v1 template; needs --tokenizer)")
-        p.add_argument("--image-tokens", type=int, default=1, metavar="K",
-                       help="tokens the image counts for in --max-tokens (default 1; 256 for CLIP-L/14 at 224)")
-        p.add_argument("--source", help="value of the records' 'source' field (default: the format name)")
-        p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-        if name in ("preference", "ppo-prompts"):
-            p.add_argument("--facts", metavar="JSON",
-                           help="image_to_caption.json: {image file name (\"aok_\"+name for A-OKVQA prompts): "
-                                "[caption, ...]}; records whose image has none get facts [] (counted)")
-        if name in ("vqav2", "aokvqa"):
-            p.add_argument("--max-turns", type=int, default=8, metavar="N",
-                           help="at most N question-answer rounds per conversation (default 8)")
-        if name == "aokvqa":
-            p.add_argument("--variant", choices=["mc", "cot", "ppo"], default="mc",
-                           help="mc: answer 'X. choice'; cot: rationale then 'So the correct option is X. choice'; "
-                                "ppo: ppo_prompt records (caption_type 2..5 = A..D)")
-        if name == "flickr30k":
-            p.add_argument("--annotations-dir", metavar="DIR", help="folder of the Entities <id>.xml files")
-            p.add_argument("--per-image", type=int, default=1, metavar="N",
-                           help="sentences converted per image (those with at least one box; default 1)")
-    return ap
+@dataclasses.dataclass(kw_only=True)
+class ConvertArgs:
+    """The flags of every format (each format's subclass names its --input files)."""
+    FORMAT: ClassVar[str] = ""
+    input: Annotated[tuple[str, ...], arg(metavar="FILE")]
+    out: Annotated[str, arg(metavar="OUT_DIR")]
+    """output folder: OUT_DIR/<kind>/<split>/ (ArrayRecord) and OUT_DIR/report.json"""
+    image_dir: Annotated[str | None, arg(metavar="DIR")] = None
+    """folder the images are read from"""
+    split: str = "train"
+    """split name to write"""
+    strict: bool = False
+    """the first bad record is an error (exit code 2)"""
+    tokenizer: Annotated[str | None, arg(metavar="DIR")] = None
+    """HF tokenizer folder for the --max-tokens check"""
+    max_tokens: Annotated[int | None, arg(metavar="N")] = None
+    """skip samples longer than N tokens (v1 template; needs --tokenizer)"""
+    image_tokens: Annotated[int, arg(metavar="K")] = 1
+    """tokens the image counts for in --max-tokens (1; 256 for CLIP-L/14 at 224)"""
+    source: Annotated[str | None, arg(metavar="NAME")] = None
+    """value of the records' 'source' field (None: the format name)"""
+    quiet: bool = False
+    """no progress bar or summary"""
+
+
+@dataclasses.dataclass(kw_only=True)
+class _WithFacts(ConvertArgs):
+    facts: Annotated[str | None, arg(
+        metavar="JSON", help='image_to_caption.json: {image file name ("aok_"+name for A-OKVQA prompts): '
+                             '[caption, ...]}; records whose image has none get facts [] (counted)')] = None
+
+
+@dataclasses.dataclass(kw_only=True)
+class _WithTurns(ConvertArgs):
+    max_turns: Annotated[int, arg(metavar="N")] = 8
+    """at most N question-answer rounds per conversation"""
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Aokvqa(_WithTurns):
+    variant: Annotated[Literal["mc", "cot", "ppo"], arg(
+        help="mc: answer 'X. choice'; cot: rationale then 'So the correct option is X. choice'; "
+             "ppo: ppo_prompt records (caption_type 2..5 = A..D)")] = "mc"
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Flickr30k(ConvertArgs):
+    annotations_dir: Annotated[str | None, arg(metavar="DIR")] = None
+    """folder of the Entities <id>.xml files"""
+    per_image: Annotated[int, arg(metavar="N")] = 1
+    """sentences converted per image (those with at least one box)"""
+
+
+_BASES = {"preference": _WithFacts, "ppo-prompts": _WithFacts, "vqav2": _WithTurns, "aokvqa": _Aokvqa,
+          "flickr30k": _Flickr30k}
+
+
+def _command(name: str, help_: str, input_help: str):
+    """FORMAT's subcommand: its flag set, with FORMAT's help on --input."""
+    cls = dataclasses.make_dataclass(
+        f"Convert_{name.replace('-', '_')}",
+        [("input", Annotated[tuple[str, ...], arg(metavar="FILE", help=input_help + " (one or more)")])],
+        bases=(_BASES.get(name, ConvertArgs),), namespace={"FORMAT": name}, kw_only=True)
+    return Annotated[cls, tyro.conf.subcommand(name, description=help_)]
+
+
+Command = Union[tuple(_command(name, *helps) for name, helps in FORMATS.items())]  # type: ignore[valid-type]
+
+
+def parse_args(argv: list[str] | None = None) -> ConvertArgs:
+    args = tyro.cli(Command, args=argv, prog="convert.py", description=__doc__)
+    if not args.input:
+        print("convert.py: error: --input needs at least one FILE", file=sys.stderr)
+        raise SystemExit(2)
+    return args
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from jaxlava.data.convert_common import ConversionError, load_length_check
     from jaxlava.data.convert_sources import Options, convert
     opts = Options(image_dir=args.image_dir, facts=getattr(args, "facts", None),
@@ -75,7 +119,7 @@ def main(argv=None) -> int:
                    source=args.source)
     try:
         lc = load_length_check(args.tokenizer, args.max_tokens, args.image_tokens)
-        convert(args.format, args.input, args.out, opts=opts, split=args.split, strict=args.strict,
+        convert(args.FORMAT, list(args.input), args.out, opts=opts, split=args.split, strict=args.strict,
                 length_check=lc, quiet=args.quiet)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)

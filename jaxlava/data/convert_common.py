@@ -267,3 +267,15 @@ def run_conversion(kind: str, items: Iterable[Item], out_dir: str, *, split: str
         print(report.summary())
         print(f"report: {path}")
     return report.as_dict()
+
+
+@dataclasses.dataclass
+class Options:
+    """Reader options of `data/convert.py` (each reader uses the fields of its format)."""
+    image_dir: str | None = None
+    facts: str | None = None  # image_to_caption.json
+    max_turns: int = 8  # QA rounds per conversation (vqav2, aokvqa)
+    variant: str = "mc"  # aokvqa: mc | cot | ppo
+    annotations_dir: str | None = None  # flickr30k: folder of <id>.xml (default: ../Annotations next to Sentences)
+    per_image: int = 1  # flickr30k: sentences converted per image
+    source: str | None = None  # the records' "source" field (default: the format name)

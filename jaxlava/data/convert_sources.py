@@ -14,22 +14,12 @@ import dataclasses
 import os
 from typing import Callable
 
-from jaxlava.data.convert_common import (ConversionError, ImageStore, Item, LengthCheck, RecordError, Report,
+from jaxlava.data import convert_sources_qa
+from jaxlava.data.convert_common import (Options, ConversionError, ImageStore, Item, LengthCheck, RecordError, Report,
                                          check_turns, load_json, record_id, require, run_conversion,
                                          with_image_token)
 
 AOK_TYPES = (2, 3, 4, 5)  # caption_type A..D_IN_ABCD (spec §4.5): their facts are under "aok_<file name>"
-
-
-@dataclasses.dataclass
-class Options:
-    image_dir: str | None = None
-    facts: str | None = None  # image_to_caption.json
-    max_turns: int = 8  # QA rounds per conversation (vqav2, aokvqa)
-    variant: str = "mc"  # aokvqa: mc | cot | ppo
-    annotations_dir: str | None = None  # flickr30k: folder of <id>.xml (default: ../Annotations next to Sentences)
-    per_image: int = 1  # flickr30k: sentences converted per image
-    source: str | None = None  # the records' "source" field (default: the format name)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -147,7 +137,6 @@ def read_ppo_prompts(inputs, opts: Options, report: Report):
 # ------------------------------------------------------------------------------------------------ registry
 def _qa(name):
     def reader(inputs, opts, report):
-        from jaxlava.data import convert_sources_qa
         return getattr(convert_sources_qa, name)(inputs, opts, report)
     return reader
 

@@ -16,8 +16,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Iterator
 
-from jaxlava.data.convert_common import ConversionError, ImageStore, Item, RecordError, Report, load_json, require
-from jaxlava.data.convert_sources import Options
+from jaxlava.data.convert_common import (ConversionError, ImageStore, Item, Options, RecordError, Report, load_json,
+                                          require)
 from jaxlava.data.templates import IMAGE, SHORT_ANSWER
 
 LETTERS = "ABCD"

@@ -12,16 +12,9 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from jaxlava.data.buckets import DEFAULT_BUCKETS, bucket_length
 from jaxlava.data.templates import IGNORE_INDEX, encode_conversation, encode_prompt, encode_reward_input
 
-DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
-
-
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    for b in sorted(buckets):
-        if n <= b:
-            return b
-    return max(buckets)
 
 
 def _pixels(processor, image: bytes) -> np.ndarray:

@@ -67,8 +67,8 @@ def judge_request(record: dict, answer: str, model: str, template: str | None = 
     return make_body(model, [{"role": "user", "content": text}], **JUDGE_PARAMS)
 
 
-def score(records: list[dict], answers: list[str], replies: list[str | None]) -> dict:
-    """Official-format records + the model's answers + the judge's replies -> results."""
+def score(records: list[dict], replies: list[str | None]) -> dict:
+    """Official-format records + the judge's replies (in the same order) -> results."""
     rows = [{"question_type": r.get("question_type", "unknown"), "score": parse_rating(rep)}
             for r, rep in zip(records, replies)]
     results = {"benchmark": "mmhal", **summarize(rows), "count": len(rows),
@@ -134,7 +134,7 @@ def run(cfg: MMHalConfig) -> dict | None:
     model = judge.judge_model(cfg, JUDGE_MODEL)
     requests = {str(i): judge_request(r, t, model, template) for i, (r, t) in enumerate(zip(records, texts))}
     replies, stats = judge.collect(cfg, requests, cfg.out, desc="MMHal judge")
-    results = score(records, texts, [replies[str(i)] for i in range(len(records))])
+    results = score(records, [replies[str(i)] for i in range(len(records))])
     results.update(generation=answers.stats(), judge=dict(stats, model=model))
     return finish(cfg.out, results, table(results),
                   extra=lambda: print(f"\n{results['unparseable']} judge replies without exactly one rating "

@@ -37,10 +37,11 @@ class WorldAssets:
         return LlavaProcessor(self.tokenizer, ImagePrep(mc.vision.image_size, pad_to_square=True),
                               mc.num_image_tokens, image_token_id=mc.image_token_index)
 
-    def prepare_model(self, model) -> None:
-        """Stage 0 on a freshly initialised model: the pretrained small vision tower (cached in the world)."""
+    def prepare_model(self, model) -> dict | None:
+        """Stage 0 on a freshly initialised model: the pretrained small vision tower (cached in the world).
+        Returns its held-out patch accuracies (None when stage 0 is off)."""
         from jaxlava.shapes.vision import VisionPretrainConfig, ensure_pretrained
-        ensure_pretrained(model, self.data_dir, VisionPretrainConfig(steps=self.vision_pretrain_steps))
+        return ensure_pretrained(model, self.data_dir, VisionPretrainConfig(steps=self.vision_pretrain_steps))
 
 
 def world_exists(data_dir: str) -> bool:

@@ -1,9 +1,8 @@
 """Stage 0 of the shapes world: a stand-in for CLIP pretraining.
 
 LLaVA starts from a pretrained CLIP encoder and keeps it frozen.  The shapes model has no pretrained encoder to
-download, and a randomly initialised frozen tower leaves the language model nearly blind: with one, the SFT
-model's held-out loss was 0.76 with the right image and 0.78 with another row's (0.68 vs 0.90 after stage 0;
-docs/decisions.md, 9).  So before SFT the `shapes` preset trains its small
+download, and a randomly initialised frozen tower leaves the language model nearly blind (the SFT model barely
+tells the right image from another row's; measurements in docs/decisions.md, 9).  So before SFT the `shapes` preset trains its small
 vision tower on freshly drawn scenes (never the world's own images; categories drawn uniformly, with no
 co-occurrence) to name, at every patch, the colour, shape and size of the object painted there.  Afterwards
 the tower is frozen exactly like the paper's CLIP.  The heads read the features LLaVA reads (the
@@ -177,8 +176,6 @@ def ensure_pretrained(model, data_dir: str, cfg: VisionPretrainConfig = VisionPr
             return saved["metrics"]
         print(f"{path} was made with other settings: training the vision tower again", flush=True)
     metrics = pretrain(model, world, cfg, progress)
-    print("vision stage 0 (held-out object patches): " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()),
-          flush=True)
     if jax.process_index() == 0:
         flat = traverse_util.flatten_dict(jax.device_get(nnx.state(model.vision_tower).to_pure_dict()), sep=".")
         with atomic_dir(path) as tmp:

@@ -96,7 +96,10 @@ def build_model(cfg: RunConfig, mesh, world=None):
     mc = world.model_config(**rt) if world is not None else get_preset(cfg.preset, **rt)
     model = sharding.create_sharded(lambda: LlavaModel(mc, rngs=nnx.Rngs(cfg.seed)), mesh)
     if world is not None:
-        world.prepare_model(model)
+        stage0 = world.prepare_model(model)
+        if stage0:
+            from jaxlava.training.metrics import format_row
+            print("vision stage 0 (held-out object patches): " + format_row(stage0), flush=True)
     return model
 
 

@@ -1,0 +1,48 @@
+"""`--help` of every command line (train/*.py, data/*.py, bench/decode.py, python -m jaxlava.*): exit code 0 and
+the key flags listed.  The commands run in parallel subprocesses, once for the module."""
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cli_fixtures import ROOT, cli_env
+
+# command (after the python executable) -> what its help must show
+COMMANDS = {
+    "train/sft.py": ("--preset", "--init", "--data", "--out", "--steps", "--mesh", "--optim.lr"),
+    "train/rm.py": ("--preset", "--init", "--data", "--out", "--steps", "--mesh", "--lora.r"),
+    "data/convert.py": ("llava", "vqav2", "aokvqa", "aokvqa-ppo", "flickr30k", "preference", "ppo-prompts"),
+    "data/convert.py aokvqa": ("--input", "--out", "--image-dir", "--split", "--strict", "--tokenizer",
+                               "--max-tokens", "--image-tokens", "--source", "--quiet", "--max-turns", "--variant"),
+    "data/convert.py preference": ("--input", "--out", "--facts"),
+    "data/convert.py flickr30k": ("--input", "--out", "--annotations-dir", "--per-image"),
+    "data/shapes.py": ("--out", "--seed"),
+    "-m jaxlava.plan": ("--preset", "llava-13b-336", "--stage", "--topology", "--cpu-devices", "--mesh", "--batch",
+                        "--seq-len", "--grad-accum", "--param-dtype", "--compute-dtype", "--remat", "--no-remat",
+                        "--hbm-gib", "--json"),
+    "-m jaxlava.chat": ("QUESTION", "--model", "--image", "--vision-tower", "--template", "--max-new-tokens",
+                        "--temperature", "--top-p", "--top-k", "--seed", "--dtype", "--chunk"),
+    "-m jaxlava.export": ("--run", "--out", "--merge"),
+    "bench/decode.py": ("--out", "--models", "--batches", "--new-tokens", "--repeats", "--dtype"),
+}
+
+
+@pytest.fixture(scope="module")
+def helps():
+    env = dict(cli_env(), COLUMNS="200")  # a wide terminal for the help's layout
+
+    def run(command):
+        return subprocess.run([sys.executable, *command.split(), "--help"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(COMMANDS, pool.map(run, COMMANDS)))
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help(helps, command):
+    proc = helps[command]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    missing = [flag for flag in COMMANDS[command] if flag not in proc.stdout]
+    assert not missing, f"{command} --help lacks {missing}:\n{proc.stdout}"
