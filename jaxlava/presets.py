@@ -77,8 +77,6 @@ MODEL_PRESETS: dict[str, Callable[[], LlavaConfig]] = {
 }
 
 
-# The old name, until tests/test_plan.py imports MODEL_PRESETS (the shapes world has its own PRESETS).
-PRESETS = MODEL_PRESETS
 
 
 def get_preset(name: str, **overrides) -> LlavaConfig:

@@ -33,8 +33,8 @@ def helps():
     env = dict(cli_env(), COLUMNS="200")  # a wide terminal for the help's layout
 
     def run(command):
-        return subprocess.run([sys.executable, *command.split(), "--help"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run([sys.executable, *command.split(), "--help"], cwd=ROOT, env=env, check=False,
+                              capture_output=True, text=True, timeout=120)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(zip(COMMANDS, pool.map(run, COMMANDS)))

@@ -69,7 +69,7 @@ def table(scores: dict[str, dict]) -> str:
 
 # ----------------------------------------------------------------------------------------------- running
 @dataclasses.dataclass(kw_only=True)
-class LlavaBenchConfig(EvalConfig, JudgeOptions):
+class LlavaBenchConfig(JudgeOptions, EvalConfig):
     """LLaVA-Bench (COCO, qa90): 90 questions (conversation, detail, complex reasoning) over 30 COCO images; a
     judge model scores the answer against a text-only GPT-4 answer that saw captions and boxes (LLaVA-RLHF
     setup: T=0.2, 1024 new tokens, no suffix, images padded). Prints the relative score per category and

@@ -256,7 +256,7 @@ def score(rows: list[dict], variant: str, judged: Callable[[dict], str | None] |
 
 # ----------------------------------------------------------------------------------------------- running
 @dataclasses.dataclass(kw_only=True)
-class MMBenchConfig(EvalConfig, JudgeOptions):
+class MMBenchConfig(JudgeOptions, EvalConfig):
     """MMBench with CircularEval (LLaVA-RLHF setup: T=0.2, 64 new tokens, "There are several options:" prompt
     with the short-answer suffix, images not padded). Answers are matched to option letters by the OpenCompass
     rules; passes the rules cannot match go to an LLM matcher when a judge is given (--judge-url, --judge-replies

@@ -79,7 +79,7 @@ def score(records: list[dict], replies: list[str | None]) -> dict:
 
 # ----------------------------------------------------------------------------------------------- running
 @dataclasses.dataclass(kw_only=True)
-class MMHalConfig(EvalConfig, JudgeOptions):
+class MMHalConfig(JudgeOptions, EvalConfig):
     """MMHal-Bench: 96 questions built to provoke hallucination; an LLM judge rates each answer 0-6 (LLaVA-RLHF
     setup: greedy, 1024 new tokens, no suffix, images padded). Prints the average score, the hallucination rate
     and the score per question type, and writes OUT/results.json, OUT/response.json (the official response

@@ -337,7 +337,11 @@ def stopped_early(cfg: EvalConfig, answers: Answers, total: int) -> bool:
 def finish(out: str, results: dict, table: str, extra: Callable[[], None] | None = None) -> dict:
     """Write results.json (atomically) and table.md, then print the table."""
     from jaxlava.fileio import write_json, write_text
+    settings = os.path.join(out, SETTINGS)
     results = dict(results, table=table)
+    if os.path.exists(settings):
+        with open(settings) as fh:
+            results["settings"] = json.load(fh)
     write_json(os.path.join(out, RESULTS), results)
     write_text(os.path.join(out, TABLE), table + "\n")
     print(table)
