@@ -77,8 +77,6 @@ MODEL_PRESETS: dict[str, Callable[[], LlavaConfig]] = {
 }
 
 
-
-
 def get_preset(name: str, **overrides) -> LlavaConfig:
     """A fresh LlavaConfig of preset `name`, with LlavaConfig field overrides."""
     try:
