@@ -1,4 +1,6 @@
-"""PPO math of LLaVA-RLHF (spec §4.5–4.8): rewards, GAE, whitening, clipped losses, statistics.
+"""The PPO stage of LLaVA-RLHF (spec §4.5–4.9): rewards, GAE, whitening, clipped losses, statistics, the
+model passes that score a rollout, and the update step.  The run itself (roles, rollouts, the loop) is
+`jaxlava.training.run_ppo`.
 
 Every function is pure.  Given numpy arrays (or Python numbers) it computes with numpy and keeps
 their precision (float64 in, float64 out); given a jax array or tracer anywhere in its arguments
@@ -27,12 +29,18 @@ response mask for a per-token mean.  Quirks behind flags:
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax import lax
+
+from jaxlava.lora import LoraConfig, make_lora
+from jaxlava.model.heads import apply_scalar_head
+from jaxlava.training.step import make_train_step
 
 WHITEN_EPS = 1e-8
 
@@ -243,3 +251,90 @@ def explained_variance(values, returns, mask=None):
     xp = _xp(values, returns, mask)
     ret = xp.asarray(returns)
     return 1.0 - masked_var(ret - values, mask) / xp.maximum(masked_var(ret, mask), 1e-12)
+
+
+# ---------------------------------------------------------------- model passes (jittable)
+# A rollout row is the query (left padded to a fixed width) followed by the response (right padded to N =
+# max_new_tokens), so the real tokens are contiguous: `input_ids`/`attention_mask` [B, Tq+N], `response` and
+# `response_mask` [B, N].  The token at response slot t is predicted from position Tq−1+t.
+
+def _response_hidden(model, rows: dict, pixels, lora):
+    n = rows["response"].shape[1]
+    _, hidden = model(rows["input_ids"], pixels, rows["attention_mask"], lora=lora, return_hidden=True)
+    return hidden[:, -n - 1:-1]
+
+
+def policy_logprobs(model, rows: dict, lora=None, temperature: float = 1.0):
+    """(log π(response token) [B, N], entropy [B, N]), both 0 at pad slots."""
+    logits = model.lm_logits(_response_hidden(model, rows, rows["pixel_values"], lora))
+    mask = rows["response_mask"]
+    return (response_logprobs(logits, rows["response"], mask, temperature),
+            entropy(logits, mask, temperature))
+
+
+def values(model, rows: dict, lora, head: dict):
+    """V at each response slot [B, N] (the value model reads the RM-resolution images, spec §4.7)."""
+    return apply_scalar_head(head, _response_hidden(model, rows, rows["reward_pixel_values"], lora))
+
+
+# ---------------------------------------------------------------- the update
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Spec §4.8.  `mask_pads=False` averages over every slot, pads included, as the paper does (quirk 2)."""
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    temperature: float = 1.0
+    mask_pads: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    """What the jitted passes need besides arrays: the bases' graph definitions and the adapters' configs."""
+    policy: object  # nnx GraphDef of the policy (and reference) base
+    value: object  # of the reward-model base (value and reward roles); may be the same object
+    policy_lora: LoraConfig
+    value_lora: LoraConfig
+
+
+def update_loss_and_grad(graphs: Graphs, loss_cfg: LossConfig):
+    """`(params, frozen, minibatch, rng) -> (loss, aux, grads)` over {policy, value, value_head}.
+
+    frozen = {"policy_base": state, "value_base": state} (the same arrays when one base serves both)."""
+    def loss_fn(params, frozen, mb, rng):
+        policy = nnx.merge(graphs.policy, frozen["policy_base"])
+        value_model = nnx.merge(graphs.value, frozen["value_base"])
+        k1, k2 = jax.random.split(rng)
+        drop = lambda cfg, k: k if cfg.dropout > 0 else None  # noqa: E731
+        lp, ent = policy_logprobs(policy, mb, make_lora(params["policy"], graphs.policy_lora,
+                                                        drop(graphs.policy_lora, k1)), loss_cfg.temperature)
+        v = values(value_model, mb, make_lora(params["value"], graphs.value_lora, drop(graphs.value_lora, k2)),
+                   params["value_head"])
+        mask = mb["response_mask"] if loss_cfg.mask_pads else None
+        pg = policy_loss(lp, mb["old_logprobs"], mb["advantages"], mask, loss_cfg.clip)
+        vf = value_loss(v, mb["old_values"], mb["returns"], mask, loss_cfg.value_clip)
+        tokens = mb["response_mask"]
+        aux = {"policy_loss": pg, "value_loss": vf,
+               "clipfrac": clip_fraction(lp, mb["old_logprobs"], loss_cfg.clip, tokens, mb["advantages"]),
+               "approxkl": approx_kl(lp, mb["old_logprobs"], tokens), "entropy": masked_mean(ent, tokens),
+               "explained_variance": explained_variance(v, mb["returns"], tokens)}
+        return pg + loss_cfg.vf_coef * vf, aux
+
+    def loss_and_grad(params, frozen, mb, rng):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, mb, rng)
+        return loss, aux, grads
+    return loss_and_grad
+
+
+def make_update_step(graphs: Graphs, loss_cfg: LossConfig, tx, grad_accum: int = 1, schedule=None):
+    """One optimizer update on one minibatch of rollouts: `(state, frozen, mb) -> (TrainState, StepOutput)`,
+    gradients accumulated over `grad_accum` microbatches, non-finite updates skipped."""
+    return make_train_step(update_loss_and_grad(graphs, loss_cfg), tx, grad_accum, schedule)
+
+
+def advantages(rewards, old_values, response_mask=None, *, gamma: float = 1.0, lam: float = 1.0):
+    """(whitened advantages, returns): GAE on the shaped rewards, then whitening over the whole batch (over the
+    response slots when `response_mask` is given; the paper whitens all slots)."""
+    adv, ret = gae(rewards, old_values, gamma, lam)
+    return whiten(adv, response_mask), ret

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlava.data.templates import IGNORE_INDEX
+from jaxlava.lora import LoraConfig, make_lora
 from jaxlava.training.step import make_train_step
 
 # SFT trains the projector and the language model; the vision tower is always frozen.
@@ -49,17 +50,35 @@ def loss_and_grad(graphdef, trainable, frozen, batch: dict):
     return loss, aux, grads
 
 
-def make_step(graphdef, tx, grad_accum: int = 1, schedule=None):
+def _model_and_lora(graphdef, params, frozen, lora_cfg: LoraConfig | None, rng=None):
+    """Full fine-tune: the model is (params, frozen); LoRA (the RL-init stage): the frozen base + the adapter."""
+    if lora_cfg is None:
+        return nnx.merge(graphdef, params, frozen), None
+    return nnx.merge(graphdef, frozen), make_lora(params, lora_cfg, rng)
+
+
+def make_step(graphdef, tx, grad_accum: int = 1, schedule=None, lora_cfg: LoraConfig | None = None):
     """The SFT train step `step(state, frozen, batch) -> (TrainState, StepOutput)` (not jitted: the trainer jits
-    it with donation, the planner lowers it with shardings)."""
+    it with donation, the planner lowers it with shardings).  With `lora_cfg` the trainable state is a LoRA
+    adapter over the frozen base `frozen` (the RL-init policy of spec §4.10)."""
     def lag(params, frozen, batch, rng):
-        return loss_and_grad(graphdef, params, frozen, batch)
+        if lora_cfg is None:
+            return loss_and_grad(graphdef, params, frozen, batch)
+
+        def f(p):
+            model, lora = _model_and_lora(graphdef, p, frozen, lora_cfg, rng if lora_cfg.dropout > 0 else None)
+            return sft_loss(model, batch, lora=lora)
+        (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
+        return loss, aux, grads
     return make_train_step(lag, tx, grad_accum, schedule)
 
 
-def eval_loss(graphdef, frozen, batches: list):
+def eval_loss(graphdef, frozen, batches: list, lora_cfg: LoraConfig | None = None):
     """`evaluate(state) -> {"eval_loss": mean loss over the held-out batches}` (device batches, made once)."""
-    loss_fn = jax.jit(lambda p, fr, b: sft_loss(nnx.merge(graphdef, p, fr), b)[0])
+    def loss(p, fr, b):
+        model, lora = _model_and_lora(graphdef, p, fr, lora_cfg)
+        return sft_loss(model, b, lora=lora)[0]
+    loss_fn = jax.jit(loss)
 
     def evaluate(state) -> dict:
         if not batches:

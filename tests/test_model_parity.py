@@ -83,7 +83,8 @@ def test_left_and_right_padding_agree(exported):
     assert np.abs(a - b).max() <= 1e-5
 
 
-BF16_BOUND = float('inf')  # set below from a measurement
+# measured 0.008158 on this model (jax 0.10.2 CPU, torch 2.13 fp32 reference); bound = 2x, rounded up
+BF16_BOUND = 0.02
 
 
 def test_bf16_error_is_within_its_measured_bound(exported, capsys):
@@ -143,23 +144,21 @@ def _assert_trees_close(a, b, rtol, what):
 
 @pytest.mark.parametrize("name", ["gqa-layer-1-full", "multi-layer-features"])
 def test_sft_loss_and_gradients_scan_remat_equal_unrolled(exported, name):
-    """The SFT loss and gradients (SFT's trainable set, and every parameter so the frozen CLIP's scanned + remat
-    backward is covered too) of the scanned + remat model equal the unrolled model's."""
+    """`jaxlava.sft.loss_and_grad` of the scanned + remat model == of the unrolled one: the loss, and the gradient
+    of every parameter (SFT's trainable set, and the frozen CLIP's, so CLIP's scanned + remat backward is covered)."""
     from jaxlava import sft
     hf, path = exported[name]
     batch = _sft_batch(hf.config)
-    out = {}
-    for which, model in zip(("unrolled", "scan-remat"), _pair(path)):
-        for trainable in ("sft", "all"):
-            graphdef, params, frozen = sft.split_trainable(model, sft.TRAINABLE if trainable == "sft" else nnx.Param)
-            lag = jax.jit(functools.partial(sft.loss_and_grad, graphdef))
-            loss, _, grads = lag(params, frozen, batch)
-            out[which, trainable] = float(loss), grads
-    for trainable in ("sft", "all"):
-        (la, ga), (lb, gb) = out["unrolled", trainable], out["scan-remat", trainable]
-        assert np.isfinite(la) and abs(la - lb) <= 1e-6 * abs(la), (trainable, la, lb)
-        _assert_trees_close(ga, gb, 1e-5, f"{trainable} grad")
-    assert any("vision_tower" in str(k) for k in dict(nnx.to_flat_state(out["unrolled", "all"][1])))
+    out = []
+    for model in _pair(path):
+        graphdef, params, frozen = sft.split_trainable(model, nnx.Param)
+        loss, _, grads = jax.jit(functools.partial(sft.loss_and_grad, graphdef))(params, frozen, batch)
+        out.append((float(loss), grads))
+    (la, ga), (lb, gb) = out
+    assert np.isfinite(la) and abs(la - lb) <= 1e-6 * abs(la), (la, lb)
+    _assert_trees_close(ga, gb, 1e-5, "grad")
+    paths = [str(k) for k, _ in jax.tree_util.tree_leaves_with_path(ga)]
+    assert any("vision_tower" in p for p in paths) and any("language_model" in p for p in paths)
 
 
 def _random_lora(model, lcfg, seed):

@@ -55,9 +55,9 @@ def test_mistyped_rm_init_is_an_error_and_trains_nothing(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(run_sft, "run", lambda cfg: calls.append(cfg))
     with pytest.raises(FileNotFoundError, match="--init .*nope2"):
-        run_rm.ensure_sft(run_rm.RMConfig(init=str(tmp_path / "nope2")))
+        run_sft.ensure_sft(run_rm.RMConfig(init=str(tmp_path / "nope2")))
     with pytest.raises(FileNotFoundError, match="--init .*nope3/hf"):
-        run_rm.ensure_sft(run_rm.RMConfig(init=str(tmp_path / "nope3" / "hf")))
+        run_sft.ensure_sft(run_rm.RMConfig(init=str(tmp_path / "nope3" / "hf")))
     assert calls == []
 
 
@@ -65,7 +65,7 @@ def test_default_rm_init_trains_sft_first(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(run_sft, "run", lambda cfg: calls.append(cfg))
     monkeypatch.chdir(tmp_path)
-    run_rm.ensure_sft(run_rm.RMConfig())
+    run_sft.ensure_sft(run_rm.RMConfig())
     assert [c.out for c in calls] == ["runs/sft"]
 
 

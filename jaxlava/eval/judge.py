@@ -209,7 +209,7 @@ class JudgeClient:
 def load_saved_replies(path: str) -> dict[str, str | None] | list[str | None]:
     """Replies saved earlier, for offline re-scoring.
 
-    - JSON lines (this tool's judge.jsonl, LLaVA's review files): {"id" | "question_id", "reply" | "content"};
+    - JSON lines (this tool's judge.jsonl, LLaVA's review files): {"question_id" | "id", "reply" | "content"};
       returns id (as str) -> reply.
     - A JSON list (the official MMHal script's --evaluation output: chat-completion objects, or plain strings):
       returns the replies in order.
@@ -230,7 +230,7 @@ def load_saved_replies(path: str) -> dict[str, str | None] | list[str | None]:
             continue
         try:
             rec = json.loads(line)
-            rid = rec["id"] if "id" in rec else rec["question_id"]
+            rid = rec["question_id"] if "question_id" in rec else rec["id"]  # LLaVA's "id" is a row count
         except (json.JSONDecodeError, KeyError, TypeError):
             raise JudgeError(f"{path}, line {n}: not a saved judge reply (need JSON with id and reply)") from None
         reply = rec.get("reply", rec.get("content"))

@@ -16,20 +16,19 @@ from jaxlava.data.storage import open_source
 from jaxlava.lora import LoraConfig, init_lora
 from jaxlava.model.heads import init_scalar_head
 from jaxlava.peft_io import save_reward_model_adapter
-from jaxlava.training import runs
+from jaxlava.training import run_sft, runs
 from jaxlava.training.cli import parse, preset_default
 from jaxlava.training.loop import Hook, fit
 from jaxlava.training.metrics import format_row
 from jaxlava.training.optim import OptimConfig, make_schedule
 from jaxlava.training.step import init_state
 
-DEFAULT_INIT = "runs/sft/hf"
 
 
 @dataclasses.dataclass
 class RMConfig(runs.RunConfig):
     """Reward model training."""
-    init: str | None = DEFAULT_INIT
+    init: str | None = run_sft.DEFAULT_MODEL
     out: str = "runs/rm"
     no_facts: bool = False  # ablation: the reward prompt without the image's facts
     epochs: float = 1.0
@@ -50,20 +49,6 @@ RUN_PRESETS = {
 RUN_PRESETS["llava-7b-224"] = dataclasses.replace(RUN_PRESETS["llava-13b-336"], preset="llava-7b-224")
 
 
-def ensure_sft(cfg: RMConfig) -> None:
-    """The SFT model the RM starts from: the default one (runs/sft/hf) is trained when missing; a path the
-    user gave must exist, unless --build-missing asks to train SFT into its parent folder."""
-    if not cfg.init or os.path.exists(os.path.join(cfg.init, "config.json")):
-        return
-    if not runs.may_build(cfg, "init") or os.path.basename(cfg.init.rstrip("/")) != "hf":
-        raise FileNotFoundError(f"--init {cfg.init}: no model there (no config.json). Train SFT first "
-                                "(python train/sft.py --out DIR, then --init DIR/hf), or check the path")
-    from jaxlava.training import run_sft
-    print(f"no SFT model at {cfg.init}: training it first", flush=True)
-    run_sft.run(run_sft.SFTConfig(data=cfg.data, out=os.path.dirname(cfg.init.rstrip("/")),
-                                  build_missing=cfg.build_missing, mesh=cfg.mesh))
-
-
 def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
     """Held-out preference batches: with each pair's own facts, and (with facts) with another pair's."""
     source = open_source(cfg.data, "preference", "test")
@@ -82,7 +67,7 @@ def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
 def run(cfg: RMConfig) -> dict:
     """Train the adapter and head; write RUN_DIR/adapter (PEFT + reward_head).  Returns the last metrics row."""
     distributed.maybe_initialize()
-    ensure_sft(cfg)
+    run_sft.ensure_sft(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     with sharding.use_mesh(mesh):
         model, processor, source, total, tx = runs.setup(cfg, mesh, "preference", cfg.epochs)
