@@ -264,12 +264,25 @@ def _response_hidden(model, rows: dict, pixels, lora):
     return hidden[:, -n - 1:-1]
 
 
+def response_logits(model, rows: dict, lora=None, temperature: float = 1.0):
+    """The policy's temperature-scaled logits at the response slots [B, N, V]."""
+    return model.lm_logits(_response_hidden(model, rows, rows["pixel_values"], lora)) / temperature
+
+
 def policy_logprobs(model, rows: dict, lora=None, temperature: float = 1.0):
     """(log π(response token) [B, N], entropy [B, N]), both 0 at pad slots."""
-    logits = model.lm_logits(_response_hidden(model, rows, rows["pixel_values"], lora))
+    logits = response_logits(model, rows, lora, temperature)
     mask = rows["response_mask"]
-    return (response_logprobs(logits, rows["response"], mask, temperature),
-            entropy(logits, mask, temperature))
+    return response_logprobs(logits, rows["response"], mask), entropy(logits, mask)
+
+
+def token_kl(logits, ref_logits, mask=None):
+    """Exact KL(π ‖ π_ref) of the next-token distributions at each slot [B, N] (0 where mask is 0): a
+    non-negative diagnostic, unlike the sampled k1 estimate that shapes the rewards."""
+    xp = _xp(logits, ref_logits, mask)
+    logp = logits - _logsumexp(xp, logits)[..., None]
+    logq = ref_logits - _logsumexp(xp, ref_logits)[..., None]
+    return _mask_out(xp, xp.sum(xp.exp(logp) * (logp - logq), axis=-1), mask)
 
 
 def values(model, rows: dict, lora, head: dict):

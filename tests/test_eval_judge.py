@@ -130,16 +130,16 @@ def test_rate_limit_with_retry_after_is_retried():
 
 
 def test_always_failing_server_gives_a_clear_error_after_n_retries():
-    with judge_server(lambda body, n: (503, {"error": "down"})) as srv:
-        with pytest.raises(JudgeError, match=r"failed 3 times \(2 retries\); last error: HTTP 503"):
-            _client(srv.url, retries=2).ask(_bodies(1), progress=False)
+    with judge_server(lambda body, n: (503, {"error": "down"})) as srv, \
+            pytest.raises(JudgeError, match=r"failed 3 times \(2 retries\); last error: HTTP 503"):
+        _client(srv.url, retries=2).ask(_bodies(1), progress=False)
     assert len(srv.requests) == 3
 
 
 def test_client_errors_are_not_retried():
-    with judge_server(lambda body, n: (401, {"error": "bad key"})) as srv:
-        with pytest.raises(JudgeError, match="HTTP 401.*bad key"):
-            _client(srv.url, retries=5).ask(_bodies(1), progress=False)
+    with judge_server(lambda body, n: (401, {"error": "bad key"})) as srv, \
+            pytest.raises(JudgeError, match="HTTP 401.*bad key"):
+        _client(srv.url, retries=5).ask(_bodies(1), progress=False)
     assert len(srv.requests) == 1
 
 

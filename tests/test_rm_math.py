@@ -39,3 +39,29 @@ def test_score_is_read_at_last_position_of_left_padded_rows():
                "attention_mask": np.stack([padded != 0] * 2, 1).astype(np.int32)}
     np.testing.assert_allclose(np.asarray(pair_scores(model, head, batch)),
                                np.asarray(pair_scores(model, head, batch_l)), atol=1e-5)
+
+
+def test_score_is_the_head_on_the_last_hidden_state():
+    """`rm.scores` == w . h + b with h the final-normed hidden state of each row's last real token, computed here
+    from the model's hidden states (of the padded batch at index -1, and of each row run alone, unpadded)."""
+    from hf_fixtures import make_batch, tiny_hf_config
+    from jaxlava.config import LlavaConfig
+    from jaxlava.rm import scores
+    hf_cfg = tiny_hf_config()
+    cfg = LlavaConfig.from_hf_dict(hf_cfg.to_dict())
+    model = nnx.jit(lambda: LlavaModel(cfg, rngs=nnx.Rngs(3)))()  # one compile instead of one per parameter
+    # left-padded rows of different lengths, one without an image
+    ids, mask, px, _ = make_batch(hf_cfg, padding="left", rows=((True, 5, 3), (False, 7, 0), (True, 2, 2)))
+    head = {"w": jax.random.normal(jax.random.key(1), (64,)), "b": jnp.asarray(0.37)}
+    got = np.asarray(nnx.jit(scores)(model, head, ids, px, mask))
+    forward = nnx.jit(lambda m, i, p, k: m(i, p, k, return_hidden=True)[1])
+    hidden = forward(model, ids, px, mask)
+    hidden = np.asarray(hidden, np.float64)
+    w, b = np.asarray(head["w"], np.float64), float(head["b"])
+    np.testing.assert_allclose(got, hidden[:, -1] @ w + b, rtol=0, atol=1e-5)
+    for row in (1, 2):  # a padded row alone, without its padding: its last position
+        real = mask[row].astype(bool)
+        assert not real.all()
+        h = forward(model, ids[row:row + 1, real], px[row:row + 1], mask[row:row + 1, real])
+        assert abs(got[row] - (np.asarray(h, np.float64)[0, -1] @ w + b)) <= 1e-4, row
+    assert np.abs(got - (hidden[:, -2] @ w + b)).max() > 1e-3  # the test tells the last position from others

@@ -1,5 +1,6 @@
 """SFT trainer on a small shapes world: loss falls, kill-and-resume is exact, mesh runs match one device."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def _rows(out):
 
 @pytest.mark.slow
 def test_kill_and_resume_is_exact(world, tmp_path):
+    """SIGKILL mid-run (after the step-3 checkpoint, before the last step), rerun: same data and losses per step.
+
+    The test fails, rather than passing trivially, when the kill came too late (the run had already finished) or the
+    rerun did not resume from a step strictly inside the run."""
+    total = 8
     ref = str(tmp_path / "ref")
     subprocess.run(_cmd(world, ref), check=True, env=_env(), capture_output=True, timeout=600)
     out = str(tmp_path / "killed")
@@ -47,15 +53,20 @@ def test_kill_and_resume_is_exact(world, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, \
+        f"the run was not killed (exit status {proc.returncode}): it ended before the kill, so nothing was tested"
     assert os.path.isdir(ckpt), "the run never wrote its step-3 checkpoint"
     done = subprocess.run(_cmd(world, out), env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed from step" in done.stdout
+    resumed = re.findall(r"resumed from step (\d+)", done.stdout)
+    assert len(resumed) == 1, done.stdout[-2000:]
+    assert 0 < int(resumed[0]) < total, f"resumed from step {resumed[0]}, not from inside the {total}-step run"
     a, b = _rows(ref), _rows(out)
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    for s in range(1, 9):
+    assert sorted(a) == sorted(b) == list(range(1, total + 1))
+    for s in range(1, total + 1):
         assert a[s]["data_crc"] == b[s]["data_crc"], f"data order differs at step {s}"
         assert abs(a[s]["loss"] - b[s]["loss"]) <= 1e-6, (s, a[s]["loss"], b[s]["loss"])
+    assert len({a[s]["data_crc"] for s in a}) == total  # the fingerprint tells the batches apart
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ without facts.  Held-out accuracy is logged as `eval_accuracy` in metrics.jsonl,
 model does not use the facts (docs/decisions.md 10).
 
 With no flags it trains on the shapes world, starting from runs/sft/hf (training SFT first if that
-model is missing).  A --init or --data path you name must exist (or add --build-missing).  The adapter is written in PEFT format with the head beside it (RUN_DIR/adapter).
+model is missing).  A --init or --data path you name must exist (or add --build-missing).  The adapter
+is written in PEFT format with the head beside it (RUN_DIR/adapter).
 
 Examples:
   python train/rm.py

@@ -108,18 +108,24 @@ class CollatePreference:
 
 
 class EncodePrompt:
-    def __init__(self, processor, template: str):
-        self.processor, self.template = processor, template
+    """A prompt record -> query ids and metadata; with `reward_processor` (a reward model of another image size)
+    also `reward_pixel_values`, the image as the reward and value models see it."""
+
+    def __init__(self, processor, template: str, reward_processor=None):
+        self.processor, self.template, self.reward_processor = processor, template, reward_processor
 
     def __call__(self, rec: dict) -> dict:
         p = self.processor
         turns = [t for t in rec["conversations"] if t["from"] == "human"][:1]
         ids = encode_prompt(p.tokenizer, turns, template=self.template, image_token_id=p.image_token_id,
                             num_image_tokens=p.num_image_tokens)
-        return {"input_ids": ids, "pixel_values": _pixels(p, rec["image"]),
-                "caption_type": np.int32(rec.get("caption_type", 1)),
-                "length_bonus": np.float32(rec.get("length_bonus", 1.0)), "facts": list(rec.get("facts", [])),
-                "id": rec["id"], "conversations": rec["conversations"]}
+        out = {"input_ids": ids, "pixel_values": _pixels(p, rec["image"]),
+               "caption_type": np.int32(rec.get("caption_type", 1)),
+               "length_bonus": np.float32(rec.get("length_bonus", 1.0)), "facts": list(rec.get("facts", [])),
+               "id": rec["id"], "conversations": rec["conversations"]}
+        if self.reward_processor is not None:
+            out["reward_pixel_values"] = _pixels(self.reward_processor, rec["image"])
+        return out
 
 
 class CollatePrompt:
@@ -134,7 +140,9 @@ class CollatePrompt:
                 "caption_type": np.asarray([x["caption_type"] for x in items], np.int32),
                 "length_bonus": np.asarray([x["length_bonus"] for x in items], np.float32),
                 "facts": [x["facts"] for x in items], "id": [x["id"] for x in items],
-                "conversations": [x["conversations"] for x in items]}
+                "conversations": [x["conversations"] for x in items]} | (
+                    {"reward_pixel_values": np.stack([x["reward_pixel_values"] for x in items])}
+                    if "reward_pixel_values" in items[0] else {})
 
 
 def _shard(shard_index, shard_count):
@@ -214,10 +222,13 @@ def preference_batches(source, processor, *, batch_size: int, with_facts: bool =
 
 def ppo_prompt_batches(source, processor, *, batch_size: int, template: str = "v1", buckets=DEFAULT_BUCKETS,
                        seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
-                       shard_count=None, num_workers: int = 0, max_prompt_len: int | None = None):
+                       shard_count=None, num_workers: int = 0, max_prompt_len: int | None = None,
+                       reward_processor=None):
     """PPO queries (left padded, ending at the assistant tag); queries longer than `max_prompt_len` (default: the
-    largest bucket) are dropped together with their metadata (spec §4.2 keeps queries of <= 128 tokens)."""
-    return _pipeline(source, EncodePrompt(processor, template), CollatePrompt(_pad_id(processor), buckets),
+    largest bucket) are dropped together with their metadata (spec §4.2 keeps queries of <= 128 tokens).
+    `buckets=(max_prompt_len,)` pads every query to that one width (the paper's fixed 128)."""
+    return _pipeline(source, EncodePrompt(processor, template, reward_processor),
+                     CollatePrompt(_pad_id(processor), buckets),
                      batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      shard_index=shard_index, shard_count=shard_count, num_workers=num_workers,
                      max_len=max_prompt_len or max(buckets))

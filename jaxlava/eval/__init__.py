@@ -7,5 +7,5 @@
 - `prompts`: every judge prompt (jaxlava's paraphrases of the official ones).
 - `report`: several runs' results.json -> a markdown table and PNG charts.
 
-Importing this package does not import jax; the model is loaded only when answers must be generated.
+The model, tokenizer and image stack are loaded only when answers must be generated, so re-scoring is quick.
 """

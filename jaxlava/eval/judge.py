@@ -138,8 +138,9 @@ class JudgeClient:
                 todo[rid] = body
         if todo and self.url is None:
             first = sorted(todo)[:5]
-            raise JudgeError(f"{len(todo)} judge replies are not in the cache {self.cache.path} (e.g. for {first}); "
-                             "give --judge-url to ask the judge, or --judge-replies FILE to re-score saved replies")
+            raise JudgeError(f"{len(todo)} judge replies are not in the cache {self.cache.path} (e.g. for {first}; "
+                             "its keys cover the judge model, prompt and parameters); give --judge-url to ask the "
+                             "judge, or --judge-replies FILE to re-score saved replies")
         if not todo:
             return replies
         import httpx

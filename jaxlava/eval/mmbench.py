@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from jaxlava.eval.judge import JudgeOptions
 from jaxlava.eval.runner import Defaults, EvalConfig, EvalError
@@ -224,11 +225,11 @@ def read_tsv(path: str) -> list[dict]:
 
 def table(results: dict) -> str:
     from jaxlava.eval.runner import markdown_table
-    parts = [markdown_table(["Overall"] + list(results["by_split"]),
-                            [[100 * results["overall"]] + [100 * v for v in results["by_split"].values()]])]
+    parts = [markdown_table(["Split", "CircularEval accuracy (%)"], [["Overall", 100 * results["overall"]]]
+                            + [[k, 100 * v] for k, v in results["by_split"].items()])]
     for title, key in (("L2 category", "by_l2"), ("Category", "by_category")):
         if results[key]:
-            parts.append(markdown_table([title, "Accuracy"], [[k, 100 * v] for k, v in results[key].items()]))
+            parts.append(markdown_table([title, "Accuracy (%)"], [[k, 100 * v] for k, v in results[key].items()]))
     return "\n\n".join(parts)
 
 
@@ -298,8 +299,9 @@ def run(cfg: MMBenchConfig) -> dict | None:
         r["prediction"] = answers.texts[str(r["index"])]
     _write_predictions(os.path.join(cfg.out, "predictions.tsv"), rows)
     if any(r.get("answer") is None for r in rows):
-        raise EvalError(f"{cfg.tsv} has rows without an answer (the test split?): predictions are in "
-                        f"{os.path.join(cfg.out, 'predictions.tsv')} for submission, nothing scored")
+        print(f"{cfg.tsv} has rows without an answer (the test split?): nothing scored; the predictions are in "
+              f"{os.path.join(cfg.out, 'predictions.tsv')} for submission")
+        return None
     judged, stats = None, {"source": "none (rules only)"}
     if cfg.judge_url or cfg.judge_replies or cfg.judge_cache:
         model = judge.judge_model(cfg, JUDGE_MODEL)

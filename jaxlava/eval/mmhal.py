@@ -116,7 +116,13 @@ def run(cfg: MMHalConfig) -> dict | None:
     import os
 
     from jaxlava.eval import judge
-    from jaxlava.eval.runner import Item, finish, generate_answers, require, stopped_early
+    from jaxlava.eval.runner import (
+        Item,
+        finish,
+        generate_answers,
+        require,
+        stopped_early,
+    )
     from jaxlava.fileio import write_json
     records = load_records(cfg.questions, cfg.images)
     template = None

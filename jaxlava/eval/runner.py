@@ -10,7 +10,7 @@ and the output files.
   answers already in the file are never generated again.
 - `finish(out, results, table)`: results.json (atomic) and table.md, and the table printed.
 
-Heavy modules (jax, the model, the tokenizer) are imported inside the functions, so `--help` stays fast.
+The model, the tokenizer and the image stack are loaded inside the functions, only when answers are missing.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import logging
 import os
 import time
 import zlib
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 log = logging.getLogger("jaxlava.eval")
 ANSWERS, RESULTS, TABLE, SETTINGS = "answers.jsonl", "results.json", "table.md", "settings.json"
@@ -235,8 +236,7 @@ def decoding(cfg: EvalConfig, defaults: Defaults) -> dict:
 def clean_output(text: str, stop: str = "</s>") -> str:
     """Strip, drop a trailing stop string, strip again (the official scripts' post-processing)."""
     text = text.strip()
-    if text.endswith(stop):
-        text = text[:-len(stop)]
+    text = text.removesuffix(stop)
     return text.strip()
 
 
@@ -246,7 +246,9 @@ def generate_answers(cfg: EvalConfig, items: list[Item], defaults: Defaults,
     os.makedirs(cfg.out, exist_ok=True)
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
-        raise EvalError("duplicate question ids in the benchmark files")
+        seen: set[str] = set()
+        dups = sorted({i for i in ids if i in seen or seen.add(i)})
+        raise EvalError(f"duplicate question ids in the benchmark files: {dups[:5]}")
     settings = decoding(cfg, defaults)
     _check_settings(cfg.out, settings)
     path = os.path.join(cfg.out, ANSWERS)
@@ -281,16 +283,18 @@ def _run_batches(cfg: EvalConfig, todo: list[Item], settings: dict, path: str, p
     bar = tqdm(total=len(todo), desc="generating", unit="q", disable=not progress)
     for start in range(0, len(todo), B):
         batch = todo[start:start + B]
-        rows = batch + [batch[-1]] * (B - len(batch))  # fixed batch shape: no recompiles on the last batch
         seqs = [encode_prompt(tok, [{"from": "human", "value": f"{IMAGE}\n{it.question}"}], template=cfg.template,
                               image_token_id=proc.image_token_id, num_image_tokens=proc.num_image_tokens)
-                for it in rows]
+                for it in batch]
         T = max(len(s) for s in seqs)
         ids = np.full((B, T), pad, np.int32)
         mask = np.zeros((B, T), np.int32)
         for b, s in enumerate(seqs):
             ids[b, :len(s)], mask[b, :len(s)] = s, 1
-        pixels = proc.images([_image_source(it) for it in rows])
+        pixels = proc.images([_image_source(it) for it in batch])
+        if len(batch) < B:  # a short last batch repeats its last row: the batch shape never changes
+            ids[len(batch):], mask[len(batch):] = ids[len(batch) - 1], mask[len(batch) - 1]
+            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], B - len(batch), axis=0)])
         rng = jax.random.fold_in(key, zlib.crc32(batch[0].id.encode()))
         out = jaxlava.generate(model, ids, pixels, mask, max_new_tokens=settings["max_new_tokens"],
                                temperature=settings["temperature"], eos_token_id=eos, pad_token_id=pad, rng=rng,
@@ -355,6 +359,7 @@ def cli_main(config_cls, run: Callable, argv: list[str] | None = None, descripti
     import sys
 
     import tyro
+
     from jaxlava.eval.judge import JudgeError
     cfg = tyro.cli(config_cls, args=sys.argv[1:] if argv is None else argv, description=description)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

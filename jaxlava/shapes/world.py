@@ -66,6 +66,7 @@ class ShapesConfig:
     ppo_mix: tuple[tuple[str, float], ...] = (("general", 0.5), ("mc", 0.25), ("yesno", 0.25))
     general_length_bonus: float = -0.5
     other_length_bonus: float = 1.0
+    ppo_test_frac: float = 0.1  # PPO prompts held out (the "test" split) for before/after comparisons
     # probes
     pope_images: int = 32  # x 6 questions (3 yes, 3 no) x 3 splits
     n_mmhal: int = 96
@@ -78,8 +79,8 @@ class ShapesConfig:
                              f"{self.max_objects}")
         if self.max_objects < 3:
             raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
-        for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "pref_omit_prob",
-                     "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
+        for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "ppo_test_frac",
+                     "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if (not self.sft_mix or any(k not in SFT_KINDS or w < 0 for k, w in self.sft_mix)
@@ -262,7 +263,7 @@ class _Builder:
     # ------------------------------------------------------------------------------------------- PPO prompts
     def ppo_prompts(self) -> list[dict]:
         cfg, rng = self.cfg, self.rng("ppo")
-        out = []
+        out, splits = [], self.split(cfg.n_ppo, cfg.ppo_test_frac)
         for i in range(cfg.n_ppo):
             scene, png = self.scene(rng)
             facts, kind = T.captions(scene), _choose(rng, cfg.ppo_mix)
@@ -280,7 +281,7 @@ class _Builder:
             else:
                 raise ValueError(f"ShapesConfig.ppo_mix: unknown prompt kind {kind!r}")
             rid = f"shapes-ppo-{i:06d}"
-            out.append({"id": rid, "image": png, "source": SOURCE, "_split": "train", "caption_type": ctype,
+            out.append({"id": rid, "image": png, "source": SOURCE, "_split": splits[i], "caption_type": ctype,
                         "length_bonus": float(bonus), "facts": facts,
                         "conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": ref}]})
             self.keep(rid, scene, kind=kind)

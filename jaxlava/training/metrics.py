@@ -83,6 +83,21 @@ def _num(v):
     return float(v) if isinstance(v, float) else v
 
 
+_COMPILES = [0, False]  # XLA backend compilations seen, listener installed
+
+
+def compile_count() -> int:
+    """XLA compilations in this process since the first call (a `jax.monitoring` listener): a run logs it per step,
+    and tests check that it stays flat once every program has been compiled."""
+    if not _COMPILES[1]:
+        def listen(event: str, duration: float, **kwargs) -> None:
+            if event == "/jax/core/compile/backend_compile_duration":
+                _COMPILES[0] += 1
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        _COMPILES[1] = True
+    return _COMPILES[0]
+
+
 def format_row(row: dict) -> str:
     parts = []
     for k, v in row.items():

@@ -49,9 +49,18 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return schedule
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, total_steps: int, updates_per_step: int = 1) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW on the schedule.  `updates_per_step` > 1 steps the schedule once per run
+    step rather than once per update (PPO: several minibatch updates per PPO step, spec §4.9)."""
+    schedule = make_schedule(cfg, total_steps)
+    if updates_per_step > 1:
+        schedule = per_run_step(schedule, updates_per_step)
     return optax.chain(
         optax.clip_by_global_norm(cfg.max_grad_norm),
-        optax.adamw(make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                    weight_decay=cfg.weight_decay),
+        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
     )
+
+
+def per_run_step(schedule: optax.Schedule, updates_per_step: int) -> optax.Schedule:
+    """The schedule as a function of the update count, advancing once every `updates_per_step` updates."""
+    return lambda count: schedule(count // updates_per_step)

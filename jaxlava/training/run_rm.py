@@ -85,7 +85,7 @@ def run(cfg: RMConfig) -> dict:
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=base, data=data, total_steps=total,
                           checkpoint_every=cfg.checkpoint_every, config={"stage": "rm", **runs.as_dict(cfg)},
                           put=put, hooks=[Hook(cfg.eval_every, lambda _, s: evaluate(s))],
-                          keep=cfg.keep_checkpoints)
+                          keep=cfg.keep_checkpoints, stop_after=cfg.stop_after)
         if distributed.is_main_process():
             save_reward_model_adapter(os.path.join(cfg.out, "adapter"), jax.device_get(state.params["lora"]),
                                       cfg.lora, jax.device_get(state.params["head"]),

@@ -135,7 +135,7 @@ def run(cfg: SFTConfig) -> dict:
                           checkpoint_every=cfg.checkpoint_every,
                           config={"stage": "rlinit" if cfg.lora else "sft", **runs.as_dict(cfg)},
                           put=put, hooks=[Hook(cfg.eval_every, lambda _, s: evaluate(s))],
-                          keep=cfg.keep_checkpoints)
+                          keep=cfg.keep_checkpoints, stop_after=cfg.stop_after)
         if distributed.is_main_process():
             write_outputs(cfg, nnx.merge(graphdef, state.params, frozen) if not cfg.lora else None, state.params,
                           processor)

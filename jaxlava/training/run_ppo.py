@@ -1,0 +1,255 @@
+"""The PPO run (LLaVA-RLHF §4): its config, run presets, the PPO step (a rollout, then epochs of minibatch updates)
+and `run(cfg)`, on the shared loop (`jaxlava.training.loop.fit`: resume, checkpoints, metrics, NaN guard).
+
+The math and the jitted update are the stage's own (`jaxlava.ppo`); roles are `ppo_roles`, rollouts `rollout`;
+`train/ppo.py` is the command line.  On the shapes world a default run builds what it lacks first (SFT, RL-init,
+reward model), each cached under runs/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlava import distributed, ppo, sharding
+from jaxlava.data.pipeline import ppo_prompt_batches
+from jaxlava.data.storage import open_source
+from jaxlava.lora import LoraConfig
+from jaxlava.peft_io import save_adapter, save_reward_head
+from jaxlava.training import ppo_roles, rollout, run_rm, run_sft, runs
+from jaxlava.training.cli import parse, preset_default
+from jaxlava.training.loop import Hook, fit
+from jaxlava.training.metrics import compile_count, format_row
+from jaxlava.training.optim import OptimConfig, make_optimizer, make_schedule, per_run_step
+from jaxlava.training.step import StepOutput, init_state
+
+DEFAULT_RLINIT = "runs/rlinit/adapter"
+DEFAULT_RM = "runs/rm/adapter"
+
+
+@dataclasses.dataclass
+class PPOConfig(runs.RunConfig):
+    """PPO with the fact-augmented reward model (spec §4); defaults are the paper's."""
+    init: str | None = run_sft.DEFAULT_MODEL  # the policy's base: an SFT model (llava-hf folder)
+    out: str = "runs/ppo"
+    # the RL-init adapter (PEFT, train/sft.py --lora): the policy starts from it and it is the frozen reference;
+    # 'None': both start as the bare base
+    policy_adapter: str | None = DEFAULT_RLINIT
+    reward_adapter: str = DEFAULT_RM  # the reward model (train/rm.py RUN_DIR/adapter)
+    reward_base: str | None = None  # the RM's base model (default: the one its adapter records)
+    epochs: float = 4.0  # passes over the prompts when --steps is not given
+    rollout_batch_size: int = 512  # prompts sampled per PPO step (global)
+    step_batch_size: int = 256  # rollouts per optimizer update (global); microbatches: --optim.grad-accum
+    noptepochs: int = 2  # passes over each rollout batch
+    max_new_tokens: int = 896  # response slots T (also the length normaliser)
+    max_prompt_len: int = 128  # queries are left padded to this width; longer ones are dropped with their data
+    rm_seq_len: int = 1536  # reward-model inputs are left padded to this width
+    temperature: float = 1.0
+    kl_coef: float = 0.1
+    stop_penalty: float = -8.0
+    length_score: float = -10.0
+    correct_score: float = 2.0
+    reward_scale: float = 10.0
+    gamma: float = 1.0
+    lam: float = 1.0
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    # fixes of the original's quirks (spec §8); the paper presets keep the paper's behaviour
+    terminal_at_eos: bool = False  # terminal reward at the response's last token (paper: at slot T-1, quirk 2)
+    mask_pads: bool = False  # average losses and whiten over response tokens only (paper: all slots, quirk 2)
+    question_stop: bool = False  # the paper's rule: a '?' ends the response and costs the no-EOS penalty (quirk 4)
+    score_chunk: int | None = None  # rows per scoring pass (the paper: 16 per device); None: all at once
+    eval_prompts: int = 64  # held-out prompts for the before/after comparison (greedy responses)
+    adapter: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    """A fresh policy adapter's shape, when --policy-adapter None."""
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
+        lr=3e-5, schedule="cosine", warmup_steps=5, max_grad_norm=1.0))
+    """AdamW over {policy adapter, value adapter, value head}; the schedule steps once per PPO step."""
+
+
+_PAPER = dict(compute_dtype="bfloat16", remat=True, scan_layers=True, checkpoint_every=10, eval_every=50,
+              question_stop=True, score_chunk=16, optim=OptimConfig(lr=3e-5, schedule="cosine", warmup_steps=5,
+                                                                     max_grad_norm=1.0, grad_accum=2))
+RUN_PRESETS = {
+    "shapes": PPOConfig(steps=30, rollout_batch_size=32, step_batch_size=16, max_new_tokens=40, rm_seq_len=512,
+                        checkpoint_every=10, eval_every=15, eval_prompts=64,
+                        optim=OptimConfig(lr=2e-4, schedule="cosine", warmup_steps=3, max_grad_norm=1.0)),
+    "llava-7b-224": PPOConfig(preset="llava-7b-224", **_PAPER),  # 7B policy, 13B reward/value (--reward-base)
+    "llava-13b-336": PPOConfig(preset="llava-13b-336", **_PAPER),
+}
+
+
+def ensure_inputs(cfg: PPOConfig) -> None:
+    """On an embedded world with the default paths (or --build-missing), build the SFT model, the RL-init adapter
+    and the reward model when missing; any other missing input is an error naming it."""
+    run_sft.ensure_sft(cfg)
+    buildable = cfg.preset in runs.EMBEDDED_WORLDS
+    if cfg.policy_adapter and not os.path.isdir(cfg.policy_adapter):
+        if not (buildable and (cfg.build_missing or cfg.policy_adapter == DEFAULT_RLINIT)):
+            raise FileNotFoundError(f"--policy-adapter {cfg.policy_adapter}: no adapter there (train one with "
+                                    "train/sft.py --lora), or pass --policy-adapter None")
+        print(f"no RL-init adapter at {cfg.policy_adapter}: training it first", flush=True)
+        run_sft.run(dataclasses.replace(run_sft.LORA_PRESETS[cfg.preset], data=cfg.data, init=cfg.init,
+                                        out=os.path.dirname(cfg.policy_adapter.rstrip("/")), mesh=cfg.mesh))
+    if not os.path.isdir(cfg.reward_adapter):
+        if not (buildable and (cfg.build_missing or cfg.reward_adapter == DEFAULT_RM)):
+            raise FileNotFoundError(f"--reward-adapter {cfg.reward_adapter}: no reward model there (train one "
+                                    "with train/rm.py)")
+        print(f"no reward model at {cfg.reward_adapter}: training it first", flush=True)
+        run_rm.run(dataclasses.replace(run_rm.RUN_PRESETS[cfg.preset], data=cfg.data, init=cfg.init,
+                                       out=os.path.dirname(cfg.reward_adapter.rstrip("/")), mesh=cfg.mesh))
+
+
+def rollout_config(cfg: PPOConfig) -> rollout.RolloutConfig:
+    names = {f.name for f in dataclasses.fields(rollout.RolloutConfig)}
+    return rollout.RolloutConfig(**{n: getattr(cfg, n) for n in names})
+
+
+def prompt_putter(mesh):
+    """Host prompt batch -> {"device": global arrays, "host": metadata lists and numpy}."""
+    device_keys = ("input_ids", "attention_mask", "pixel_values", "reward_pixel_values")
+
+    def put(batch: dict) -> dict:
+        dev = distributed.global_batch({k: batch[k] for k in device_keys if k in batch}, mesh)
+        return {"device": dev, "host": {k: v for k, v in batch.items() if k not in device_keys}}
+    return put
+
+
+def make_ppo_step(cfg: PPOConfig, roles, graphs, scorer, tx, total: int, mesh):
+    """`step(state, frozen, batch) -> (TrainState, StepOutput)`: one rollout, then `noptepochs` shuffled passes of
+    minibatch updates (one optimizer update each).  Everything random is a function of (seed, PPO step)."""
+    R, S = cfg.rollout_batch_size, cfg.step_batch_size
+    per_step = cfg.noptepochs * (R // S)
+    loss_cfg = ppo.LossConfig(cfg.clip, cfg.value_clip, cfg.vf_coef, cfg.temperature, cfg.mask_pads)
+    schedule = per_run_step(make_schedule(cfg.optim, total), per_step)
+    update = jax.jit(ppo.make_update_step(graphs, loss_cfg, tx, cfg.optim.grad_accum, schedule), donate_argnums=0)
+
+    @jax.jit
+    def take(rows, idx):
+        return jax.tree.map(lambda x: sharding.constrain(jnp.take(x, idx, axis=0), ("batch",) + (None,) * (x.ndim - 1)),
+                            rows)
+
+    rcfg = rollout_config(cfg)
+
+    def step(state, frozen, batch):
+        ppo_step = int(state.step) // per_step
+        rows, stats = rollout.rollout(roles, state.params, frozen, batch["device"], batch["host"], ppo_step, rcfg,
+                                      scorer, mesh)
+        t0 = time.perf_counter()
+        outs = []
+        for epoch in range(cfg.noptepochs):
+            perm = np.random.default_rng([cfg.seed, ppo_step, epoch]).permutation(R)
+            for i in range(R // S):
+                state, out = update(state, frozen, take(rows, jnp.asarray(perm[i * S:(i + 1) * S])))
+                outs.append(out)
+        outs = jax.device_get(outs)
+        stats["seconds_update"] = time.perf_counter() - t0
+        metrics = {k: float(np.mean([o.metrics[k] for o in outs])) for k in outs[0].metrics}
+        metrics.update(stats, compiles=compile_count())
+        return state, StepOutput(loss=float(np.mean([o.loss for o in outs])),
+                                 finite=bool(all(o.finite for o in outs)), metrics=metrics)
+    return step
+
+
+def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
+    """`evaluate(params) -> {score, kl, response_length, ...}`: greedy responses to held-out prompts (the
+    ppo_prompt test split, else the first train prompts), scored like rollouts."""
+    split = "test" if os.path.isdir(os.path.join(cfg.data, "ppo_prompt", "test")) else "train"
+    source = open_source(cfg.data, "ppo_prompt", split)
+    n = min(cfg.eval_prompts, len(source)) // cfg.rollout_batch_size
+    if n == 0:
+        return lambda params: {}
+    it = ppo_prompt_batches(source, roles.processor, batch_size=cfg.rollout_batch_size // jax.process_count(),
+                            shuffle=False, num_epochs=1, buckets=(cfg.max_prompt_len,),
+                            max_prompt_len=cfg.max_prompt_len, reward_processor=_reward_proc(roles))
+    batches = [put(next(it)) for _ in range(n)]
+    rcfg = rollout_config(cfg)
+    keys = ("score", "kl", "response_length", "stop_rate", "correct")
+
+    def evaluate(params) -> dict:
+        rows = [rollout.rollout(roles, params, frozen, b["device"], b["host"], 0, rcfg, scorer, mesh,
+                                temperature=0.0)[1] for b in batches]
+        return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    return evaluate
+
+
+def _reward_proc(roles):
+    return None if roles.reward_processor is roles.processor else roles.reward_processor
+
+
+def frozen_tree(roles) -> dict:
+    """What the jitted passes read but never train: the bases' states, the reference and the reward adapter."""
+    _, policy_state = nnx.split(roles.policy_base)
+    value_state = policy_state if roles.value_base is roles.policy_base else nnx.split(roles.value_base)[1]
+    return {"policy_base": policy_state, "value_base": value_state, "reference": roles.reference,
+            "reward_lora": roles.reward_lora, "reward_head": roles.reward_head}
+
+
+def write_outputs(cfg: PPOConfig, roles, params) -> None:
+    """RUN_DIR/adapter (the policy, PEFT), RUN_DIR/value/ (value adapter + head)."""
+    params = jax.device_get(params)
+    save_adapter(os.path.join(cfg.out, "adapter"), params["policy"], roles.policy_lora,
+                 base_model_name_or_path=cfg.init)
+    save_adapter(os.path.join(cfg.out, "value", "adapter_model"), params["value"], roles.value_lora,
+                 base_model_name_or_path=cfg.reward_base or ppo_roles.reward_base_of(cfg.reward_adapter, None))
+    save_reward_head(os.path.join(cfg.out, "value"), {"w": params["value_head"]["w"],
+                                                      "b": params["value_head"]["b"]})
+
+
+def run(cfg: PPOConfig) -> dict:
+    """PPO; writes RUN_DIR/adapter (policy), RUN_DIR/value/, metrics.  Returns {"before", "after", "last"}."""
+    distributed.maybe_initialize()
+    compile_count()  # start counting compilations now
+    ensure_inputs(cfg)
+    mesh = sharding.make_mesh(cfg.mesh)
+    ppo_roles.check_mesh_divides(cfg, mesh)
+    with sharding.use_mesh(mesh):
+        world = runs.world_for(cfg)
+        roles = ppo_roles.load_roles(cfg, mesh, lambda path: runs.build_model(
+            dataclasses.replace(cfg, init=path), mesh, world))
+        source = open_source(cfg.data, "ppo_prompt", "train")
+        total = cfg.steps or max(1, int(cfg.epochs * len(source) // cfg.rollout_batch_size))
+        per_step = cfg.noptepochs * (cfg.rollout_batch_size // cfg.step_batch_size)
+        tx = make_optimizer(cfg.optim, total, per_step)
+        graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
+                            roles.value_lora)
+        scorer = rollout.make_scorer(roles, graphs, rollout_config(cfg))
+        frozen = frozen_tree(roles)
+        state = init_state(roles.initial_params(), tx, cfg.seed)
+        put = prompt_putter(mesh)
+        data = ppo_prompt_batches(source, roles.processor, batch_size=cfg.rollout_batch_size // jax.process_count(),
+                                  seed=cfg.seed, buckets=(cfg.max_prompt_len,), max_prompt_len=cfg.max_prompt_len,
+                                  num_workers=cfg.num_workers, reward_processor=_reward_proc(roles))
+        evaluate = held_out_eval(cfg, roles, scorer, frozen, mesh, put)
+        before = evaluate(state.params)
+        print("before PPO (held out): " + format_row(before), flush=True)
+        step = make_ppo_step(cfg, roles, graphs, scorer, tx, total, mesh)
+        state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=frozen, data=data, total_steps=total,
+                          checkpoint_every=cfg.checkpoint_every, config={"stage": "ppo", **runs.as_dict(cfg)},
+                          put=put, hooks=[Hook(cfg.eval_every, lambda _, s: {
+                              f"eval_{k}": v for k, v in evaluate(s.params).items()})], keep=cfg.keep_checkpoints,
+                          stop_after=cfg.stop_after)
+        after = {k[len("eval_"):]: v for k, v in last.items() if k.startswith("eval_")}
+        if distributed.is_main_process():
+            write_outputs(cfg, roles, state.params)
+    print_comparison(before, after)
+    return {"before": before, "after": after, "last": last}
+
+
+def print_comparison(before: dict, after: dict) -> None:
+    keys = [k for k in ("score", "kl", "response_length", "stop_rate", "correct") if k in before and k in after]
+    if not keys:
+        return
+    print("\nheld-out prompts, greedy responses: before PPO -> after PPO")
+    for k in keys:
+        print(f"  {k:16s} {before[k]:+9.4f} -> {after[k]:+9.4f}")
+
+
+def main(argv: list[str], description: str | None = None) -> dict:
+    return run(parse(PPOConfig, argv, description=description, default=preset_default(argv, RUN_PRESETS)))
