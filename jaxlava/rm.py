@@ -14,6 +14,7 @@ from flax import nnx
 
 from jaxlava.lora import LoraConfig, make_lora
 from jaxlava.model.heads import apply_scalar_head
+from jaxlava.model.layers import Lora
 from jaxlava.training.step import make_train_step
 
 CENTERING_COEF = 1e-3
