@@ -2,8 +2,8 @@
 
 LLaVA starts from a pretrained CLIP encoder and keeps it frozen.  The shapes model has no pretrained encoder to
 download, and a randomly initialised frozen tower leaves the language model nearly blind (the SFT model barely
-tells the right image from another row's; measurements in docs/decisions.md, 9).  So before SFT the `shapes` preset trains its small
-vision tower on freshly drawn scenes (never the world's own images; categories drawn uniformly, with no
+tells the right image from another row's; measurements in docs/decisions.md, 9).  So before SFT the `shapes`
+preset trains its small vision tower on freshly drawn scenes (never the world's own images; categories drawn uniformly, with no
 co-occurrence) to name, at every patch, the colour, shape and size of the object painted there.  Afterwards
 the tower is frozen exactly like the paper's CLIP.  The heads read the features LLaVA reads (the
 `vision_feature_layer` output, CLS dropped), and are thrown away.
