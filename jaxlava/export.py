@@ -5,8 +5,10 @@
   HF_DIR/adapter (PEFT `adapter_model/` + `reward_head.safetensors`, loadable with
   `peft.PeftModel.from_pretrained`); with `--merge`, one llava-hf model with the LoRA folded into the
   decoder weights and `reward_head.safetensors` beside it.
+- PPO run (and RL-init, `train/sft.py --lora`): the policy's base model in the llava-hf layout with the policy
+  adapter in HF_DIR/adapter (PEFT), or with `--merge` one llava-hf model with the adapter folded in.
 
-The export reads the run's final artefacts (RUN_DIR/hf for SFT, RUN_DIR/adapter for the RM), written when a
+The export reads the run's final artefacts (RUN_DIR/hf for SFT, RUN_DIR/adapter otherwise), written when a
 run reaches its last step; an unfinished run is resumed by re-running its trainer with the same --out.
 """
 from __future__ import annotations
@@ -53,12 +55,30 @@ def export(run: str, out: str, merge: bool = False) -> str:
             save_reward_head(out, head)
             return "merged reward model"
         save_pretrained(base, out, copy_side_files_from=base_dir)
-        dst = os.path.join(out, "adapter")
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        shutil.copytree(adapter, dst)
+        _copy_tree(adapter, os.path.join(out, "adapter"))
         return "base model + PEFT adapter"
-    raise ExportError(f"{run}: stage {stage!r} cannot be exported (sft, rm)")
+    if stage in ("ppo", "rlinit"):
+        from jaxlava.lora import merge_lora
+        from jaxlava.peft_io import load_adapter
+        adapter = os.path.join(run, "adapter")
+        if not os.path.isdir(adapter):
+            raise ExportError(f"{run}: the {stage} run has not finished (no {adapter}); re-run it with --out {run}")
+        base_dir = cfg.get("init")
+        base = from_pretrained(base_dir)
+        params, lora_cfg = load_adapter(adapter, base.config)
+        if merge:
+            save_pretrained(merge_lora(base, params, lora_cfg), out, copy_side_files_from=base_dir)
+            return f"merged {stage} policy"
+        save_pretrained(base, out, copy_side_files_from=base_dir)
+        _copy_tree(adapter, os.path.join(out, "adapter"))
+        return f"base model + {stage} policy adapter (PEFT)"
+    raise ExportError(f"{run}: stage {stage!r} cannot be exported (sft, rm, rlinit, ppo)")
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
 
 
 @dataclasses.dataclass(kw_only=True)

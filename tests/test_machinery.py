@@ -15,7 +15,7 @@ from jaxlava.training.checkpoint import Checkpointer
 from jaxlava.training.metrics import MetricsLogger, read_metrics
 from jaxlava.training.optim import OptimConfig, make_optimizer, make_schedule
 from jaxlava.training.step import init_state, make_train_step
-from jaxlava.training.loop import NonFiniteError, RunDirBusy, fit
+from jaxlava.training.loop import NonFiniteError, RunDirBusy, fingerprint, fit
 
 
 def test_schedules_match_hand_computed_values():
@@ -114,12 +114,27 @@ def test_loop_resume_is_exact(tmp_path):
     _, again = fit(run_dir=str(tmp_path / "b"), step_fn=step, state=state, frozen=None, data=ToyData(),
                    total_steps=8, checkpoint_every=4, config={}, progress=False)
     assert again["step"] == 8 and abs(again["loss"] - ref["loss"]) <= 1e-7
-    assert again["data_crc"] == ref["data_crc"]
+    assert again["data_crc"] == ref["data_crc"] != 0
     # step 5 of the preempted attempt was dropped on resume and written again: one row per step, equal to the
     # uninterrupted run's
     a, b = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
     assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 9))
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-7)
+    # the data fingerprint is a real checksum of each batch: nonzero, different for different batches, equal per step
+    crcs = [r["data_crc"] for r in a]
+    assert all(c != 0 for c in crcs) and len(set(crcs)) == len(crcs)
+    assert [r["data_crc"] for r in b] == crcs
+
+
+def test_data_fingerprint_tells_batches_apart():
+    data = ToyData()
+    a, b = next(data), next(data)
+    assert fingerprint(a) != 0 and fingerprint(b) != 0 and fingerprint(a) != fingerprint(b)
+    assert fingerprint({k: v.copy() for k, v in a.items()}) == fingerprint(a)
+    changed = {k: v.copy() for k, v in a.items()}
+    changed["x"][3, 2] += 1.0
+    assert fingerprint(changed) != fingerprint(a)  # one value of one array
+    assert fingerprint({**a, "note": "text"}) == fingerprint(a)  # only numpy arrays count
 
 
 def test_resume_drops_metric_rows_past_the_checkpoint(tmp_path):

@@ -36,19 +36,37 @@ def test_pixels_match_clip_image_processor(size, crop):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"image {w}x{h}")
 
 
+def _llava_expand2square(img, background_color):
+    """LLaVA's `expand2square` (llava/mm_utils.py), written out here as the reference: a new RGB square of the longer
+    side filled with the background colour, the image pasted centred."""
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    result = Image.new(img.mode, (side, side), background_color)
+    result.paste(img, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
 def test_pad_to_square_then_clip():
     mean, std = (0.5, 0.25, 0.75), (0.2, 0.3, 0.4)
     ref = _clip(32, 32, mean, std)
     prep = ImagePrep(32, 32, mean=mean, std=std, pad_to_square=True)
-    assert prep.fill == (127, 63, 191)
-    for k, (w, h) in enumerate(SIZES):
+    background = tuple(int(x * 255) for x in mean)  # LLaVA: tuple(int(x*255) for x in image_processor.image_mean)
+    assert background == prep.fill == (127, 63, 191)
+    for k, (w, h) in enumerate(SIZES + [(21, 40), (40, 21)]):  # odd pads: the extra pixel goes after the image
         im = _img(w, h, k)
-        sq = expand_to_square(im, prep.fill)
+        sq = _llava_expand2square(im, background)
         assert sq.size == (max(w, h),) * 2
-        if w != h:  # the pad region holds the mean colour
-            assert sq.getpixel((0, 0)) == prep.fill or sq.getpixel((sq.size[0] - 1, sq.size[1] - 1)) == prep.fill
+        np.testing.assert_array_equal(np.asarray(expand_to_square(im, prep.fill)), np.asarray(sq))
         want = ref(images=[sq], return_tensors="np")["pixel_values"][0]
-        np.testing.assert_allclose(prep(im), want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(prep(im), want, atol=1e-5, rtol=0, err_msg=f"image {w}x{h}")
+    # a top-left paste would differ from the reference
+    im = _img(50, 20)
+    top_left = Image.new("RGB", (50, 50), background)
+    top_left.paste(im, (0, 0))
+    want = ref(images=[top_left], return_tensors="np")["pixel_values"][0]
+    assert np.abs(prep(im) - want).max() > 0.1
 
 
 def test_image_sources_and_errors(tmp_path):

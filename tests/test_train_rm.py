@@ -36,8 +36,6 @@ def sft(tmp_path_factory):
 def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     from jaxlava import rm, sharding
     from jaxlava.training import runs
-    from jaxlava.data.pipeline import preference_batches
-    from jaxlava.data.storage import open_source
     from jaxlava.lora import make_lora
     from jaxlava.peft_io import load_reward_model_adapter
     world, init = sft
@@ -52,19 +50,38 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     assert [r["step"] for r in evals] == [2, 4]
     assert all(0 <= r["eval_accuracy"] <= 1 and 0 <= r["eval_accuracy_other_facts"] <= 1 for r in evals)
     assert "final: step=4" in stdout and "eval_accuracy_other_facts=" in stdout
-    # the written adapter and head, loaded afresh, reproduce the last logged held-out accuracy
-    cfg = runs.RunConfig(data=world, init=init, batch_size=4)
+    # the written adapter and head, loaded afresh, give the trainer's final per-pair scores (its last checkpoint's
+    # adapter and head, with the run's own LoRA config) on every held-out pair, and the last logged accuracy
+    from jaxlava.lora import LoraConfig
+    from jaxlava.training.checkpoint import Checkpointer
+    from jaxlava.training.optim import OptimConfig, make_optimizer
+    from jaxlava.training.run_rm import RMConfig, held_out_sets
+    from jaxlava.training.step import init_state
+    run_cfg = json.load(open(os.path.join(out, "config.json")))
+    cfg = RMConfig(data=world, init=init, batch_size=4)
     mesh = sharding.make_mesh(None)
     with sharding.use_mesh(mesh):
         model = runs.build_model(cfg, mesh)
         proc = runs.processor_for(cfg, model.config)
         lora, lcfg, head = load_reward_model_adapter(os.path.join(out, "adapter"), model.config)
-        accs = []
-        for b in preference_batches(open_source(world, "preference", "test"), proc, batch_size=4, seed=0,
-                                    shuffle=False, num_epochs=1):
+        train_lcfg = LoraConfig(**run_cfg["lora"])
+        ck = Checkpointer(out)
+        step, state, _, _ = ck.restore_latest(init_state({"lora": lora, "head": head}, make_optimizer(OptimConfig(), 4)))
+        ck.close()
+        assert step == 4
+        final = jax.device_get(state.params)
+        assert not np.array_equal(final["head"]["w"], np.zeros_like(final["head"]["w"]))
+        score = jax.jit(lambda lo, hd, b, lc: rm.pair_scores(model, hd, b, lora=make_lora(lo, lc)),
+                        static_argnums=3)
+        accs, n = [], 0
+        for b in held_out_sets(cfg, proc, lambda b: b)["eval_accuracy"]:
             b = {k: v for k, v in b.items() if isinstance(v, np.ndarray)}
-            r = rm.pair_scores(model, head, b, lora=make_lora(lora, lcfg))
-            accs.append(float(rm.preference_loss(r, b["choice"])[1]["accuracy"]))
+            trained = np.asarray(score(final["lora"], final["head"], b, train_lcfg))
+            reloaded = np.asarray(score(lora, head, b, lcfg))
+            np.testing.assert_allclose(reloaded, trained, rtol=0, atol=1e-5)
+            accs.append(float(rm.preference_loss(reloaded, b["choice"])[1]["accuracy"]))
+            n += len(b["choice"])
+    assert n >= 4
     assert abs(np.mean(accs) - evals[-1]["eval_accuracy"]) < 1e-6
     ablation = str(tmp_path / "rm_nf")
     _run("rm.py", "--data", world, "--init", init, "--out", ablation, "--no-facts", "--steps", "2",

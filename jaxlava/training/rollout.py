@@ -64,15 +64,16 @@ def _row_rng(seed: int, step: int, row_id: str) -> random.Random:
 def reward_inputs(roles, host: dict, texts: list[str], step: int, cfg: RolloutConfig) -> tuple[np.ndarray, ...]:
     """Left-padded reward-model ids and mask [B, rm_seq_len]: query turn + response + the reward prompt with the
     image's facts (shuffled per sample, spec §4.4)."""
+    for rid, facts in zip(host["id"], host["facts"]):
+        if roles.reward_facts and not facts:
+            raise ValueError(f"PPO prompt {rid!r} has no facts, but the reward model was trained with facts in its "
+                             "prompt; convert the prompts with their facts (data/convert.py ppo-prompts --facts)")
     p = roles.reward_processor
     pad = p.tokenizer.pad_token_id or 0
     ids = np.full((len(texts), cfg.rm_seq_len), pad, np.int32)
     mask = np.zeros_like(ids)
     for i, text in enumerate(texts):
         rid, facts = host["id"][i], host["facts"][i]
-        if roles.reward_facts and not facts:
-            raise ValueError(f"PPO prompt {rid!r} has no facts, but the reward model was trained with facts in its "
-                             "prompt; convert the prompts with their facts (data/convert.py ppo-prompts --facts)")
         turn = [t for t in host["conversations"][i] if t["from"] == "human"][:1]
         seq = encode_reward_input(p.tokenizer, turn, text, facts, image_token_id=p.image_token_id,
                                   num_image_tokens=p.num_image_tokens, rng=_row_rng(cfg.seed, step, rid),

@@ -1,0 +1,162 @@
+"""PPO end to end on a small shapes world: the command, its metrics and outputs, no recompilation after the first
+step, exact resume, one base model for every role, the same step on three meshes, and clear input errors."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from cli_fixtures import ROOT, cli_env
+from jaxlava.training.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+TIMING = ("seconds_generate", "seconds_host", "seconds_score", "seconds_update", "tokens_per_s", "compiles")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A small world with a few-step SFT model, RL-init adapter and reward model (quality is not the point)."""
+    from jaxlava.shapes.world import preset, write_world
+    from jaxlava.training import run_rm, run_sft
+    d = tmp_path_factory.mktemp("ppo")
+    world = str(d / "world")
+    write_world(world, preset("small"), progress=False)
+    small = dict(data=world, steps=3, batch_size=4, eval_every=100, checkpoint_every=100)
+    run_sft.run(run_sft.SFTConfig(out=str(d / "sft"), vision_pretrain_steps=10, **small))
+    init = str(d / "sft" / "hf")
+    run_sft.run(run_sft.SFTConfig(out=str(d / "rlinit"), init=init, lora=True,
+                                  adapter=run_sft.LoraConfig(r=4, alpha=8), **small))
+    run_rm.run(run_rm.RMConfig(out=str(d / "rm"), init=init, lora=run_sft.LoraConfig(r=4, alpha=8), **small))
+    return {"world": world, "init": init, "rlinit": str(d / "rlinit" / "adapter"), "rm": str(d / "rm" / "adapter")}
+
+
+def ppo_args(stack, out, *extra):
+    return ["--data", stack["world"], "--init", stack["init"], "--policy-adapter", stack["rlinit"],
+            "--reward-adapter", stack["rm"], "--out", str(out), "--rollout-batch-size", "8",
+            "--step-batch-size", "4", "--max-new-tokens", "12", "--rm-seq-len", "512", "--eval-prompts", "8",
+            "--optim.lr", "1e-3", *extra]
+
+
+def ppo_config(stack, out, *extra):
+    from jaxlava.training.cli import parse
+    from jaxlava.training.run_ppo import PPOConfig, RUN_PRESETS
+    return parse(PPOConfig, ppo_args(stack, out, *extra), default=RUN_PRESETS["shapes"])
+
+
+def test_ppo_command_metrics_outputs_and_no_recompiles(stack, tmp_path):
+    out = tmp_path / "ppo"
+    r = subprocess.run([sys.executable, "train/ppo.py", *ppo_args(stack, out, "--steps", "4", "--eval-every", "2")],
+                       cwd=ROOT, env=cli_env(None), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "before PPO (held out)" in r.stdout and "before PPO -> after PPO" in r.stdout
+    rows = read_metrics(str(out))
+    assert [x["step"] for x in rows] == [1, 2, 3, 4]
+    wanted = {"score", "stop_penalty", "length_term", "correct_term", "reward_total", "kl", "response_length",
+              "stop_rate", "clipfrac", "approxkl", "entropy", "value_loss", "policy_loss", "explained_variance",
+              "seconds_generate", "seconds_score", "seconds_update", "compiles", "lr", "grad_norm"}
+    assert wanted <= set(rows[0]), wanted - set(rows[0])
+    assert "eval_score" in rows[1] and "eval_kl" in rows[3]
+    assert all(np.isfinite(x["loss"]) for x in rows)
+    assert rows[1]["compiles"] == rows[2]["compiles"] == rows[3]["compiles"], [x["compiles"] for x in rows]
+    for f in ("adapter/adapter_config.json", "value/adapter_model/adapter_config.json",
+              "value/reward_head.safetensors", "metrics.png", "config.json"):
+        assert (out / f).exists(), f
+    assert os.listdir(out / "tb")
+    # the policy as an HF model plus a PEFT adapter, and merged
+    from jaxlava.export import export
+    assert "adapter" in export(str(out), str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "adapter" / "adapter_model.safetensors").exists()
+    assert "merged" in export(str(out), str(tmp_path / "merged"), merge=True)
+
+
+def test_ppo_resume_after_preemption_is_exact(stack, tmp_path):
+    from jaxlava.training.run_ppo import run
+    run(ppo_config(stack, tmp_path / "a", "--steps", "4", "--checkpoint-every", "2", "--eval-every", "100"))
+    run(ppo_config(stack, tmp_path / "b", "--steps", "4", "--checkpoint-every", "2", "--eval-every", "100",
+                   "--stop-after", "3"))  # ends after step 3; the last checkpoint is step 2
+    assert [x["step"] for x in read_metrics(str(tmp_path / "b"))] == [1, 2, 3]
+    run(ppo_config(stack, tmp_path / "b", "--steps", "4", "--checkpoint-every", "2", "--eval-every", "100"))
+    a, b = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
+    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k, v in ra.items():
+            if k not in TIMING and isinstance(v, (int, float)):
+                assert rb[k] == pytest.approx(v, rel=1e-6, abs=1e-6), (ra["step"], k)
+
+
+def test_one_base_serves_all_four_roles(stack):
+    from jaxlava import sharding
+    from jaxlava.training import ppo_roles, runs
+    cfg = ppo_config(stack, "/tmp/unused")
+    mesh = sharding.make_mesh(None)
+    with sharding.use_mesh(mesh):
+        roles = ppo_roles.load_roles(cfg, mesh, lambda p: runs.build_model(runs.RunConfig(init=p), mesh))
+        assert roles.value_base is roles.policy_base and len(roles.bases()) == 1
+        embed = roles.policy_base.language_model.embed_tokens[...]
+        same = [a for a in jax.live_arrays() if a.shape == embed.shape and a.dtype == embed.dtype]
+        assert len(same) == 1, "the base's embedding table exists once on the device"
+        params = roles.initial_params()
+        assert jax.tree.structure(params["value"]) == jax.tree.structure(roles.reward_lora)
+        assert not np.shares_memory(np.asarray(params["value"]["q_proj"]["a"]),
+                                    np.asarray(roles.reward_lora["q_proj"]["a"]))
+        assert float(np.abs(np.asarray(params["value_head"]["w"])).max()) == 0.0
+
+
+def test_bad_inputs_are_named(stack, tmp_path):
+    from jaxlava.training import ppo_roles, rollout
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(ppo_roles.RoleError, match=f"trained on .*sft/hf, but --reward-base is {other}"):
+        ppo_roles.reward_base_of(stack["rm"], str(other))
+
+    class Roles:
+        reward_processor = type("P", (), {"tokenizer": None})
+        reward_facts = True
+    host = {"id": ["rec-7"], "facts": [[]], "conversations": [[{"from": "human", "value": "<image>\nq"}]]}
+    cfg = rollout.RolloutConfig(12, 1.0, 512, False, 0.1, -8, -10, 2, 10, False, 1, 1, False, None, 0)
+    with pytest.raises(ValueError, match="'rec-7' has no facts"):
+        rollout.reward_inputs(Roles, host, ["a response"], 0, cfg)
+    from jaxlava import sharding
+    mesh = sharding.make_mesh(None, devices=jax.devices()[:1])
+    bad = ppo_config(stack, "/tmp/unused", "--rollout-batch-size", "6")
+    with pytest.raises(ValueError, match="--rollout-batch-size 6 is not a multiple of --step-batch-size 4"):
+        ppo_roles.check_mesh_divides(bad, mesh)
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from safetensors.numpy import load_file
+    sys.path.insert(0, {root!r})
+    from jaxlava.training.cli import parse
+    from jaxlava.training.run_ppo import PPOConfig, RUN_PRESETS, run
+    from jaxlava.training.metrics import read_metrics
+    args, out = json.loads(sys.argv[1]), {{}}
+    for i, mesh in enumerate([None, "fsdp=4,tensor=2", "data=2,fsdp=4"]):
+        d = f"{{sys.argv[2]}}/m{{i}}"
+        run(parse(PPOConfig, args + ["--out", d, "--steps", "1", "--eval-every", "100"]
+                  + (["--mesh", mesh] if mesh else []), default=RUN_PRESETS["shapes"]))
+        w = load_file(d + "/adapter/adapter_model.safetensors")
+        out[str(mesh)] = {{"loss": read_metrics(d)[-1]["loss"], "adapter": {{k: v.tolist() for k, v in w.items()}}}}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_one_ppo_step_is_the_same_on_three_meshes(stack, tmp_path):
+    args = ppo_args(stack, "unused", "--step-batch-size", "8")
+    args = args[:args.index("--out")] + args[args.index("--out") + 2:]
+    r = subprocess.run([sys.executable, "-c", MESH_SCRIPT.format(root=ROOT), json.dumps(args), str(tmp_path)],
+                       cwd=ROOT, env=cli_env(8), capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.split("RESULT", 1)[1])
+    ref = res.pop("None")
+    for mesh, got in res.items():
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5), mesh
+        for k, v in ref["adapter"].items():
+            np.testing.assert_allclose(np.asarray(got["adapter"][k]), np.asarray(v), rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{mesh}: {k}")
