@@ -256,11 +256,14 @@ def explained_variance(values, returns, mask=None):
 # ---------------------------------------------------------------- model passes (jittable)
 # A rollout row is the query (left padded to a fixed width) followed by the response (right padded to N =
 # max_new_tokens), so the real tokens are contiguous: `input_ids`/`attention_mask` [B, Tq+N], `response` and
-# `response_mask` [B, N].  The token at response slot t is predicted from position Tq−1+t.
+# `response_mask` [B, N].  The token at response slot t is predicted from position Tq−1+t (the N+1-th last).
+# The value model reads `value_input_ids`/`value_attention_mask`: the same tokens with the image placeholders
+# expanded for the reward model's own image size (the same arrays when policy and RM share a base).
 
-def _response_hidden(model, rows: dict, pixels, lora):
+def _response_hidden(model, rows: dict, pixels, lora, prefix: str = ""):
     n = rows["response"].shape[1]
-    _, hidden = model(rows["input_ids"], pixels, rows["attention_mask"], lora=lora, return_hidden=True)
+    _, hidden = model(rows[prefix + "input_ids"], pixels, rows[prefix + "attention_mask"], lora=lora,
+                      return_hidden=True)
     return hidden[:, -n - 1:-1]
 
 
@@ -287,7 +290,7 @@ def token_kl(logits, ref_logits, mask=None):
 
 def values(model, rows: dict, lora, head: dict):
     """V at each response slot [B, N] (the value model reads the RM-resolution images, spec §4.7)."""
-    return apply_scalar_head(head, _response_hidden(model, rows, rows["reward_pixel_values"], lora))
+    return apply_scalar_head(head, _response_hidden(model, rows, rows["reward_pixel_values"], lora, "value_"))
 
 
 # ---------------------------------------------------------------- the update

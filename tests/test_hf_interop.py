@@ -94,8 +94,11 @@ def test_linear_projector_exports_to_transformers(tmp_path):
     assert np.abs(got - hf_logits(hf, ids, mask, hf_px))[mask.astype(bool)].max() <= 1e-4
 
 
-def _write_original_layout(hf, root):
-    """An original LLaVA `sft_model` folder (LlavaLlamaForCausalLM names) + a separate CLIP folder."""
+def _write_original_layout(hf, root, projector="linear"):
+    """An original LLaVA `sft_model` folder (LlavaLlamaForCausalLM names) + a separate CLIP folder.
+
+    projector "linear": `model.mm_projector.{weight,bias}` (LLaVA-RLHF, no mm_projector_type); "mlp2x_gelu":
+    `model.mm_projector.{0,2}.{weight,bias}` (nn.Sequential(Linear, GELU, Linear)) and mm_projector_type."""
     sd = {k: v.numpy() for k, v in hf.state_dict().items()}
     text = {}
     for k, v in sd.items():
@@ -103,8 +106,13 @@ def _write_original_layout(hf, root):
             text["model." + k[len("model.language_model."):]] = v
         elif k == "lm_head.weight":
             text[k] = v
-    text["model.mm_projector.weight"] = sd["model.multi_modal_projector.linear_1.weight"]
-    text["model.mm_projector.bias"] = sd["model.multi_modal_projector.linear_1.bias"]
+    if projector == "linear":
+        text["model.mm_projector.weight"] = sd["model.multi_modal_projector.linear_1.weight"]
+        text["model.mm_projector.bias"] = sd["model.multi_modal_projector.linear_1.bias"]
+    else:
+        for i, name in ((0, "linear_1"), (2, "linear_2")):
+            for p in ("weight", "bias"):
+                text[f"model.mm_projector.{i}.{p}"] = sd[f"model.multi_modal_projector.{name}.{p}"]
     text["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
     os.makedirs(root / "sft_model")
     save_file(text, str(root / "sft_model" / "model.safetensors"))
@@ -112,6 +120,8 @@ def _write_original_layout(hf, root):
     cfg.update(model_type="llava_llama", mm_vision_tower="openai/clip-vit-large-patch14",
                mm_vision_select_layer=hf.config.vision_feature_layer, mm_hidden_size=32,
                mm_vision_select_feature="patch", mm_use_im_start_end=False)
+    if projector != "linear":
+        cfg["mm_projector_type"] = projector
     (root / "sft_model" / "config.json").write_text(json.dumps(cfg))
     clip = {"vision_model." + k[len("model.vision_tower."):]: v for k, v in sd.items()
             if k.startswith("model.vision_tower.")}
@@ -132,6 +142,21 @@ def test_original_llava_layout_loads_and_matches(tmp_path):
     model, report = jaxlava.from_pretrained(str(tmp_path / "sft_model"), vision_tower_path=str(tmp_path / "clip"),
                                             return_report=True)
     assert model.config.projector_type == "linear" and not report.unused
+    ids, mask, px, hf_px = make_batch(hf.config, padding="left")
+    ours = ids.copy()
+    ours[ids == IMAGE_TOKEN] = model.config.image_token_index
+    got = np.asarray(model(ours, px, mask))
+    assert np.abs(got - hf_logits(hf, ids, mask, hf_px))[mask.astype(bool)].max() <= 1e-4
+
+
+def test_original_llava_mlp2x_gelu_projector_loads_and_matches(tmp_path):
+    """The original layout's two-layer projector (`mm_projector.0` / `.2`, LLaVA-1.5) is read into linear_1 /
+    linear_2: logits equal transformers' with the same weights (a gelu projector with both layers trained)."""
+    hf = tiny_hf_model(seed=6, act="gelu")
+    _write_original_layout(hf, tmp_path, projector="mlp2x_gelu")
+    model, report = jaxlava.from_pretrained(str(tmp_path / "sft_model"), vision_tower_path=str(tmp_path / "clip"),
+                                            return_report=True)
+    assert model.config.projector_type == "mlp2x_gelu" and not report.unused and not report.missing
     ids, mask, px, hf_px = make_batch(hf.config, padding="left")
     ours = ids.copy()
     ours[ids == IMAGE_TOKEN] = model.config.image_token_index

@@ -67,6 +67,7 @@ def test_default_rm_init_trains_sft_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_sft.ensure_sft(run_rm.RMConfig())
     assert [c.out for c in calls] == ["runs/sft"]
+    assert calls[0].steps == run_sft.RUN_PRESETS["shapes"].steps, "the upstream stage runs with its own preset"
 
 
 @pytest.mark.parametrize("script,args,named", [

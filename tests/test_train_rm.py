@@ -71,13 +71,14 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
         assert step == 4
         final = jax.device_get(state.params)
         assert not np.array_equal(final["head"]["w"], np.zeros_like(final["head"]["w"]))
-        score = jax.jit(lambda lo, hd, b, lc: rm.pair_scores(model, hd, b, lora=make_lora(lo, lc)),
-                        static_argnums=3)
+        def scorer(lc):
+            return jax.jit(lambda lo, hd, b: rm.pair_scores(model, hd, b, lora=make_lora(lo, lc)))
+        score_trained, score_reloaded = scorer(train_lcfg), scorer(lcfg)
         accs, n = [], 0
         for b in held_out_sets(cfg, proc, lambda b: b)["eval_accuracy"]:
             b = {k: v for k, v in b.items() if isinstance(v, np.ndarray)}
-            trained = np.asarray(score(final["lora"], final["head"], b, train_lcfg))
-            reloaded = np.asarray(score(lora, head, b, lcfg))
+            trained = np.asarray(score_trained(final["lora"], final["head"], b))
+            reloaded = np.asarray(score_reloaded(lora, head, b))
             np.testing.assert_allclose(reloaded, trained, rtol=0, atol=1e-5)
             accs.append(float(rm.preference_loss(reloaded, b["choice"])[1]["accuracy"]))
             n += len(b["choice"])

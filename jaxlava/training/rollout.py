@@ -85,6 +85,24 @@ def reward_inputs(roles, host: dict, texts: list[str], step: int, cfg: RolloutCo
     return ids, mask
 
 
+def value_inputs(roles, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rollout's tokens as the value model reads them: each row's run of image placeholders re-expanded to the
+    reward model's count (a 224 px policy with a 336 px reward model, spec §4.7), left padded."""
+    p, r = roles.processor, roles.reward_processor
+    if r is p or (r.num_image_tokens == p.num_image_tokens and r.image_token_id == p.image_token_id):
+        return ids, mask
+    extra = max(r.num_image_tokens - p.num_image_tokens, 0)
+    out = np.full((ids.shape[0], ids.shape[1] + extra), r.tokenizer.pad_token_id or 0, np.int32)
+    out_mask = np.zeros_like(out)
+    for b in range(ids.shape[0]):
+        real = ids[b][mask[b].astype(bool)]
+        img = np.flatnonzero(real == p.image_token_id)
+        if len(img):
+            real = np.concatenate([real[:img[0]], np.full(r.num_image_tokens, r.image_token_id), real[img[-1] + 1:]])
+        out[b, -len(real):], out_mask[b, -len(real):] = real, 1
+    return out, out_mask
+
+
 def make_scorer(roles, graphs: ppo.Graphs, cfg: RolloutConfig):
     """jitted `score(params, frozen, rows) -> dict of [B, N] / [B] arrays` (see `Rollout`)."""
     def one_chunk(params, frozen, rows):
@@ -120,8 +138,9 @@ def make_scorer(roles, graphs: ppo.Graphs, cfg: RolloutConfig):
     return jax.jit(score)
 
 
-UPDATE_KEYS = ("input_ids", "attention_mask", "pixel_values", "reward_pixel_values", "response", "response_mask",
-               "old_logprobs", "old_values", "advantages", "returns")
+UPDATE_KEYS = ("input_ids", "attention_mask", "value_input_ids", "value_attention_mask", "pixel_values",
+               "reward_pixel_values", "response", "response_mask", "old_logprobs", "old_values", "advantages",
+               "returns")
 
 
 def rollout(roles, params, frozen, prompts: dict, host: dict, step: int, cfg: RolloutConfig, scorer, mesh,
@@ -145,13 +164,19 @@ def rollout(roles, params, frozen, prompts: dict, host: dict, step: int, cfg: Ro
     rm_ids, rm_mask = reward_inputs(roles, host, texts, step, cfg)
     q_ids, q_mask = host_rows(prompts["input_ids"]), host_rows(prompts["attention_mask"])
     resp_mask = (response != pad).astype(np.int32)
-    local = {"input_ids": np.concatenate([q_ids, response], 1).astype(np.int32),
-             "attention_mask": np.concatenate([q_mask, resp_mask], 1).astype(np.int32),
+    seq_ids = np.concatenate([q_ids, response], 1).astype(np.int32)
+    seq_mask = np.concatenate([q_mask, resp_mask], 1).astype(np.int32)
+    v_ids, v_mask = value_inputs(roles, seq_ids, seq_mask)
+    local = {"input_ids": seq_ids, "attention_mask": seq_mask,
              "response": response.astype(np.int32), "response_mask": resp_mask,
              "rm_input_ids": rm_ids, "rm_attention_mask": rm_mask, "correct": correct,
              "response_length": lengths.astype(np.int32), "has_stop": has_stop.astype(np.int32),
              "length_bonus": host["length_bonus"].astype(np.float32)}
     rows = global_batch(local, mesh)
+    same = v_ids is seq_ids
+    rows.update(global_batch({} if same else {"value_input_ids": v_ids, "value_attention_mask": v_mask}, mesh))
+    if same:
+        rows["value_input_ids"], rows["value_attention_mask"] = rows["input_ids"], rows["attention_mask"]
     rows["pixel_values"] = prompts["pixel_values"]
     rows["reward_pixel_values"] = prompts.get("reward_pixel_values", prompts["pixel_values"])
     t2 = time.perf_counter()

@@ -72,8 +72,9 @@ def ensure_sft(cfg) -> None:
         raise FileNotFoundError(f"--init {cfg.init}: no model there (no config.json). Train SFT first "
                                 "(python train/sft.py --out DIR, then --init DIR/hf), or check the path")
     print(f"no SFT model at {cfg.init}: training it first", flush=True)
-    run(SFTConfig(data=cfg.data, out=os.path.dirname(cfg.init.rstrip("/")),
-                                  build_missing=cfg.build_missing, mesh=cfg.mesh))
+    preset = RUN_PRESETS.get(cfg.preset, SFTConfig(preset=cfg.preset))
+    run(dataclasses.replace(preset, data=cfg.data, out=os.path.dirname(cfg.init.rstrip("/")),
+                            build_missing=cfg.build_missing, mesh=cfg.mesh))
 
 
 def held_out_batches(cfg: SFTConfig, processor, put, n_batches: int = 2) -> list:
