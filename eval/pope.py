@@ -13,13 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxlava.eval.pope import PopeConfig, run  # noqa: E402
-from jaxlava.eval.runner import cli_main  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_main(PopeConfig, run, argv, description=__doc__)
-
+from jaxlava.eval.pope import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:], description=__doc__))

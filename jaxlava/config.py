@@ -22,12 +22,13 @@ def _hash_by_value(self) -> int:
 
 @dataclass
 class VisionConfig:
-    hidden_size: int = 1024
-    intermediate_size: int = 4096
+    """CLIP vision tower (HF `CLIPVisionConfig` field names); defaults: ViT-L/14 at 336 px."""
+    hidden_size: int = 1024  # width of the tower
+    intermediate_size: int = 4096  # MLP width
     num_hidden_layers: int = 24
     num_attention_heads: int = 16
-    image_size: int = 336
-    patch_size: int = 14
+    image_size: int = 336  # input side in pixels
+    patch_size: int = 14  # one image token per patch: (image_size / patch_size)² tokens
     num_channels: int = 3
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"

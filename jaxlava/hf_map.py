@@ -107,38 +107,29 @@ def hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     raise ValueError(kind)
 
 
+# kind -> (HF tensor -> jaxlava parameter given its shape, jaxlava parameter -> HF tensor), one layer at a time
+CONVERSIONS = {
+    "copy": (lambda a, shape: a, lambda a: a),
+    "linear": (lambda a, shape: a.T, lambda a: a.T),
+    "conv": (lambda a, shape: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)),
+    "heads_in": (lambda a, shape: a.T.reshape(shape), lambda a: a.reshape(a.shape[0], -1).T),
+    "heads_bias": (lambda a, shape: a.reshape(shape), lambda a: a.reshape(-1)),
+    "heads_out": (lambda a, shape: a.T.reshape(shape), lambda a: a.reshape(-1, a.shape[-1]).T),
+}
+
+
 def to_jax(kind: str, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Full HF tensor -> full jaxlava parameter (one layer)."""
-    if kind == "copy":
-        return a
-    if kind == "linear":
-        return a.T
-    if kind == "conv":
-        return a.transpose(2, 3, 1, 0)
-    if kind == "heads_in":
-        return a.T.reshape(shape)
-    if kind == "heads_bias":
-        return a.reshape(shape)
-    if kind == "heads_out":
-        return a.T.reshape(shape)
-    raise ValueError(kind)
+    if kind not in CONVERSIONS:
+        raise ValueError(kind)
+    return CONVERSIONS[kind][0](a, shape)
 
 
 def to_hf(kind: str, a: np.ndarray) -> np.ndarray:
     """jaxlava parameter (one layer) -> HF tensor."""
-    if kind in ("copy",):
-        return a
-    if kind == "linear":
-        return a.T
-    if kind == "conv":
-        return a.transpose(3, 2, 0, 1)
-    if kind == "heads_in":
-        return a.reshape(a.shape[0], -1).T
-    if kind == "heads_bias":
-        return a.reshape(-1)
-    if kind == "heads_out":
-        return a.reshape(-1, a.shape[-1]).T
-    raise ValueError(kind)
+    if kind not in CONVERSIONS:
+        raise ValueError(kind)
+    return CONVERSIONS[kind][1](a)
 
 
 def read_slice(kind: str, get, shape: tuple[int, ...], index: tuple[slice, ...]) -> np.ndarray:

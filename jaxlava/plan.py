@@ -1,11 +1,15 @@
 """AOT planner: compile a stage's training step for a device topology and report per-chip memory and FLOPs.
 
 Nothing is allocated: the model comes from `nnx.eval_shape`, parameters, optimizer state and the batch are
-`jax.ShapeDtypeStruct`s carrying their `NamedSharding`s, and the trainer's own step (`jaxlava.sft.make_step`:
-accumulation, AdamW with gradient clipping and the NaN guard) is lowered and compiled.
+`jax.ShapeDtypeStruct`s carrying their `NamedSharding`s, and the trainer's own step (accumulation, AdamW with
+gradient clipping and the NaN guard) is lowered and compiled.  Stages (`jaxlava.plan_stages`): `sft`
+(`sft.make_step`), `rm` (`rm.make_step`: LoRA r 64 / alpha 16 + reward head on preference pairs) and `ppo` (ONE
+optimizer update of `ppo.make_update_step` over the policy and the reward/value base; rollout generation and
+its KV cache are NOT compiled: the report gives the KV cache's size analytically).
 
     python -m jaxlava.plan --preset llava-13b-336 --stage sft --topology v5p:2x2x4 --batch 32 --seq-len 1280
-    python -m jaxlava.plan --preset tiny --stage sft --cpu-devices 8 --mesh fsdp=4,tensor=2
+    python -m jaxlava.plan --preset llava-7b-224 --stage ppo --topology v5p:2x2x2 --batch 16 --seq-len 1024
+    python -m jaxlava.plan --preset tiny --stage rm --cpu-devices 8 --mesh fsdp=4,tensor=2
 
 TPU topologies need libtpu (`pip install libtpu`) but no TPU: XLA's TPU compiler runs on this CPU host.
 """
@@ -17,11 +21,12 @@ import os
 import re
 import sys
 import time
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Literal
 
 import tyro
 
 from jaxlava.fileio import write_json
+from jaxlava.plan_stages import STAGES, PlanError, StepSpec, build_ppo, build_rm, build_sft, model_flops
 from jaxlava.presets import MODEL_PRESETS
 from jaxlava.training.cli import normalize_argv
 
@@ -30,28 +35,12 @@ GIB = 1024 ** 3
 HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}
 
 
-@dataclasses.dataclass
-class StepSpec:
-    """What a stage hands to the planner: the step function, its abstract sharded arguments and shardings
-    of its outputs, plus the per-chip bytes of the named argument groups."""
-    fn: Callable
-    args: tuple
-    out_shardings: object
-    groups: dict[str, object]  # name -> abstract sub-tree (for per-chip byte counts)
-    donate_argnums: tuple = (0,)
+__all__ = ["STAGES", "StepSpec", "build_sft", "build_rm", "build_ppo", "model_flops", "plan", "main"]
+# the paper's PPO pairs its 7B policy with the 13B reward model (and value model initialised from it)
+PAPER_REWARD_PRESET = {"llava-7b-224": "llava-13b-336"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _sds(tree, sharding_leaves):
-    """The abstract `tree` with each leaf a ShapeDtypeStruct carrying the matching sharding."""
-    import jax
-    leaves, treedef = jax.tree.flatten(tree)
-    if len(leaves) != len(sharding_leaves):
-        raise ValueError(f"{len(leaves)} leaves but {len(sharding_leaves)} shardings")
-    return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                              for x, s in zip(leaves, sharding_leaves)])
-
-
 def per_chip_bytes(abstract_tree) -> int:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard, i.e. the per-chip
     figure for an even layout)."""
@@ -66,83 +55,6 @@ def per_chip_bytes(abstract_tree) -> int:
 def global_bytes(abstract_tree) -> int:
     import jax
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_tree))
-
-
-def model_flops(cfg, batch: int, seq: int, trained: bool = True) -> float:
-    """Analytic FLOPs of one step on the whole batch (all chips): 6 N D for the trained matmuls (2 N D forward
-    only for the frozen vision tower) plus attention scores, without remat's recomputation (the usual MFU
-    convention)."""
-    t, v = cfg.text, cfg.vision
-    hd = t.head_dim
-    layer = t.hidden_size * hd * (2 * t.num_attention_heads + 2 * t.num_key_value_heads) \
-        + 3 * t.hidden_size * t.intermediate_size
-    dec = t.num_hidden_layers * layer + t.hidden_size * t.vocab_size
-    proj = cfg.vision_feature_dim * t.hidden_size + (t.hidden_size ** 2 if cfg.projector_type == "mlp2x_gelu" else 0)
-    k = 6 if trained else 2
-    tokens, n_img = batch * seq, cfg.num_image_tokens
-    flops = k * dec * tokens + k * proj * batch * n_img
-    flops += k * 2 * t.num_hidden_layers * batch * seq * seq * t.num_attention_heads * hd  # QK^T and AV
-    p = v.num_patches + 1
-    vis_layer = 4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size
-    flops += 2 * v.num_hidden_layers * (vis_layer * batch * p + 2 * batch * p * p * v.hidden_size)
-    return float(flops)
-
-
-# ---------------------------------------------------------------------------------------------- stages
-def build_sft(cfg, mesh, batch: int, seq_len: int, grad_accum: int) -> StepSpec:
-    """SFT: the trainer's step (`sft.make_step`) on a [batch, seq_len + image tokens]
-    batch with one image per row."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from jaxlava import sft
-    from jaxlava.model import LlavaModel
-    from jaxlava.sharding import batch_sharding, like_params_shardings, state_shardings
-    from jaxlava.training.optim import OptimConfig, make_optimizer
-    from jaxlava.training.step import init_state
-
-    abstract = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0)))
-    graphdef, trainable, frozen = sft.split_trainable(abstract)
-    repl = NamedSharding(mesh, P())
-    tr_sh = jax.tree.leaves(state_shardings(trainable, mesh))
-    fr_sh = jax.tree.leaves(state_shardings(frozen, mesh))
-
-    tx = make_optimizer(OptimConfig(grad_accum=grad_accum), total_steps=1000)
-    state_abs = jax.eval_shape(lambda t: init_state(t, tx), trainable)
-    state = _sds(state_abs, like_params_shardings(state_abs, trainable, tr_sh, repl))
-    frozen_abs = _sds(frozen, fr_sh)
-
-    T = seq_len + cfg.num_image_tokens
-    v = cfg.vision
-    shapes = {"input_ids": ((batch, T), jnp.int32), "attention_mask": ((batch, T), jnp.int32),
-              "labels": ((batch, T), jnp.int32),
-              "pixel_values": ((batch, v.num_channels, v.image_size, v.image_size), jnp.float32)}
-    batch_abs = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding(mesh, len(s))) for k, (s, d) in shapes.items()}
-
-    step = sft.make_step(graphdef, tx, grad_accum)
-    _, metrics_abs = jax.eval_shape(step, state, frozen_abs, batch_abs)
-    state_out = jax.tree.map(lambda x: x.sharding, state)
-    out_sh = (state_out, jax.tree.map(lambda _: repl, metrics_abs))
-    groups = {"params": (state["params"], frozen_abs), "opt": state["opt_state"], "batch": batch_abs}
-    return StepSpec(step, (state, frozen_abs, batch_abs), out_sh, groups)
-
-
-def _not_yet(stage: str, what: str):
-    def build(*_a, **_k):
-        raise NotImplementedError(
-            f"planning the {stage!r} stage is not implemented yet: {what}. Only 'sft' can be planned today; "
-            f"add a builder to jaxlava.plan.STAGES (see build_sft) to plan it.")
-    return build
-
-
-STAGES: dict[str, Callable[..., StepSpec]] = {
-    "sft": build_sft,
-    "rm": _not_yet("rm", "the planner needs a builder around jaxlava.rm.loss_and_grad (LoRA adapter + reward "
-                   "head trained on preference pairs [B,2,T])"),
-    "ppo": _not_yet("ppo", "the PPO step (rollout + policy/value update, jaxlava.ppo) has no builder"),
-}
 
 
 # ---------------------------------------------------------------------------------------------- topology
@@ -184,14 +96,20 @@ def plan(args) -> dict:
         raise SystemExit(f"unknown --stage {args.stage!r}; stages: {', '.join(STAGES)}")
     devices = topology_devices(args.topology) if args.topology else jax.devices()
     mesh = make_mesh(args.mesh, devices)
-    cfg = get_preset(args.preset, param_dtype=args.param_dtype, dtype=args.compute_dtype, remat=args.remat,
-                     scan_layers=True)
+    runtime = dict(param_dtype=args.param_dtype, dtype=args.compute_dtype, remat=args.remat, scan_layers=True)
+    cfg = get_preset(args.preset, **runtime)
+    opts = {}
+    reward = reward_preset(args)
+    if reward is not None:
+        opts["reward_cfg"] = None if reward == "same" else get_preset(reward, **runtime)
+        opts["response_len"] = args.response_len
+        opts["rollout_batch"] = args.rollout_batch
     nb = mesh.shape["data"] * mesh.shape["fsdp"]
     if args.batch % nb:
         raise SystemExit(f"--batch {args.batch} does not divide over the {nb} batch shards (data x fsdp) of the mesh")
     t0 = time.time()
     with use_mesh(mesh):
-        spec = STAGES[args.stage](cfg, mesh, args.batch, args.seq_len, args.grad_accum)
+        spec = STAGES[args.stage](cfg, mesh, args.batch, args.seq_len, args.grad_accum, **opts)
         lowered = jax.jit(spec.fn, out_shardings=spec.out_shardings,
                           donate_argnums=spec.donate_argnums).lower(*spec.args)
         oom = None
@@ -203,6 +121,7 @@ def plan(args) -> dict:
             oom, compiled = str(e), None
     seconds = time.time() - t0
     groups = {k: per_chip_bytes(v) for k, v in spec.groups.items()}
+    held = groups["params"] + groups["opt"] + groups["batch"]  # the other groups are parts of these
     hbm = chip_hbm_gib(args.topology, args.hbm_gib)
     mem = compiled.memory_analysis() if compiled is not None else None
     cost = compiled.cost_analysis() if compiled is not None else None
@@ -214,21 +133,38 @@ def plan(args) -> dict:
         # which on the cases checked is close to arguments + temporaries: report it as the total (a lower bound)
         m = re.search(r"temporaries \(([\d.]+)([KMGT])\)", oom or "")
         need = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2))) if m else 0
-        total = max(need, sum(groups.values()))
-        temp = total - sum(groups.values())
+        total = max(need, held)
+        temp = total - held
+    leaves = jax.tree.leaves(spec.groups["params"])
     return {
         "preset": args.preset, "stage": args.stage, "topology": args.topology or f"cpu:{len(devices)}",
         "device_kind": devices[0].device_kind, "chips": mesh.size,
         "mesh": ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
-        "batch": args.batch, "seq": args.seq_len + cfg.num_image_tokens,
-        "param_count": global_bytes(spec.groups["params"]) // cfg.jnp_param_dtype.itemsize,
+        "batch": args.batch, "seq": args.seq_len + cfg.num_image_tokens, "reward_preset": reward,
+        "param_count": sum(math.prod(x.shape) for x in leaves),
         "params_global_bytes": global_bytes(spec.groups["params"]),
         "params_bytes": groups["params"], "opt_bytes": groups["opt"], "batch_bytes": groups["batch"],
         "temp_bytes": temp, "total_bytes": total, "flops": float(cost.get("flops", float("nan"))),
-        "model_flops_per_chip": model_flops(cfg, args.batch, args.seq_len + cfg.num_image_tokens) / mesh.size,
+        "model_flops_per_chip": (spec.model_flops if spec.model_flops is not None else
+                                 model_flops(cfg, args.batch, args.seq_len + cfg.num_image_tokens)) / mesh.size,
         "hbm_gib": hbm, "fits": False if oom else (None if hbm is None else total <= hbm * GIB),
         "compile_s": seconds, "compiler_oom": oom.splitlines()[0][:400] if oom else None,
+        **{f"{k}_bytes": v for k, v in groups.items() if k not in ("params", "opt", "batch")}, **spec.report,
     }
+
+
+def reward_preset(args) -> str | None:
+    """The reward/value base of a `ppo` plan: --reward-preset, else the paper's pairing (llava-7b-224 policy with
+    the llava-13b-336 reward model), else "same" (the policy's base serves both roles); None for other stages."""
+    if args.stage != "ppo":
+        if args.reward_preset is not None:
+            raise SystemExit(f"--reward-preset is for --stage ppo (the reward/value base), not --stage {args.stage}")
+        return None
+    if args.reward_preset not in (None, "same", *MODEL_PRESETS):
+        raise SystemExit(f"--reward-preset {args.reward_preset!r}: not a preset ({', '.join(MODEL_PRESETS)}) "
+                         "nor 'same'")
+    name = args.reward_preset or PAPER_REWARD_PRESET.get(args.preset, "same")
+    return "same" if name == args.preset else name
 
 
 def format_report(r: dict) -> str:
@@ -237,21 +173,33 @@ def format_report(r: dict) -> str:
     rows = [
         ("preset / stage", f"{r['preset']} / {r['stage']}"),
         ("topology", f"{r['topology']} ({r['chips']} x {r['device_kind']}), mesh {r['mesh']}"),
-        ("batch x seq", f"{r['batch']} x {r['seq']}"),
+        ("batch x seq", r.get("shape") or f"{r['batch']} x {r['seq']}"),
         ("parameters (all chips)", f"{r['param_count']:,} = {r['params_global_bytes'] / GIB:.2f} GiB"),
         ("per chip: parameters", g(r["params_bytes"])),
         ("per chip: optimizer state", g(r["opt_bytes"])),
         ("per chip: batch", g(r["batch_bytes"])),
         ("per chip: temporaries", g(r["temp_bytes"])),
         ("per chip: total", g(r["total_bytes"])),
-        ("per chip: model FLOPs / step", f"{r['model_flops_per_chip']:.4g} (analytic 6ND + attention)"),
+        ("per chip: model FLOPs / step", f"{r['model_flops_per_chip']:.4g} (analytic 6ND + attention"
+                                         + ("; approximate for LoRA stages)" if r["stage"] != "sft" else ")")),
         ("per chip: XLA FLOPs / step", f"{r['flops']:.4g} (cost_analysis; a scanned layer counts once)"),
         ("chip HBM", "n/a (pass --hbm-gib)" if r["hbm_gib"] is None else f"{r['hbm_gib']:9.3f} GiB"),
         ("verdict", "n/a" if r["fits"] is None else ("fits" if r["fits"] else "does not fit")),
         ("compile time", f"{r['compile_s']:.1f} s"),
     ]
+    if "adapters_bytes" in r:  # ppo: what the parameters are
+        at = [k for k, _ in rows].index("per chip: parameters") + 1
+        rows[at:at] = [("  policy base", g(r["policy_base_bytes"]) + (" (also the reward/value base)" if
+                                                                      r["shared_base"] else "")),
+                       *([] if r["shared_base"] else
+                         [(f"  reward/value base ({r['reward_preset']})", g(r["value_base_bytes"]))]),
+                       ("  adapters + value head", g(r["adapters_bytes"]))]
     if r.get("compiler_oom"):
         rows.insert(-1, ("compiler", r["compiler_oom"]))
+    if "kv_cache_bytes" in r:
+        rows.insert(-1, ("rollout KV cache (not planned)",
+                         f"{g(r['kv_cache_bytes']).strip()} per chip for {r['rollout_batch']} rollouts (analytic: "
+                         "2 x layers x kv heads x head dim x query+response x rows/chip x dtype bytes)"))
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
@@ -265,7 +213,19 @@ class PlanArgs:
     """What to plan: a model preset and stage, the devices and mesh, and the batch."""
     preset: PresetName
     """model preset"""
-    stage: Annotated[str, tyro.conf.arg(help=f"training stage to plan: {', '.join(STAGES)}")] = "sft"
+    stage: Annotated[str, tyro.conf.arg(help=f"training stage to plan: {', '.join(STAGES)}. ppo plans ONE "
+                                        "optimizer update (policy + value adapters); rollout generation (the "
+                                        "KV-cache sampler) is not in the plan, its KV cache is reported "
+                                        "analytically")] = "sft"
+    reward_preset: Annotated[str | None, tyro.conf.arg(
+        help="--stage ppo: the reward model's base (also the value model's): a preset name, or 'same' for the "
+             "policy's own base (held once). Default: llava-13b-336 for a llava-7b-224 policy (the paper's "
+             "pairing), else 'same'")] = None
+    response_len: int = 896
+    """--stage ppo: response slots per rollout (the paper's 896), part of --seq-len (query + response)"""
+    rollout_batch: Annotated[int | None, tyro.conf.arg(
+        help="--stage ppo: rollouts generated per PPO step, for the KV-cache line only (default 2 x --batch: the "
+             "paper samples 512 and updates on 256 at a time)")] = None
     topology: Annotated[str | None, tyro.conf.arg(
         help="TPU topology to compile for, e.g. v5p:2x2x1 (4 chips), v5p:2x2x4 (16), v5e:4x4, v4:2x2x2, v6e:4x4 "
              "(needs libtpu, not a TPU); not with --cpu-devices")] = None
@@ -274,9 +234,9 @@ class PlanArgs:
     mesh: str = "all"
     """mesh spec over the devices, e.g. 'data=2,fsdp=-1,tensor=2'; 'all' (or the flag alone): all devices on fsdp"""
     batch: int = 8
-    """global batch (rows per optimizer step)"""
+    """global batch (rows per optimizer step; rm: preference pairs; ppo: rollouts per update)"""
     seq_len: int = 1280
-    """text tokens per row; the preset's image tokens are added"""
+    """text tokens per row (ppo: query + response); the preset's image tokens are added"""
     grad_accum: int = 1
     """microbatches per step"""
     param_dtype: Dtype = "float32"
@@ -330,7 +290,7 @@ def main(argv=None) -> dict:
                          "(the backend was started before the planner set XLA_FLAGS)")
     try:
         report = plan(args)
-    except NotImplementedError as e:
+    except (NotImplementedError, PlanError) as e:
         raise SystemExit(f"--stage {args.stage}: {e}") from None
     print(format_report(report))
     if args.json:

@@ -320,7 +320,7 @@ def test_tokenizer(world, tmp_path):
 
 
 def test_cli_writes_all_datasets(tmp_path):
-    storage = pytest.importorskip("jaxlava.data.storage")
+    from jaxlava.data import storage
     out = tmp_path / "world"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "data", "shapes.py"), "--out", str(out),
                            "--size", "small", "--seed", "5", "--n-pref", "150"], capture_output=True, text=True,

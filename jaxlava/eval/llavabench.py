@@ -144,3 +144,9 @@ def run(cfg: LlavaBenchConfig) -> dict | None:
     return finish(cfg.out, results, table(results["scores"]),
                   extra=lambda: print(f"\n{results['unparseable']} reviews without two scores on the first line "
                                       f"(kept as -1, -1, as the official summary does)"))
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """The command line of eval/llavabench.py."""
+    from jaxlava.eval.runner import cli_main
+    return cli_main(LlavaBenchConfig, run, argv, description=description)

@@ -316,3 +316,9 @@ def run(cfg: MMBenchConfig) -> dict | None:
     note = (f"\n{results['rule_matched']}/{results['passes']} passes matched by rules, {results['judged']} by the "
             f"judge, {results['random_fallback']} random fallbacks, {results['unresolved']} unresolved (wrong)")
     return finish(cfg.out, results, table(results), extra=lambda: print(note))
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """The command line of eval/mmbench.py."""
+    from jaxlava.eval.runner import cli_main
+    return cli_main(MMBenchConfig, run, argv, description=description)

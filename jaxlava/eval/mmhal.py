@@ -145,3 +145,9 @@ def run(cfg: MMHalConfig) -> dict | None:
     return finish(cfg.out, results, table(results),
                   extra=lambda: print(f"\n{results['unparseable']} judge replies without exactly one rating "
                                       f"(scored 0)"))
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """The command line of eval/mmhal.py."""
+    from jaxlava.eval.runner import cli_main
+    return cli_main(MMHalConfig, run, argv, description=description)

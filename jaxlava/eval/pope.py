@@ -127,3 +127,9 @@ def run(cfg: PopeConfig) -> dict | None:
     results["generation"] = answers.stats()
     return finish(cfg.out, results, table(results["splits"], results["overall"]),
                   extra=lambda: print("\nF1, Acc, P, R, yes:\n" + official_lines(results["splits"])))
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """The command line of eval/pope.py."""
+    from jaxlava.eval.runner import cli_main
+    return cli_main(PopeConfig, run, argv, description=description)

@@ -117,29 +117,27 @@ def _chart(path: str, panels: list[tuple[str, list[str], list[str], dict]]) -> N
     plt.close(fig)
 
 
+def _grid(runs: list, measure) -> tuple[list, list, dict]:
+    """(row labels, columns, {(label, column): value}) of `measure(results)` over the runs, in first-seen order."""
+    values, columns = {}, []
+    for label, res in runs:
+        for k, v in measure(res).items():
+            values[(label, k)] = v
+            columns.append(k)
+    return list(dict.fromkeys(label for label, _ in runs)), list(dict.fromkeys(columns)), values
+
+
 def report(paths: list[str], out: str, names: list[str] | None = None) -> str:
     """Write OUT/report.md and the PNG charts; returns the markdown."""
     runs = load_runs(paths, names)
     os.makedirs(out, exist_ok=True)
-    row_names = list(dict.fromkeys(label for label, _ in runs))
-    values, columns = {}, []
-    for label, res in runs:
-        for k, v in headline(res).items():
-            values[(label, k)] = v
-            columns.append(k)
-    columns = list(dict.fromkeys(columns))
+    row_names, columns, values = _grid(runs, headline)
     md = ["# Evaluation report", "", "## Summary", "", _table(row_names, columns, values), ""]
     for bench in BENCHMARKS:
         mine = [(label, res) for label, res in runs if res.get("benchmark") == bench]
         if not mine:
             continue
-        vals, cols = {}, []
-        for label, res in mine:
-            for k, v in breakdown(res).items():
-                vals[(label, k)] = v
-                cols.append(k)
-        cols = list(dict.fromkeys(cols))
-        rows = list(dict.fromkeys(label for label, _ in mine))
+        rows, cols, vals = _grid(mine, breakdown)
         png = f"{bench}.png"
         heads = list(headline(mine[0][1]))
         head_vals = {k: v for k, v in values.items() if k[1] in heads}

@@ -3,7 +3,8 @@ and the output files.
 
 - `EvalConfig`: the options every benchmark CLI takes (model, output folder, decoding).
 - `load_model(path, adapter, ...)`: an llava-hf folder, or a run folder with `hf/` (+ `adapter/`, a PEFT LoRA
-  adapter); `--adapter` names an adapter explicitly.
+  adapter), or a PPO / RL-init run folder (config.json's `init` is the base, `adapter/` the policy);
+  `--adapter` names an adapter explicitly.
 - `generate_answers(cfg, items, defaults)`: the questions not yet in OUT/answers.jsonl are rendered with the
   `llava_v1` template, batched at a fixed batch size (prompt lengths are bucketed by `jaxlava.generate`, so
   nothing recompiles per batch), generated, and appended to answers.jsonl batch by batch. A cut run resumes:
@@ -34,7 +35,8 @@ class EvalError(RuntimeError):
 @dataclasses.dataclass(kw_only=True)
 class EvalConfig:
     model: str
-    """llava-hf model folder, or a run folder holding hf/ (and adapter/, a PEFT LoRA adapter applied on top)"""
+    """llava-hf model folder, or a run folder holding hf/ (and adapter/, a PEFT LoRA adapter applied on top), or a
+    PPO / RL-init run folder (config.json's init is the base model, adapter/ the policy)"""
     out: str
     """output folder: answers.jsonl (written as the run goes; a rerun resumes), results.json, table.md"""
     adapter: str | None = None
@@ -145,6 +147,9 @@ def resolve_model(path: str, adapter: str | None = None) -> tuple[str, str | Non
             adapter = os.path.join(path, "adapter")
     elif os.path.isfile(os.path.join(path, "config.json")):
         base = path
+        run = read_json(os.path.join(path, "config.json"), "config")
+        if "stage" in run:  # a training RUN_DIR's config.json (an llava-hf config has no "stage")
+            base, adapter = _policy_run(path, run, adapter)
     else:
         raise EvalError(f"{path} is not a model folder: neither {os.path.join(path, 'config.json')} nor "
                         f"{os.path.join(path, 'hf', 'config.json')} exists")
@@ -155,6 +160,17 @@ def resolve_model(path: str, adapter: str | None = None) -> tuple[str, str | Non
             adapter = nested
         require(os.path.join(adapter, "adapter_config.json"), "PEFT adapter config")
     return base, adapter
+
+
+def _policy_run(path: str, run: dict, adapter: str | None) -> tuple[str, str]:
+    """A PPO or RL-init RUN_DIR (train/ppo.py, train/sft.py --lora): config.json names the base model as `init`,
+    RUN_DIR/adapter holds the policy adapter."""
+    stage, init = run["stage"], run.get("init")
+    if stage not in ("ppo", "rlinit"):
+        raise EvalError(f"{path} is a {stage} run folder without a finished model ({os.path.join(path, 'hf')})")
+    if not init or not os.path.isfile(os.path.join(init, "config.json")):
+        raise EvalError(f"{path}: the base model of this {stage} run (config.json init = {init!r}) is not there")
+    return init, adapter or require(os.path.join(path, "adapter"), f"policy adapter of the {stage} run")
 
 
 def load_model(path: str, adapter: str | None = None, *, dtype: str = "float32", pad_to_square: bool = True):

@@ -49,17 +49,17 @@ class PPOConfig(runs.RunConfig):
     max_new_tokens: int = 896  # response slots T (also the length normaliser)
     max_prompt_len: int = 128  # queries are left padded to this width; longer ones are dropped with their data
     rm_seq_len: int = 1536  # reward-model inputs are left padded to this width
-    temperature: float = 1.0
-    kl_coef: float = 0.1
-    stop_penalty: float = -8.0
-    length_score: float = -10.0
-    correct_score: float = 2.0
-    reward_scale: float = 10.0
-    gamma: float = 1.0
-    lam: float = 1.0
-    clip: float = 0.2
-    value_clip: float = 0.2
-    vf_coef: float = 0.1
+    temperature: float = 1.0  # sampling temperature of rollouts (also divides the logits of every logprob)
+    kl_coef: float = 0.1  # β of the per-token penalty −β·max(log π − log π_ref, 0)
+    stop_penalty: float = -8.0  # added to the reward of a response without EOS
+    length_score: float = -10.0  # length term (n / T) · length_bonus · this
+    correct_score: float = 2.0  # symbolic correctness term c · this (c by the prompt's caption_type)
+    reward_scale: float = 10.0  # shaped rewards are multiplied by this before GAE
+    gamma: float = 1.0  # GAE discount
+    lam: float = 1.0  # GAE λ
+    clip: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2  # value clip (absolute, in the scaled reward units)
+    vf_coef: float = 0.1  # weight of the value loss
     # fixes of the original's quirks (spec §8); the paper presets keep the paper's behaviour
     terminal_at_eos: bool = False  # terminal reward at the response's last token (paper: at slot T-1, quirk 2)
     mask_pads: bool = False  # average losses and whiten over response tokens only (paper: all slots, quirk 2)
@@ -89,21 +89,19 @@ def ensure_inputs(cfg: PPOConfig) -> None:
     """On an embedded world with the default paths (or --build-missing), build the SFT model, the RL-init adapter
     and the reward model when missing; any other missing input is an error naming it."""
     run_sft.ensure_sft(cfg)
-    buildable = cfg.preset in runs.EMBEDDED_WORLDS
-    if cfg.policy_adapter and not os.path.isdir(cfg.policy_adapter):
-        if not (buildable and (cfg.build_missing or cfg.policy_adapter == DEFAULT_RLINIT)):
-            raise FileNotFoundError(f"--policy-adapter {cfg.policy_adapter}: no adapter there (train one with "
-                                    "train/sft.py --lora), or pass --policy-adapter None")
-        print(f"no RL-init adapter at {cfg.policy_adapter}: training it first", flush=True)
-        run_sft.run(dataclasses.replace(run_sft.LORA_PRESETS[cfg.preset], data=cfg.data, init=cfg.init,
-                                        out=os.path.dirname(cfg.policy_adapter.rstrip("/")), mesh=cfg.mesh))
-    if not os.path.isdir(cfg.reward_adapter):
-        if not (buildable and (cfg.build_missing or cfg.reward_adapter == DEFAULT_RM)):
-            raise FileNotFoundError(f"--reward-adapter {cfg.reward_adapter}: no reward model there (train one "
-                                    "with train/rm.py)")
-        print(f"no reward model at {cfg.reward_adapter}: training it first", flush=True)
-        run_rm.run(dataclasses.replace(run_rm.RUN_PRESETS[cfg.preset], data=cfg.data, init=cfg.init,
-                                       out=os.path.dirname(cfg.reward_adapter.rstrip("/")), mesh=cfg.mesh))
+    upstream = [("policy_adapter", DEFAULT_RLINIT, run_sft.run, run_sft.LORA_PRESETS, "an RL-init adapter",
+                 "train/sft.py --lora, or pass --policy-adapter None"),
+                ("reward_adapter", DEFAULT_RM, run_rm.run, run_rm.RUN_PRESETS, "a reward model", "train/rm.py")]
+    for field, default, train, presets, what, how in upstream:
+        path = getattr(cfg, field)
+        if not path or os.path.isdir(path):
+            continue
+        flag = "--" + field.replace("_", "-")
+        if not (cfg.preset in runs.EMBEDDED_WORLDS and (cfg.build_missing or path == default)):
+            raise FileNotFoundError(f"{flag} {path}: no {what} there (train one with {how})")
+        print(f"no {what} at {path}: training it first", flush=True)
+        train(dataclasses.replace(presets[cfg.preset], data=cfg.data, init=cfg.init,
+                                  out=os.path.dirname(path.rstrip("/")), mesh=cfg.mesh))
 
 
 def rollout_config(cfg: PPOConfig) -> rollout.RolloutConfig:
@@ -162,10 +160,13 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     ppo_prompt test split, else the first train prompts), scored like rollouts."""
     split = "test" if os.path.isdir(os.path.join(cfg.data, "ppo_prompt", "test")) else "train"
     source = open_source(cfg.data, "ppo_prompt", split)
-    n = min(cfg.eval_prompts, len(source)) // cfg.rollout_batch_size
-    if n == 0:
+    shards = ppo_roles.batch_shards(mesh)
+    size = min(cfg.rollout_batch_size, cfg.eval_prompts, len(source)) // shards * shards
+    if size == 0:
+        print(f"held-out evaluation off: {len(source)} {split} prompts do not fill one batch on {shards} shards")
         return lambda params: {}
-    it = ppo_prompt_batches(source, roles.processor, batch_size=cfg.rollout_batch_size // jax.process_count(),
+    n = min(cfg.eval_prompts, len(source)) // size
+    it = ppo_prompt_batches(source, roles.processor, batch_size=size // jax.process_count(),
                             shuffle=False, num_epochs=1, buckets=(cfg.max_prompt_len,),
                             max_prompt_len=cfg.max_prompt_len, reward_processor=_reward_proc(roles))
     batches = [put(next(it)) for _ in range(n)]
