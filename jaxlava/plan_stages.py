@@ -170,9 +170,9 @@ def build_rm(cfg, mesh, batch: int, seq_len: int, grad_accum: int, **_opts) -> S
 
     graphdef, base = _abstract_base(cfg, mesh)
     lora_cfg = LoraConfig(r=LORA_R, alpha=LORA_ALPHA)
-    key = jax.random.key(0)
-    trainable = jax.eval_shape(lambda: {"lora": init_lora(cfg, lora_cfg, key),
-                                        "head": init_scalar_head(key, cfg.text.hidden_size)})
+    # keys made inside eval_shape: a concrete key cannot be placed on an abstract (topology) mesh
+    trainable = jax.eval_shape(lambda: {"lora": init_lora(cfg, lora_cfg, jax.random.key(0)),
+                                        "head": init_scalar_head(jax.random.key(1), cfg.text.hidden_size)})
     repl = NamedSharding(mesh, P())
     tr_sh = jax.tree.leaves({"lora": lora_shardings(trainable["lora"], mesh), "head": {"w": repl, "b": repl}})
     # the 13B RM run's optimizer (jaxlava.training.run_rm): the memory does not depend on the numbers
@@ -224,8 +224,8 @@ def build_ppo(cfg, mesh, batch: int, seq_len: int, grad_accum: int, reward_cfg=N
     p_graph, p_base = _abstract_base(cfg, mesh)
     v_graph, v_base = (p_graph, p_base) if shared else _abstract_base(rcfg, mesh)
     lora_cfg = LoraConfig(r=LORA_R, alpha=LORA_ALPHA)
-    key = jax.random.key(0)
-    trainable = jax.eval_shape(lambda: {"policy": init_lora(cfg, lora_cfg, key), "value": init_lora(rcfg, lora_cfg, key),
+    trainable = jax.eval_shape(lambda: {"policy": init_lora(cfg, lora_cfg, jax.random.key(0)),
+                                        "value": init_lora(rcfg, lora_cfg, jax.random.key(1)),
                                         "value_head": init_scalar_head(None, rcfg.text.hidden_size, zero=True)})
     repl = NamedSharding(mesh, P())
     tr_sh = jax.tree.leaves({"policy": lora_shardings(trainable["policy"], mesh),

@@ -78,6 +78,7 @@ _PAPER = dict(compute_dtype="bfloat16", remat=True, scan_layers=True, checkpoint
                                                                      max_grad_norm=1.0, grad_accum=2))
 RUN_PRESETS = {
     "shapes": PPOConfig(steps=30, rollout_batch_size=32, step_batch_size=16, max_new_tokens=40, rm_seq_len=512,
+                        max_prompt_len=160,  # the world's multiple-choice queries are ~131 tokens
                         checkpoint_every=10, eval_every=15, eval_prompts=64,
                         optim=OptimConfig(lr=2e-4, schedule="cosine", warmup_steps=3, max_grad_norm=1.0)),
     "llava-7b-224": PPOConfig(preset="llava-7b-224", **_PAPER),  # 7B policy, 13B reward/value (--reward-base)
@@ -169,7 +170,10 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     it = ppo_prompt_batches(source, roles.processor, batch_size=size // jax.process_count(),
                             shuffle=False, num_epochs=1, buckets=(cfg.max_prompt_len,),
                             max_prompt_len=cfg.max_prompt_len, reward_processor=_reward_proc(roles))
-    batches = [put(next(it)) for _ in range(n)]
+    batches = [put(b) for _, b in zip(range(n), it)]  # prompts over --max-prompt-len are dropped
+    if not batches:
+        print(f"held-out evaluation off: no {split} prompt fits --max-prompt-len {cfg.max_prompt_len}")
+        return lambda params: {}
     rcfg = rollout_config(cfg)
     keys = ("score", "kl", "response_length", "stop_rate", "correct")
 
