@@ -16,13 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxlava.eval.runner import cli_main  # noqa: E402
-from jaxlava.eval.shapes import ShapesEvalConfig, run  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_main(ShapesEvalConfig, run, argv, description=__doc__)
-
+from jaxlava.eval.shapes import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:], description=__doc__))

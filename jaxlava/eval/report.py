@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 
-BENCHMARKS = ("pope", "mmhal", "mmbench", "llavabench")
-TITLES = {"pope": "POPE", "mmhal": "MMHal-Bench", "mmbench": "MMBench", "llavabench": "LLaVA-Bench"}
+BENCHMARKS = ("pope", "mmhal", "mmbench", "llavabench", "shapes")
+TITLES = {"pope": "POPE", "mmhal": "MMHal-Bench", "mmbench": "MMBench", "llavabench": "LLaVA-Bench",
+          "shapes": "Shapes world"}
 BREAKDOWN_TITLES = {"pope": "F1 per split (%)", "mmhal": "score per question type (0-6)",
-                    "mmbench": "accuracy per l2-category (%)", "llavabench": "relative score per category (%)"}
+                    "mmbench": "accuracy per l2-category (%)", "llavabench": "relative score per category (%)",
+                    "shapes": "POPE F1 per split (%)"}
 
 
 def headline(res: dict) -> dict[str, float]:
@@ -28,6 +30,14 @@ def headline(res: dict) -> dict[str, float]:
         return {"MMBench (%)": 100 * res["overall"]}
     if b == "llavabench":
         return {"LLaVA-Bench (%)": res["scores"]["all"]["relative"]}
+    if b == "shapes":
+        out = {"shapes POPE F1 (%)": 100 * res["pope"]["overall"]["f1"],
+               "shapes POPE yes (%)": 100 * res["pope"]["overall"]["yes_ratio"]}
+        if "descriptions" in res:
+            d = res["descriptions"]
+            out.update({"CHAIR-i (%)": 100 * d["chair_i"], "CHAIR-s (%)": 100 * d["chair_s"],
+                        "object recall (%)": 100 * d["recall"], "rating (0-6)": res["rating"]["average"]})
+        return out
     raise ValueError(f"unknown benchmark {b!r} in a results.json")
 
 
@@ -39,6 +49,8 @@ def breakdown(res: dict) -> dict[str, float]:
         return dict(res["by_type"])
     if b == "mmbench":
         return {k: 100 * v for k, v in res["by_l2"].items()}
+    if b == "shapes":
+        return {k: 100 * v["f1"] for k, v in res["pope"]["splits"].items()}
     return {k: v["relative"] for k, v in res["scores"].items() if k != "all"}
 
 

@@ -18,7 +18,8 @@ Mention rule (exact for every text the world generates, see tests/test_eval_shap
 - a shape word (circle, square, ...; a plural "circles" counts as its singular) directly after a colour word
   (red, green, ...) is a mention of that category ("a large red circle" -> red circle); a shape word without a
   colour right before it is a bare-shape mention ("a circle"), dropped when the text also names a category of
-  that shape (so "the red circle ... the circle" is one object); a colour alone mentions nothing;
+  that shape (so "the red circle ... the circle" is one object); a colour alone mentions nothing; each category
+  or bare shape counts once per text, however often it is repeated;
 - negation: after "no", "not", "without", "nor", "never", "none" or "neither", mentions are negated (not counted)
   until the sentence ends or one of "but however although though whereas while instead except yet there"
   starts a new clause ("there is no red circle or blue square" negates both; "no, there is a red circle" does not).
@@ -295,3 +296,9 @@ def run(cfg: ShapesEvalConfig) -> dict | None:
     return finish(cfg.out, results, tables(results),
                   extra=lambda: print(f"\n{len(items)} answers ({answers.new} new) in {results['seconds']} s; "
                                       f"results in {cfg.out}"))
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """The command line of eval/shapes.py."""
+    from jaxlava.eval.runner import cli_main
+    return cli_main(ShapesEvalConfig, run, argv, description=description)
