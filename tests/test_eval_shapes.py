@@ -224,6 +224,9 @@ def test_cli_end_to_end_with_resume(world_and_model, tmp_path, monkeypatch, caps
     assert _main(argv) == 0  # everything answered: scored again without generating
     assert rows == [] and _results(out)["generation"]["new_answers"] == 0
     assert "CHAIR-i" in capsys.readouterr().out
+    from jaxlava.eval.report import report
+    md = report([out], str(tmp_path / "report"))  # eval/report.py reads the shapes results too
+    assert "CHAIR-i (%)" in md and "Shapes world" in md and (tmp_path / "report" / "shapes.png").exists()
 
 
 def test_cli_errors_name_missing_inputs(world_and_model, tmp_path):
