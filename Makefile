@@ -27,7 +27,7 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -m "not slow and not long" $(PYTEST_ARGS)
 
-# opt-in quality runs (marker `long`): the reward model's 0.9 bar, about 85 minutes on 2 cores
+# opt-in quality runs (marker `long`): the reward model's 0.9 bar, about 110 minutes on 2 cores (estimate)
 test-long: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -s -m long $(PYTEST_ARGS)
 

@@ -70,3 +70,44 @@ def table(rows: list[dict], cols: list[str]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(cols)] + [line(r) for r in cells])
+
+
+def param_count(tree) -> int:
+    """Number of elements in a pytree of arrays (an nnx.State included)."""
+    import jax
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def xla_flops(compiled) -> float:
+    """FLOPs of one call of an AOT-compiled jax program (XLA's cost analysis; a `lax.scan` body counts once)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per device program
+        cost = cost[0]
+    return float(cost.get("flops", 0.0))
+
+
+def transformers_twin(model, dtype: str = "float32"):
+    """transformers' LlavaForConditionalGeneration holding the same weights as a jaxlava model (exported with
+    `jaxlava.save_pretrained`, read back with `from_pretrained`, as a user would)."""
+    import tempfile
+
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    import jaxlava
+    with tempfile.TemporaryDirectory() as tmp:
+        jaxlava.save_pretrained(model, tmp)
+        return LlavaForConditionalGeneration.from_pretrained(tmp, dtype=getattr(torch, dtype))
+
+
+def decode_roofline(model, batch: int, prompt_len: int, new_tokens: int, bandwidth: float, peak: float) -> dict:
+    """bench/decode.py's roofline of one `generate` call: prefill FLOPs at the matmul ceiling, then each decode
+    step max(bytes / copy bandwidth, FLOPs / matmul ceiling).  {"prefill_s", "decode_s", "weight_bytes"}."""
+    from decode import roofline_seconds  # the one definition, next to the benchmark it was made for
+    return roofline_seconds(model, batch, prompt_len, new_tokens, bandwidth, peak)
+
+
+def load_line() -> str:
+    """'load average a, b, c (N cpus)' for results written by hand into the docs."""
+    a, b, c = os.getloadavg()
+    return f"load average {a:.2f}, {b:.2f}, {c:.2f} ({os.cpu_count()} cpus)"

@@ -1,0 +1,273 @@
+"""Real multi-process runs: two JAX processes over loopback (4 CPU devices each, gloo collectives) driven the way a
+user drives a cluster: `train/*.py` with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+(`jaxlava.distributed.maybe_initialize`), compared with one process holding 8 devices.
+
+Each process of a multi-process job reads its own shard of the records (`jaxlava.data.pipeline._shard`), so a
+one-process run of the same command sees other batches.  The one-process references therefore run the trainer
+through DRIVER, which feeds it the concatenation of the two shards' batches (what the two-process job's global batch
+is, in process order) and is otherwise `train/sft.py` / `train/ppo.py`.
+
+jax 0.10 uses gloo for CPU collectives by default once `jax.distributed` is initialized
+(`jax_cpu_collectives_implementation` = 'gloo'), so nothing else needs setting.
+
+Known failures (xfail, strict: they turn into failures once fixed, so the mark gets removed):
+- per-process bucket widths (`test_process_batches_share_one_width`);
+- the final export of a multi-process SFT run (`test_two_process_sft_exits_cleanly_with_its_model`);
+- a PPO step (`test_two_process_ppo_step_matches_one_process`).
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cli_fixtures import ROOT, cli_env
+from jaxlava.training.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+STEPS, BATCH = 3, 8
+NOT_ADDRESSABLE = "spans non-addressable (non process local) devices"
+
+DRIVER = textwrap.dedent("""
+    # One process, fed the batches a `shards`-process job would see: the concatenation of every shard's rows.
+    import importlib, sys
+    import numpy as np
+    sys.path.insert(0, {root!r})
+    module, name, shards, entry = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    mod = importlib.import_module(module)
+    make = getattr(mod, name)
+
+    class Concat:
+        def __init__(self, its):
+            self.its = its
+        def __iter__(self):
+            return self
+        def __next__(self):
+            parts = [next(i) for i in self.its]
+            return {{k: np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
+                     else [x for p in parts for x in p[k]] for k in parts[0]}}
+        def get_state(self):
+            return [i.get_state() for i in self.its]
+        def set_state(self, states):
+            for i, s in zip(self.its, states):
+                i.set_state(s)
+
+    def as_if_sharded(source, processor, *, batch_size, shard_index=None, shard_count=None, **kw):
+        return Concat([make(source, processor, batch_size=batch_size // shards, shard_index=i, shard_count=shards,
+                            **kw) for i in range(shards)])
+
+    setattr(mod, name, as_if_sharded)
+    importlib.import_module(entry).main(sys.argv[5:])
+""").format(root=ROOT)
+
+
+class KnownFailure(AssertionError):
+    """The failure an xfail mark names (any other failure fails the test)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], logs: str, processes: int = 2, devices: int = 4, timeout: int = 600) -> list[dict]:
+    """Run `python *args` as `processes` JAX processes of one job on this machine; [{returncode, log}] per process."""
+    os.makedirs(logs, exist_ok=True)
+    port = _free_port()
+    procs, files = [], []
+    for i in range(processes):
+        env = cli_env(devices) | {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                                  "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)}
+        files.append(open(os.path.join(logs, f"process{i}.log"), "w+"))
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=files[-1],
+                                      stderr=subprocess.STDOUT))
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    out = []
+    for p, f in zip(procs, files):
+        f.seek(0)
+        out.append({"returncode": p.returncode, "log": f.read()})
+        f.close()
+    return out
+
+
+def run_one(args: list[str], devices: int = 8, timeout: int = 600) -> str:
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=cli_env(devices), capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def tail(runs: list[dict], n: int = 2500) -> str:
+    return "\n".join(f"--- process {i} (exit {r['returncode']}):\n{r['log'][-n:]}" for i, r in enumerate(runs))
+
+
+def batch_widths(world: str, seed: int, steps: int) -> list[list[int]]:
+    """The padded width of each of the first `steps` SFT batches of each of 2 processes (BATCH / 2 rows each)."""
+    from jaxlava.data.pipeline import sft_batches
+    from jaxlava.data.storage import open_source
+    from jaxlava.shapes import open_world
+    assets = open_world(world, build=False, vision_pretrain_steps=0)
+    processor = assets.processor(assets.model_config())
+    source = open_source(world, "conversation", "train")
+    out = []
+    for shard in range(2):
+        it = sft_batches(source, processor, batch_size=BATCH // 2, seed=seed, shard_index=shard, shard_count=2)
+        out.append([next(it)["input_ids"].shape[1] for _ in range(steps)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small world without a conversation test split (its held-out batches would meet the width bug below) and an
+    SFT seed whose first steps give both processes batches of one width."""
+    from jaxlava.shapes.world import preset, write_world
+    path = str(tmp_path_factory.mktemp("mp") / "world")
+    write_world(path, preset("small"), progress=False)
+    shutil.rmtree(os.path.join(path, "conversation", "test"), ignore_errors=True)
+    seed = next((s for s in range(64) if len({w for ws in batch_widths(path, s, STEPS) for w in ws}) == 1), None)
+    assert seed is not None, "no seed in 0..63 gives both processes batches of one width"
+    return {"path": path, "seed": seed}
+
+
+def sft_args(world, out, steps=STEPS):
+    return ["--data", world["path"], "--out", out, "--steps", str(steps), "--batch-size", str(BATCH),
+            "--checkpoint-every", str(STEPS), "--eval-every", "100", "--vision-pretrain-steps", "0",
+            "--seed", str(world["seed"]), "--mesh", "fsdp=8"]
+
+
+@pytest.fixture(scope="module")
+def two_process_sft(world, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sft2")
+    out = str(d / "run")
+    runs = launch([os.path.join(ROOT, "train", "sft.py"), *sft_args(world, out)], str(d / "logs"))
+    return {"out": out, "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def one_process_sft(world, tmp_path_factory):
+    """The same SFT command in one process with 8 devices, fed the two processes' rows."""
+    out = str(tmp_path_factory.mktemp("sft1") / "run")
+    run_one(["-c", DRIVER, "jaxlava.training.run_sft", "sft_batches", "2", "jaxlava.training.run_sft",
+             *sft_args(world, out)])
+    return out
+
+
+def restore_state(run_dir: str, step: int) -> dict:
+    """A checkpoint's train state as numpy (no target: works for a checkpoint of any process count)."""
+    import jax
+    import orbax.checkpoint as ocp
+    path = os.path.join(run_dir, "checkpoints", str(step), "state")
+    ckpt = ocp.PyTreeCheckpointer()
+    meta = ckpt.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    return ckpt.restore(path, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+
+
+def test_two_process_sft_matches_one_process(two_process_sft, one_process_sft):
+    out = two_process_sft["out"]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), tail(two_process_sft["runs"])
+    ref = read_metrics(one_process_sft)
+    for a, b in zip(ref, rows):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
+        assert b["target_tokens"] == a["target_tokens"], a["step"]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    got, want = restore_state(out, STEPS), restore_state(one_process_sft, STEPS)
+    assert int(got["step"]) == int(want["step"]) == STEPS
+    import jax
+    paths = jax.tree_util.tree_flatten_with_path(want["params"])[0]
+    for (path, w), g in zip(paths, jax.tree.leaves(got["params"])):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_two_process_checkpoint_resumes_in_one_process(world, two_process_sft, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(two_process_sft["out"], out, ignore=shutil.ignore_patterns(".lock.*"))
+    assert os.path.isdir(os.path.join(out, "checkpoints", str(STEPS))), tail(two_process_sft["runs"])
+    stdout = run_one([os.path.join(ROOT, "train", "sft.py"), *sft_args(world, out, steps=STEPS + 2)])
+    assert f"resumed from step {STEPS}" in stdout, stdout[-2000:]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 3))
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["loss"] < rows[STEPS - 1]["loss"]  # training went on from the restored state
+    assert os.path.exists(os.path.join(out, "hf", "config.json"))
+
+
+@pytest.mark.xfail(raises=KnownFailure, strict=True, reason=(
+    "process 0 exports the model after training: jaxlava/training/run_sft.py write_outputs -> jaxlava/hf.py "
+    "save_pretrained -> state_dict calls jax.device_get on fsdp-sharded parameters that span the other process's "
+    "devices: RuntimeError 'Fetching value for jax.Array that spans non-addressable (non process local) devices'. "
+    "The checkpoints are complete (the resume test), the llava-hf export is not written"))
+def test_two_process_sft_exits_cleanly_with_its_model(two_process_sft):
+    runs = two_process_sft["runs"]
+    if runs[0]["returncode"] != 0 and NOT_ADDRESSABLE in runs[0]["log"] and "in save_pretrained" in runs[0]["log"]:
+        raise KnownFailure(tail(runs[:1], 600))
+    assert [r["returncode"] for r in runs] == [0, 0], tail(runs)
+    assert os.path.exists(os.path.join(two_process_sft["out"], "hf", "model.safetensors"))
+
+
+@pytest.mark.xfail(raises=KnownFailure, strict=True, reason=(
+    "each process pads its own rows to its own length bucket (CollateSFT in jaxlava/data/pipeline.py), and "
+    "jaxlava.distributed.global_batch builds the global array from each process's local shape; when the buckets "
+    "differ the processes compile different programs and the first collective aborts the job (gloo: 'Received "
+    "data size doesn't match expected size ... Is there a distributed collective mismatch'; seen at step 3 of "
+    "train/sft.py --seed 42 --batch-size 8 on 2 processes)"))
+def test_process_batches_share_one_width(world):
+    widths = batch_widths(world["path"], 42, 8)  # the CLI's default seed
+    if widths[0] != widths[1]:
+        raise KnownFailure(f"process 0 widths {widths[0]}, process 1 widths {widths[1]}")
+
+
+def ppo_args(init: str, rm: str, data: str, out: str) -> list[str]:
+    return ["--data", data, "--init", init, "--policy-adapter", "None", "--reward-adapter", rm, "--out", out,
+            "--rollout-batch-size", "8", "--step-batch-size", "8", "--max-new-tokens", "12", "--rm-seq-len", "512",
+            "--eval-prompts", "0", "--steps", "1", "--mesh", "fsdp=8"]
+
+
+@pytest.mark.xfail(raises=KnownFailure, strict=True, reason=(
+    "the rollout's sampler gathers the prompts to the host: jaxlava/training/rollout.py rollout -> "
+    "jaxlava/generate.py generate -> check_image_tokens (jaxlava/model/llava.py) calls np.asarray(input_ids) on the "
+    "global prompt array, which spans the other process's devices: RuntimeError 'Fetching value for jax.Array that "
+    "spans non-addressable (non process local) devices' (left_pad_to_bucket, the next line, does the same)"))
+def test_two_process_ppo_step_matches_one_process(world, one_process_sft, tmp_path):
+    import jax
+    from jaxlava.hf import from_pretrained
+    from jaxlava.lora import LoraConfig, init_lora
+    from jaxlava.model.heads import init_scalar_head
+    from jaxlava.peft_io import save_reward_model_adapter
+    init = os.path.join(one_process_sft, "hf")
+    model = from_pretrained(init)
+    rm, lcfg = str(tmp_path / "rm"), LoraConfig(r=4, alpha=8)  # an untrained reward model is enough here
+    save_reward_model_adapter(rm, jax.device_get(init_lora(model.config, lcfg, jax.random.key(1))), lcfg,
+                              jax.device_get(init_scalar_head(jax.random.key(2), model.config.text.hidden_size)),
+                              base_model_name_or_path=init)
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    runs = launch([os.path.join(ROOT, "train", "ppo.py"), *ppo_args(init, rm, world["path"], two)],
+                  str(tmp_path / "logs"))
+    failed = [r for r in runs if r["returncode"] != 0]
+    if failed and all(NOT_ADDRESSABLE in r["log"] and "in check_image_tokens" in r["log"] for r in failed):
+        raise KnownFailure(tail(failed[:1], 800))
+    assert not failed, tail(runs)
+    run_one(["-c", DRIVER, "jaxlava.training.run_ppo", "ppo_prompt_batches", "2", "jaxlava.training.run_ppo",
+             *ppo_args(init, rm, world["path"], one)])
+    a, b = read_metrics(one)[-1], read_metrics(two)[-1]
+    for k in ("loss", "score", "kl", "response_length", "value_loss", "policy_loss"):
+        assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+    from safetensors.numpy import load_file
+    wa, wb = (load_file(os.path.join(d, "adapter", "adapter_model.safetensors")) for d in (one, two))
+    for k, v in wa.items():
+        np.testing.assert_allclose(wb[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
