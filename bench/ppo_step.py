@@ -18,15 +18,14 @@ bandwidth, FLOPs / matmul ceiling), for the real prompt length and the number of
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import statistics
 import sys
 import time
+from dataclasses import dataclass, replace
 from typing import Annotated
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -82,7 +81,7 @@ class GenerateProbe:
 
 def run(args) -> dict:
     paths = build_inputs(args.work)
-    cfg = dataclasses.replace(run_ppo.RUN_PRESETS["shapes"], data=paths["world"], init=paths["init"],
+    cfg = replace(run_ppo.RUN_PRESETS["shapes"], data=paths["world"], init=paths["init"],
                               policy_adapter=paths["rlinit"], reward_adapter=paths["rm"],
                               out=os.path.join(args.work, "ppo"), steps=args.steps + 1, eval_prompts=0)
     R, S = cfg.rollout_batch_size, cfg.step_batch_size
@@ -91,7 +90,7 @@ def run(args) -> dict:
     probe = GenerateProbe()
     with sharding.use_mesh(mesh):
         roles = ppo_roles.load_roles(cfg, mesh, lambda path: runs.build_model(
-            dataclasses.replace(cfg, init=path), mesh))
+            replace(cfg, init=path), mesh))
         tx = make_optimizer(cfg.optim, cfg.steps, per_step)
         graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
                             roles.value_lora)
@@ -128,7 +127,7 @@ def run(args) -> dict:
             rows.append(r)
             print(table([r], list(r)), flush=True)
     steady = rows[1:] or rows
-    med = {k: statistics.median(r[k] for r in steady) for k in rows[0] if k != "step"}
+    med = {k: float(np.median([r[k] for r in steady])) for k in rows[0] if k != "step"}
     med.update({f"{p}_share": med[f"{p}_s"] / med["total_s"] for p in PHASES})
     return {"_machine": {**machine(), "copy_bandwidth_Bps": bw, "matmul_flops": peak, "command": " ".join(sys.argv),
                          "load_avg_end": os.getloadavg()},
@@ -138,7 +137,7 @@ def run(args) -> dict:
             "first_step": rows[0], "steps": rows, "median": med}
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclass(kw_only=True)
 class PPOStepArgs:
     """Where the cached inputs live and how many PPO steps to time."""
     out: Annotated[str | None, tyro.conf.arg(metavar="PATH")] = None

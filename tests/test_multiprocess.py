@@ -76,30 +76,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], logs: str, processes: int = 2, devices: int = 4, timeout: int = 600) -> list[dict]:
-    """Run `python *args` as `processes` JAX processes of one job on this machine; [{returncode, log}] per process."""
+def start(args: list[str], logs: str, devices: int, processes: int | None = None) -> list:
+    """Start `python *args`: one plain process (`processes` None) or `processes` JAX processes of one job (a
+    coordinator on a free loopback port).  Returns the handles for `finish`."""
     os.makedirs(logs, exist_ok=True)
-    port = _free_port()
-    procs, files = [], []
-    for i in range(processes):
-        env = cli_env(devices) | {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                                  "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)}
-        files.append(open(os.path.join(logs, f"process{i}.log"), "w+"))
-        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=files[-1],
-                                      stderr=subprocess.STDOUT))
+    port, handles = _free_port(), []
+    for i in range(processes or 1):
+        env = cli_env(devices)
+        if processes:
+            env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
+                    "JAX_PROCESS_ID": str(i)}
+        log = open(os.path.join(logs, f"process{i}.log"), "w+")
+        handles.append((subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT), log))
+    return handles
+
+
+def finish(handles: list, timeout: int = 600) -> list[dict]:
+    """Wait for the processes (killing them all after `timeout` s); [{returncode, log}] per process."""
     try:
-        for p in procs:
+        for p, _ in handles:
             p.wait(timeout=timeout)
     finally:
-        for p in procs:
+        for p, _ in handles:
             if p.poll() is None:
                 p.kill()
                 p.wait()
     out = []
-    for p, f in zip(procs, files):
-        f.seek(0)
-        out.append({"returncode": p.returncode, "log": f.read()})
-        f.close()
+    for p, log in handles:
+        log.seek(0)
+        out.append({"returncode": p.returncode, "log": log.read()})
+        log.close()
     return out
 
 
@@ -149,20 +156,17 @@ def sft_args(world, out, steps=STEPS):
 
 
 @pytest.fixture(scope="module")
-def two_process_sft(world, tmp_path_factory):
-    d = tmp_path_factory.mktemp("sft2")
-    out = str(d / "run")
-    runs = launch([os.path.join(ROOT, "train", "sft.py"), *sft_args(world, out)], str(d / "logs"))
-    return {"out": out, "runs": runs}
-
-
-@pytest.fixture(scope="module")
-def one_process_sft(world, tmp_path_factory):
-    """The same SFT command in one process with 8 devices, fed the two processes' rows."""
-    out = str(tmp_path_factory.mktemp("sft1") / "run")
-    run_one(["-c", DRIVER, "jaxlava.training.run_sft", "sft_batches", "2", "jaxlava.training.run_sft",
-             *sft_args(world, out)])
-    return out
+def sft_runs(world, tmp_path_factory):
+    """The SFT command as a 2-process job (4 devices each) and, at the same time, in one process with 8 devices fed
+    the two processes' rows (the reference)."""
+    d = tmp_path_factory.mktemp("sft")
+    two, one = str(d / "two"), str(d / "one")
+    jobs = [start([os.path.join(ROOT, "train", "sft.py"), *sft_args(world, two)], str(d / "logs2"), 4, 2),
+            start(["-c", DRIVER, "jaxlava.training.run_sft", "sft_batches", "2", "jaxlava.training.run_sft",
+                   *sft_args(world, one)], str(d / "logs1"), 8)]
+    runs, ref = (finish(j) for j in jobs)
+    assert ref[0]["returncode"] == 0, tail(ref)
+    return {"out": two, "runs": runs, "one": one}
 
 
 def restore_state(run_dir: str, step: int) -> dict:
@@ -177,16 +181,16 @@ def restore_state(run_dir: str, step: int) -> dict:
     return ckpt.restore(path, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
 
 
-def test_two_process_sft_matches_one_process(two_process_sft, one_process_sft):
-    out = two_process_sft["out"]
+def test_two_process_sft_matches_one_process(sft_runs):
+    out = sft_runs["out"]
     rows = read_metrics(out)
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), tail(two_process_sft["runs"])
-    ref = read_metrics(one_process_sft)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), tail(sft_runs["runs"])
+    ref = read_metrics(sft_runs["one"])
     for a, b in zip(ref, rows):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
         assert b["target_tokens"] == a["target_tokens"], a["step"]
     assert rows[-1]["loss"] < rows[0]["loss"]
-    got, want = restore_state(out, STEPS), restore_state(one_process_sft, STEPS)
+    got, want = restore_state(out, STEPS), restore_state(sft_runs["one"], STEPS)
     assert int(got["step"]) == int(want["step"]) == STEPS
     import jax
     paths = jax.tree_util.tree_flatten_with_path(want["params"])[0]
@@ -194,10 +198,10 @@ def test_two_process_sft_matches_one_process(two_process_sft, one_process_sft):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_two_process_checkpoint_resumes_in_one_process(world, two_process_sft, tmp_path):
+def test_two_process_checkpoint_resumes_in_one_process(world, sft_runs, tmp_path):
     out = str(tmp_path / "run")
-    shutil.copytree(two_process_sft["out"], out, ignore=shutil.ignore_patterns(".lock.*"))
-    assert os.path.isdir(os.path.join(out, "checkpoints", str(STEPS))), tail(two_process_sft["runs"])
+    shutil.copytree(sft_runs["out"], out, ignore=shutil.ignore_patterns(".lock.*"))
+    assert os.path.isdir(os.path.join(out, "checkpoints", str(STEPS))), tail(sft_runs["runs"])
     stdout = run_one([os.path.join(ROOT, "train", "sft.py"), *sft_args(world, out, steps=STEPS + 2)])
     assert f"resumed from step {STEPS}" in stdout, stdout[-2000:]
     rows = read_metrics(out)
@@ -212,12 +216,12 @@ def test_two_process_checkpoint_resumes_in_one_process(world, two_process_sft, t
     "save_pretrained -> state_dict calls jax.device_get on fsdp-sharded parameters that span the other process's "
     "devices: RuntimeError 'Fetching value for jax.Array that spans non-addressable (non process local) devices'. "
     "The checkpoints are complete (the resume test), the llava-hf export is not written"))
-def test_two_process_sft_exits_cleanly_with_its_model(two_process_sft):
-    runs = two_process_sft["runs"]
+def test_two_process_sft_exits_cleanly_with_its_model(sft_runs):
+    runs = sft_runs["runs"]
     if runs[0]["returncode"] != 0 and NOT_ADDRESSABLE in runs[0]["log"] and "in save_pretrained" in runs[0]["log"]:
         raise KnownFailure(tail(runs[:1], 600))
     assert [r["returncode"] for r in runs] == [0, 0], tail(runs)
-    assert os.path.exists(os.path.join(two_process_sft["out"], "hf", "model.safetensors"))
+    assert os.path.exists(os.path.join(sft_runs["out"], "hf", "model.safetensors"))
 
 
 @pytest.mark.xfail(raises=KnownFailure, strict=True, reason=(
@@ -243,21 +247,21 @@ def ppo_args(init: str, rm: str, data: str, out: str) -> list[str]:
     "jaxlava/generate.py generate -> check_image_tokens (jaxlava/model/llava.py) calls np.asarray(input_ids) on the "
     "global prompt array, which spans the other process's devices: RuntimeError 'Fetching value for jax.Array that "
     "spans non-addressable (non process local) devices' (left_pad_to_bucket, the next line, does the same)"))
-def test_two_process_ppo_step_matches_one_process(world, one_process_sft, tmp_path):
+def test_two_process_ppo_step_matches_one_process(world, sft_runs, tmp_path):
     import jax
     from jaxlava.hf import from_pretrained
     from jaxlava.lora import LoraConfig, init_lora
     from jaxlava.model.heads import init_scalar_head
     from jaxlava.peft_io import save_reward_model_adapter
-    init = os.path.join(one_process_sft, "hf")
+    init = os.path.join(sft_runs["one"], "hf")
     model = from_pretrained(init)
     rm, lcfg = str(tmp_path / "rm"), LoraConfig(r=4, alpha=8)  # an untrained reward model is enough here
     save_reward_model_adapter(rm, jax.device_get(init_lora(model.config, lcfg, jax.random.key(1))), lcfg,
                               jax.device_get(init_scalar_head(jax.random.key(2), model.config.text.hidden_size)),
                               base_model_name_or_path=init)
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
-    runs = launch([os.path.join(ROOT, "train", "ppo.py"), *ppo_args(init, rm, world["path"], two)],
-                  str(tmp_path / "logs"))
+    runs = finish(start([os.path.join(ROOT, "train", "ppo.py"), *ppo_args(init, rm, world["path"], two)],
+                        str(tmp_path / "logs"), 4, 2))
     failed = [r for r in runs if r["returncode"] != 0]
     if failed and all(NOT_ADDRESSABLE in r["log"] and "in check_image_tokens" in r["log"] for r in failed):
         raise KnownFailure(tail(failed[:1], 800))

@@ -48,12 +48,22 @@ def ppo_config(stack, out, *extra):
     return parse(PPOConfig, ppo_args(stack, out, *extra), default=RUN_PRESETS["shapes"])
 
 
-def test_ppo_command_metrics_outputs_and_no_recompiles(stack, tmp_path):
-    out = tmp_path / "ppo"
-    r = subprocess.run([sys.executable, "train/ppo.py", *ppo_args(stack, out, "--steps", "4", "--eval-every", "2")],
+RUN = ("--steps", "4", "--eval-every", "2", "--checkpoint-every", "2")
+
+
+@pytest.fixture(scope="module")
+def command_run(stack, tmp_path_factory):
+    """`python train/ppo.py`, 4 steps, uninterrupted: (its RUN_DIR, its stdout)."""
+    out = tmp_path_factory.mktemp("cmd") / "ppo"
+    r = subprocess.run([sys.executable, "train/ppo.py", *ppo_args(stack, out, *RUN)],
                        cwd=ROOT, env=cli_env(None), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "before PPO (held out)" in r.stdout and "before PPO -> after PPO" in r.stdout
+    return out, r.stdout
+
+
+def test_ppo_command_metrics_outputs_and_no_recompiles(command_run, tmp_path):
+    out, stdout = command_run
+    assert "before PPO (held out)" in stdout and "before PPO -> after PPO" in stdout
     rows = read_metrics(str(out))
     assert [x["step"] for x in rows] == [1, 2, 3, 4]
     wanted = {"score", "stop_penalty", "length_term", "correct_term", "reward_total", "kl", "response_length",
@@ -74,14 +84,12 @@ def test_ppo_command_metrics_outputs_and_no_recompiles(stack, tmp_path):
     assert "merged" in export(str(out), str(tmp_path / "merged"), merge=True)
 
 
-def test_ppo_resume_after_preemption_is_exact(stack, tmp_path):
+def test_ppo_resume_after_preemption_is_exact(stack, command_run, tmp_path):
     from jaxlava.training.run_ppo import run
-    run(ppo_config(stack, tmp_path / "a", "--steps", "4", "--checkpoint-every", "2", "--eval-every", "100"))
-    run(ppo_config(stack, tmp_path / "b", "--steps", "4", "--checkpoint-every", "2", "--eval-every", "100",
-                   "--stop-after", "3"))  # ends after step 3; the last checkpoint is step 2
+    run(ppo_config(stack, tmp_path / "b", *RUN, "--stop-after", "3"))  # ends after step 3; last checkpoint: 2
     assert [x["step"] for x in read_metrics(str(tmp_path / "b"))] == [1, 2, 3]
-    run(ppo_config(stack, tmp_path / "b", "--steps", "4", "--checkpoint-every", "2", "--eval-every", "100"))
-    a, b = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
+    run(ppo_config(stack, tmp_path / "b", *RUN))
+    a, b = read_metrics(str(command_run[0])), read_metrics(str(tmp_path / "b"))
     assert [x["step"] for x in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b):
         for k, v in ra.items():
