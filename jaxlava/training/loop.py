@@ -90,7 +90,7 @@ def count_tokens(batch: dict) -> int:
 def fit(*, run_dir: str, step_fn: StepFn, state: TrainState, frozen, data: Iterator, total_steps: int,
         checkpoint_every: int, config: dict, put: Callable = lambda b: b, max_bad_steps: int = 5,
         hooks: Sequence[Hook] = (), keep: int = 3, tokens: Callable[[dict], int] = count_tokens,
-        stop_after: int | None = None, progress: bool = True):
+        stop_after: int | None = None, progress: bool = True, plot_keys: Sequence[str] | None = None):
     """Run `step_fn` until `total_steps` steps, resuming from RUN_DIR.
 
     The contract (docs/design.md): `step_fn(state, frozen, put(batch)) -> (TrainState, StepOutput)` where
@@ -102,7 +102,7 @@ def fit(*, run_dir: str, step_fn: StepFn, state: TrainState, frozen, data: Itera
 
     Returns (state, last metrics row).  `stop_after` ends the run early after that many steps of this
     process (tests use it to simulate preemption without a kill).  Raises `RunDirBusy` when another process
-    holds RUN_DIR, `NonFiniteError` when the guard trips.
+    holds RUN_DIR, `NonFiniteError` when the guard trips.  `plot_keys`: the panels of metrics.png.
     """
     with run_dir_lock(run_dir):
         ckpt = Checkpointer(run_dir, keep=keep)
@@ -150,7 +150,7 @@ def fit(*, run_dir: str, step_fn: StepFn, state: TrainState, frozen, data: Itera
             bar.close()
             ckpt.close()
             logger.close()
-        plot_metrics(run_dir)
+        plot_metrics(run_dir, *([plot_keys] if plot_keys else []))
         return state, last
 
 

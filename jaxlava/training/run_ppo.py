@@ -28,6 +28,7 @@ from jaxlava.training.metrics import compile_count, format_row
 from jaxlava.training.optim import OptimConfig, make_optimizer, make_schedule, per_run_step
 from jaxlava.training.step import StepOutput, init_state
 
+PLOT_KEYS = ("score", "kl", "response_length", "reward_total", "value_loss", "eval_score", "eval_kl")
 DEFAULT_RLINIT = "runs/rlinit/adapter"
 DEFAULT_RM = "runs/rm/adapter"
 
@@ -239,7 +240,7 @@ def run(cfg: PPOConfig) -> dict:
                           checkpoint_every=cfg.checkpoint_every, config={"stage": "ppo", **runs.as_dict(cfg)},
                           put=put, hooks=[Hook(cfg.eval_every, lambda _, s: {
                               f"eval_{k}": v for k, v in evaluate(s.params).items()})], keep=cfg.keep_checkpoints,
-                          stop_after=cfg.stop_after)
+                          stop_after=cfg.stop_after, plot_keys=PLOT_KEYS)
         after = {k[len("eval_"):]: v for k, v in last.items() if k.startswith("eval_")}
         if distributed.is_main_process():
             write_outputs(cfg, roles, state.params)
