@@ -8,7 +8,7 @@ optimizer update of `ppo.make_update_step` over the policy and the reward/value 
 its KV cache are NOT compiled: the report gives the KV cache's size analytically).
 
     python -m jaxlava.plan --preset llava-13b-336 --stage sft --topology v5p:2x2x4 --batch 32 --seq-len 1280
-    python -m jaxlava.plan --preset llava-7b-224 --stage ppo --topology v5p:2x2x2 --batch 16 --seq-len 1024
+    python -m jaxlava.plan --preset llava-7b-224 --stage ppo --topology v5p:2x2x1 --batch 64 --seq-len 1024
     python -m jaxlava.plan --preset tiny --stage rm --cpu-devices 8 --mesh fsdp=4,tensor=2
 
 TPU topologies need libtpu (`pip install libtpu`) but no TPU: XLA's TPU compiler runs on this CPU host.
@@ -35,7 +35,7 @@ GIB = 1024 ** 3
 HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}
 
 
-__all__ = ["STAGES", "StepSpec", "build_sft", "build_rm", "build_ppo", "model_flops", "plan", "main"]
+__all__ = ["STAGES", "StepSpec", "build_ppo", "build_rm", "build_sft", "main", "model_flops", "plan"]
 # the paper's PPO pairs its 7B policy with the 13B reward model (and value model initialised from it)
 PAPER_REWARD_PRESET = {"llava-7b-224": "llava-13b-336"}
 
@@ -197,9 +197,9 @@ def format_report(r: dict) -> str:
     if r.get("compiler_oom"):
         rows.insert(-1, ("compiler", r["compiler_oom"]))
     if "kv_cache_bytes" in r:
-        rows.insert(-1, ("rollout KV cache (not planned)",
-                         f"{g(r['kv_cache_bytes']).strip()} per chip for {r['rollout_batch']} rollouts (analytic: "
-                         "2 x layers x kv heads x head dim x query+response x rows/chip x dtype bytes)"))
+        kv = (f"{g(r['kv_cache_bytes']).strip()} per chip for {r['rollout_batch']} rollouts (analytic: 2 x layers x "
+              "kv heads x head dim x query+response x rows/chip x dtype bytes)")
+        rows.insert(-1, ("rollout KV cache (not planned)", kv))
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 

@@ -16,7 +16,6 @@ with `nnx.eval_shape`, its trainable state, AdamW state and batch as `jax.ShapeD
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 # the paper's LoRA for the reward model and both PPO adapters (LLaVA-RLHF: r 64, alpha 16)

@@ -48,7 +48,9 @@ class PPOConfig(runs.RunConfig):
     step_batch_size: int = 256  # rollouts per optimizer update (global); microbatches: --optim.grad-accum
     noptepochs: int = 2  # passes over each rollout batch
     max_new_tokens: int = 896  # response slots T (also the length normaliser)
-    max_prompt_len: int = 128  # queries are left padded to this width; longer ones are dropped with their data
+    # queries longer than this, counting the image as one token as the paper does (spec §4.2), are dropped with
+    # their data; the rest are left padded to this width plus the image placeholders
+    max_prompt_len: int = 128
     rm_seq_len: int = 1536  # reward-model inputs are left padded to this width
     temperature: float = 1.0  # sampling temperature of rollouts (also divides the logits of every logprob)
     kl_coef: float = 0.1  # β of the per-token penalty −β·max(log π − log π_ref, 0)
@@ -79,7 +81,6 @@ _PAPER = dict(compute_dtype="bfloat16", remat=True, scan_layers=True, checkpoint
                                                                      max_grad_norm=1.0, grad_accum=2))
 RUN_PRESETS = {
     "shapes": PPOConfig(steps=30, rollout_batch_size=32, step_batch_size=16, max_new_tokens=40, rm_seq_len=512,
-                        max_prompt_len=160,  # the world's multiple-choice queries are ~131 tokens
                         checkpoint_every=10, eval_every=15, eval_prompts=64,
                         optim=OptimConfig(lr=2e-4, schedule="cosine", warmup_steps=3, max_grad_norm=1.0)),
     "llava-7b-224": PPOConfig(preset="llava-7b-224", **_PAPER),  # 7B policy, 13B reward/value (--reward-base)
@@ -157,6 +158,29 @@ def make_ppo_step(cfg: PPOConfig, roles, graphs, scorer, tx, total: int, mesh):
     return step
 
 
+def query_width(cfg: PPOConfig, roles) -> int:
+    """Tokens of a padded query: --max-prompt-len with the image counted once, plus the other placeholders."""
+    return cfg.max_prompt_len + roles.processor.num_image_tokens - 1
+
+
+def check_prompts(source, roles, cfg: PPOConfig, sample: int = 256) -> None:
+    """How many of the first prompts fit --max-prompt-len: none is an error (the pipeline would wait forever for
+    a batch), some is a printed count (they are dropped with their metadata, spec §4.2)."""
+    from jaxlava.data.templates import encode_prompt
+    p, n = roles.processor, min(sample, len(source))
+    width = query_width(cfg, roles)
+    too_long = 0
+    for i in range(n):
+        turns = [t for t in source[i]["conversations"] if t["from"] == "human"][:1]
+        ids = encode_prompt(p.tokenizer, turns, image_token_id=p.image_token_id, num_image_tokens=p.num_image_tokens)
+        too_long += len(ids) > width
+    if too_long == n:
+        raise ValueError(f"none of the first {n} PPO prompts in {cfg.data} fits --max-prompt-len {cfg.max_prompt_len} "
+                         "(the image counted as one token); raise it")
+    if too_long:
+        print(f"{too_long} of the first {n} PPO prompts exceed --max-prompt-len {cfg.max_prompt_len} and are dropped")
+
+
 def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     """`evaluate(params) -> {score, kl, response_length, ...}`: greedy responses to held-out prompts (the
     ppo_prompt test split, else the first train prompts), scored like rollouts."""
@@ -169,8 +193,8 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
         return lambda params: {}
     n = min(cfg.eval_prompts, len(source)) // size
     it = ppo_prompt_batches(source, roles.processor, batch_size=size // jax.process_count(),
-                            shuffle=False, num_epochs=1, buckets=(cfg.max_prompt_len,),
-                            max_prompt_len=cfg.max_prompt_len, reward_processor=_reward_proc(roles))
+                            shuffle=False, num_epochs=1, buckets=(query_width(cfg, roles),),
+                            max_prompt_len=query_width(cfg, roles), reward_processor=_reward_proc(roles))
     batches = [put(b) for _, b in zip(range(n), it)]  # prompts over --max-prompt-len are dropped
     if not batches:
         print(f"held-out evaluation off: no {split} prompt fits --max-prompt-len {cfg.max_prompt_len}")
@@ -220,6 +244,7 @@ def run(cfg: PPOConfig) -> dict:
         roles = ppo_roles.load_roles(cfg, mesh, lambda path: runs.build_model(
             dataclasses.replace(cfg, init=path), mesh, world))
         source = open_source(cfg.data, "ppo_prompt", "train")
+        check_prompts(source, roles, cfg)
         total = cfg.steps or max(1, int(cfg.epochs * len(source) // cfg.rollout_batch_size))
         per_step = cfg.noptepochs * (cfg.rollout_batch_size // cfg.step_batch_size)
         tx = make_optimizer(cfg.optim, total, per_step)
@@ -230,7 +255,8 @@ def run(cfg: PPOConfig) -> dict:
         state = init_state(roles.initial_params(), tx, cfg.seed)
         put = prompt_putter(mesh)
         data = ppo_prompt_batches(source, roles.processor, batch_size=cfg.rollout_batch_size // jax.process_count(),
-                                  seed=cfg.seed, buckets=(cfg.max_prompt_len,), max_prompt_len=cfg.max_prompt_len,
+                                  seed=cfg.seed, buckets=(query_width(cfg, roles),),
+                                  max_prompt_len=query_width(cfg, roles),
                                   num_workers=cfg.num_workers, reward_processor=_reward_proc(roles))
         evaluate = held_out_eval(cfg, roles, scorer, frozen, mesh, put)
         before = evaluate(state.params)
