@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
 from flax import nnx
 
 from jaxlava import distributed, ppo, sharding
@@ -38,6 +39,8 @@ class PPOConfig(runs.RunConfig):
     """PPO with the fact-augmented reward model (spec §4); defaults are the paper's."""
     init: str | None = run_sft.DEFAULT_MODEL  # the policy's base: an SFT model (llava-hf folder)
     out: str = "runs/ppo"
+    steps: int | None = None  # PPO steps (each: one rollout batch and its epochs of updates); default: --epochs
+    batch_size: tyro.conf.Suppress[int] = 0  # unused: PPO's batches are --rollout-batch-size / --step-batch-size
     # the RL-init adapter (PEFT, train/sft.py --lora): the policy starts from it and it is the frozen reference;
     # 'None': both start as the bare base
     policy_adapter: str | None = DEFAULT_RLINIT

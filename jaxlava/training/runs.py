@@ -36,8 +36,8 @@ class RunConfig:
     scan_layers: bool = False
     eval_every: int = 50
     stop_after: int | None = None  # end after this many steps of this process, as a preemption would (rerun to resume)
-    build_missing: bool = False  # build a missing shapes world (or upstream stage) at a path you gave; the
-    # default paths are always built on first use
+    build_missing: bool = False
+    """Build a missing shapes world (or upstream stage) at a path you gave; default paths are built anyway."""
     # shapes preset without --init: steps of the vision tower's stage 0 (jaxlava/shapes/vision.py; 0 = random tower)
     vision_pretrain_steps: int = 3000
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
