@@ -5,7 +5,8 @@
 The inputs are built once and cached in --work (like tests/test_ppo_run.py's `stack`): a small shapes world, a
 3-step SFT model, a 3-step RL-init adapter (LoRA r 4) and a 3-step reward model (LoRA r 4); quality is not the
 point.  The step is `jaxlava.training.run_ppo.make_ppo_step` with the `shapes` run preset (rollout batch 32, step
-batch 16, 2 PPO epochs = 4 updates, 40 response slots, queries padded to 160, reward inputs to 512), one device.
+batch 16, 2 PPO epochs = 4 updates, 40 response slots, queries padded to 191 = --max-prompt-len 128 with the image
+counted once, reward inputs to 512), one device.
 The phases are the rollout's own timers: generate (`jaxlava.generate`, tokens back on the host), score (reference,
 values and reward model in one jitted pass), update (the minibatch updates); host = the rest of the step's wall time
 (decoding the responses, correctness, building the reward-model prompts, device transfers).  The first step
@@ -111,8 +112,9 @@ def run(args) -> dict:
         frozen = run_ppo.frozen_tree(roles)
         state = init_state(roles.initial_params(), tx, cfg.seed)
         put = run_ppo.prompt_putter(mesh)
+        width = run_ppo.query_width(cfg, roles)  # --max-prompt-len with the image counted once, as the run does
         data = ppo_prompt_batches(open_source(cfg.data, "ppo_prompt", "train"), roles.processor, batch_size=R,
-                                  seed=cfg.seed, buckets=(cfg.max_prompt_len,), max_prompt_len=cfg.max_prompt_len,
+                                  seed=cfg.seed, buckets=(width,), max_prompt_len=width,
                                   reward_processor=None if roles.reward_processor is roles.processor
                                   else roles.reward_processor)
         step = run_ppo.make_ppo_step(cfg, roles, graphs, scorer, tx, cfg.steps, mesh)
@@ -153,7 +155,8 @@ def run(args) -> dict:
                          "load_avg_end": os.getloadavg()},
             "config": {"rollout_batch_size": R, "step_batch_size": S, "noptepochs": cfg.noptepochs,
                        "updates_per_step": per_step, "max_new_tokens": cfg.max_new_tokens,
-                       "max_prompt_len": cfg.max_prompt_len, "rm_seq_len": cfg.rm_seq_len, "work": args.work},
+                       "max_prompt_len": cfg.max_prompt_len, "query_width": width, "rm_seq_len": cfg.rm_seq_len,
+                       "work": args.work},
             "first_step": rows[0], "steps": rows, "median": med}
 
 

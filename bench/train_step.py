@@ -61,7 +61,8 @@ def m150_config() -> LlavaConfig:
 CASES = {
     "shapes_sft": ("shapes", "sft", 16, 256, None),  # the shapes SFT preset: batch 16, 256-token bucket
     "shapes_rm": ("shapes", "rm", 8, 256, 64),  # shapes RM preset: 8 pairs, LoRA r 64
-    "shapes_ppo_update": ("shapes", "ppo", 16, (160, 40), 16),  # shapes PPO preset: step batch 16, 160 + 40 slots
+    # the shapes PPO preset: step batch 16, a 191-token query (128 + the image's 64 placeholders - 1) + 40 slots
+    "shapes_ppo_update": ("shapes", "ppo", 16, (191, 40), 16),
     "m150_sft": ("m150", "sft", 2, 512, None),
     "m150_rm": ("m150", "rm", 2, 512, 64),
     "m150_ppo_update": ("m150", "ppo", 2, (384, 128), 64),
