@@ -10,8 +10,9 @@ one.  `fraction` = (FLOPs per step / seconds per step) / the f32 matmul ceiling 
 2048^3 matmul).  `compiles_after_warmup` counts XLA compilations (`compile_count()`) over the timed steps (0 means the
 step never recompiles after its first call).  For the SFT cases the same weights are exported with
 `jaxlava.save_pretrained`, loaded into transformers' `LlavaForConditionalGeneration` (PyTorch, fp32) and trained on the
-same batch: forward + backward + `torch.optim.AdamW` (vision tower frozen, gradient clipping at 1.0, as in jaxlava);
-`torch_ratio` = torch seconds / jaxlava seconds per step.
+same batch: forward + backward + `torch.optim.AdamW` (vision tower frozen, gradient clipping at 1.0, as in jaxlava),
+its steps alternating with jaxlava's; `torch_ratio` = torch seconds / jaxlava seconds per step (medians;
+`torch_ratio_best` from the best steps).
 """
 from __future__ import annotations
 
@@ -137,29 +138,27 @@ def tokens_of(batch: dict) -> int:
     return int(np.asarray(batch["attention_mask"]).sum())
 
 
-def time_jax(step_fn, tx, trainable, frozen, batch, steps: int) -> dict:
-    """Compile (AOT, which also fills the jit cache), read the FLOPs, run once, then time `steps` steps."""
+def jax_runner(step_fn, tx, trainable, frozen, batch):
+    """Compile (AOT, which also fills the jit cache), read the FLOPs, run one warm-up step.  Returns (facts, `one()`:
+    the seconds of one more step, `loss()`: the last step's loss)."""
     state = init_state(trainable, tx)
     batch = jax.tree.map(jnp.asarray, batch)
     step = jax.jit(step_fn, donate_argnums=0)
-    (compiled, compile_s) = timed(lambda: step.lower(state, frozen, batch).compile())
-    flops = xla_flops(compiled)
-    state, out = step(state, frozen, batch)
-    jax.block_until_ready(out.loss)
-    first_loss = float(out.loss)
-    c0, times = compile_count(), []
-    for _ in range(steps):
+    compiled, compile_s = timed(lambda: step.lower(state, frozen, batch).compile())
+    box = list(step(state, frozen, batch))
+    facts = {"flops_per_step": xla_flops(compiled), "compile_s": compile_s, "loss_first": float(box[1].loss)}
+
+    def one() -> float:
         t = time.perf_counter()
-        state, out = step(state, frozen, batch)
-        jax.block_until_ready((state.params, out.loss))
-        times.append(time.perf_counter() - t)
-    return {"seconds_per_step": statistics.median(times), "best_s": min(times), "all_s": times,
-            "flops_per_step": flops, "compile_s": compile_s, "compiles_after_warmup": compile_count() - c0,
-            "loss_first": first_loss, "loss_last": float(out.loss)}
+        box[:] = step(box[0], frozen, batch)
+        jax.block_until_ready((box[0].params, box[1].loss))
+        return time.perf_counter() - t
+    return facts, one, lambda: float(box[1].loss)
 
 
-def time_torch(hf, batch: dict, steps: int) -> dict:
-    """transformers + torch AdamW on the same weights and batch: forward, backward, clip, update."""
+def torch_runner(hf, batch: dict):
+    """transformers + torch AdamW on the same weights and batch (forward, backward, clip, update), one warm-up
+    step.  Returns (facts, `one()`: the seconds of one more step)."""
     import torch
     hf.train()
     for p in hf.model.vision_tower.parameters():
@@ -168,7 +167,7 @@ def time_torch(hf, batch: dict, steps: int) -> dict:
     opt = torch.optim.AdamW(params, lr=OPTIM.lr, betas=(OPTIM.b1, OPTIM.b2), eps=OPTIM.eps, weight_decay=0.0)
     tb = {k: torch.tensor(np.asarray(v)).long() if k != "pixel_values" else torch.tensor(v) for k, v in batch.items()}
 
-    def one() -> float:
+    def step() -> float:
         opt.zero_grad(set_to_none=True)
         loss = hf(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"], pixel_values=tb["pixel_values"],
                   labels=tb["labels"]).loss
@@ -177,10 +176,8 @@ def time_torch(hf, batch: dict, steps: int) -> dict:
         opt.step()
         return float(loss.detach())
 
-    first_loss, warm_s = timed(one)
-    times = [timed(one)[1] for _ in range(steps)]
-    return {"torch_seconds_per_step": statistics.median(times), "torch_best_s": min(times), "torch_all_s": times,
-            "torch_first_step_s": warm_s, "torch_loss_first": first_loss}
+    first_loss, warm_s = timed(step)
+    return {"torch_first_step_s": warm_s, "torch_loss_first": first_loss}, lambda: timed(step)[1]
 
 
 def run_case(name: str, args, peak: float) -> dict:
@@ -195,14 +192,27 @@ def run_case(name: str, args, peak: float) -> dict:
           f"{rows} rows, {r['tokens_per_step']} tokens per step", flush=True)
     # the twin is made first: the jitted step donates (deletes) the arrays the model started with
     hf = transformers_twin(model) if stage == "sft" and not args.no_torch else None
-    r.update(time_jax(step_fn, tx, trainable, frozen, batch, args.steps))
-    r["ceiling_flops_per_s"] = peak
+    facts, jax_one, loss = jax_runner(step_fn, tx, trainable, frozen, batch)
+    r.update(facts)
+    torch_one = None
+    if hf is not None:
+        torch_facts, torch_one = torch_runner(hf, batch)
+        r.update(torch_facts)
+    # jaxlava and torch steps alternate, so that both see the same (shared, drifting) machine load
+    c0, times, torch_times = compile_count(), [], []
+    for _ in range(args.steps):
+        times.append(jax_one())
+        if torch_one is not None:
+            torch_times.append(torch_one())
+    r.update(seconds_per_step=statistics.median(times), best_s=min(times), all_s=times,
+             compiles_after_warmup=compile_count() - c0, loss_last=loss(), ceiling_flops_per_s=peak)
     r["achieved_flops_per_s"] = r["flops_per_step"] / r["seconds_per_step"]
     r["fraction"] = r["achieved_flops_per_s"] / peak
     r["tokens_per_s"] = r["tokens_per_step"] / r["seconds_per_step"]
-    if hf is not None:
-        r.update(time_torch(hf, batch, args.torch_steps or args.steps))
-        r["torch_ratio"] = r["torch_seconds_per_step"] / r["seconds_per_step"]
+    if torch_times:
+        r.update(torch_seconds_per_step=statistics.median(torch_times), torch_best_s=min(torch_times),
+                 torch_all_s=torch_times, torch_ratio=statistics.median(torch_times) / r["seconds_per_step"],
+                 torch_ratio_best=min(torch_times) / min(times))
     return r
 
 
@@ -235,7 +245,7 @@ def main(argv=None):
         rows.append({"case": name, **{k: v for k, v in r.items() if not isinstance(v, (list, dict))}})
         print(table(rows[-1:], [k for k in rows[-1] if k not in ("model", "stage", "scan_layers")]), flush=True)
     cols = ["case", "parameters", "tokens_per_step", "seconds_per_step", "flops_per_step", "fraction", "compile_s",
-            "compiles_after_warmup", "torch_seconds_per_step", "torch_ratio"]
+            "compiles_after_warmup", "torch_seconds_per_step", "torch_ratio", "torch_ratio_best"]
     print("\n" + table(rows, cols))
     results["_machine"]["load_avg_end"] = os.getloadavg()
     results["_machine"]["matmul_flops_end"] = matmul_ceiling()
