@@ -105,9 +105,3 @@ def decode_roofline(model, batch: int, prompt_len: int, new_tokens: int, bandwid
     step max(bytes / copy bandwidth, FLOPs / matmul ceiling).  {"prefill_s", "decode_s", "weight_bytes"}."""
     from decode import roofline_seconds  # the one definition, next to the benchmark it was made for
     return roofline_seconds(model, batch, prompt_len, new_tokens, bandwidth, peak)
-
-
-def load_line() -> str:
-    """'load average a, b, c (N cpus)' for results written by hand into the docs."""
-    a, b, c = os.getloadavg()
-    return f"load average {a:.2f}, {b:.2f}, {c:.2f} ({os.cpu_count()} cpus)"
