@@ -192,7 +192,7 @@ def run_case(name: str, args, peak: float) -> dict:
     print(f"\n== {name}: {r['parameters'] / 1e6:.1f}M parameters ({r['trainable_parameters'] / 1e6:.2f}M trained), "
           f"{rows} rows, {r['tokens_per_step']} tokens per step", flush=True)
     # the twin is made first: the jitted step donates (deletes) the arrays the model started with
-    hf = transformers_twin(model) if stage == "sft" and not args.no_torch else None
+    hf = transformers_twin(model) if stage == "sft" and args.torch else None
     facts, jax_one, loss = jax_runner(step_fn, tx, trainable, frozen, batch)
     r.update(facts)
     torch_one = None
@@ -233,8 +233,8 @@ class TrainStepArgs:
     steps: int = 10
     """timed steps per case, after the compile and one warm-up step (SFT: as many transformers steps, alternating);
     the median is reported"""
-    no_torch: bool = False
-    """skip the transformers comparison"""
+    torch: bool = True
+    """run the transformers comparison for the SFT cases (--no-torch skips it)"""
 
 
 def main(argv=None):

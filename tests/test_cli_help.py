@@ -12,6 +12,9 @@ from cli_fixtures import ROOT, cli_env
 COMMANDS = {
     "train/sft.py": ("--preset", "--init", "--data", "--out", "--steps", "--mesh", "--optim.lr"),
     "train/rm.py": ("--preset", "--init", "--data", "--out", "--steps", "--mesh", "--lora.r"),
+    "train/ppo.py": ("--preset", "--init", "--policy-adapter", "--reward-adapter", "--reward-base", "--data",
+                     "--rollout-batch-size", "--step-batch-size", "--noptepochs", "--max-new-tokens", "--kl-coef",
+                     "--terminal-at-eos", "--mask-pads", "--question-stop", "--mesh", "--optim.lr"),
     "data/convert.py": ("llava", "vqav2", "aokvqa", "aokvqa-ppo", "flickr30k", "preference", "ppo-prompts"),
     "data/convert.py aokvqa": ("--input", "--out", "--image-dir", "--split", "--strict", "--tokenizer",
                                "--max-tokens", "--image-tokens", "--source", "--quiet", "--max-turns", "--variant"),
@@ -25,6 +28,8 @@ COMMANDS = {
                         "--temperature", "--top-p", "--top-k", "--seed", "--dtype", "--chunk"),
     "-m jaxlava.export": ("--run", "--out", "--merge"),
     "bench/decode.py": ("--out", "--models", "--batches", "--new-tokens", "--repeats", "--dtype"),
+    "bench/train_step.py": ("--out", "--cases", "--steps", "--no-torch"),
+    "bench/ppo_step.py": ("--out", "--work", "--steps"),
 }
 
 
