@@ -242,6 +242,7 @@ def ppo_args(init: str, rm: str, data: str, out: str) -> list[str]:
             "--eval-prompts", "0", "--steps", "1", "--mesh", "fsdp=8"]
 
 
+@pytest.mark.long  # a known failure (below): kept out of `make test`'s budget until multi-process PPO works
 @pytest.mark.xfail(raises=KnownFailure, strict=True, reason=(
     "the rollout's sampler gathers the prompts to the host: jaxlava/training/rollout.py rollout -> "
     "jaxlava/generate.py generate -> check_image_tokens (jaxlava/model/llava.py) calls np.asarray(input_ids) on the "

@@ -156,7 +156,7 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_one_ppo_step_is_the_same_on_three_meshes(stack, tmp_path):
-    args = ppo_args(stack, "unused", "--step-batch-size", "8")
+    args = ppo_args(stack, "unused", "--step-batch-size", "8", "--eval-prompts", "0")
     args = args[:args.index("--out")] + args[args.index("--out") + 2:]
     r = subprocess.run([sys.executable, "-c", MESH_SCRIPT.format(root=ROOT), json.dumps(args), str(tmp_path)],
                        cwd=ROOT, env=cli_env(8), capture_output=True, text=True, timeout=1200)

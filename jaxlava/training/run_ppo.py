@@ -71,7 +71,7 @@ class PPOConfig(runs.RunConfig):
     mask_pads: bool = False  # average losses and whiten over response tokens only (paper: all slots, quirk 2)
     question_stop: bool = False  # the paper's rule: a '?' ends the response and costs the no-EOS penalty (quirk 4)
     score_chunk: int | None = None  # rows per scoring pass (the paper: 16 per device); None: all at once
-    eval_prompts: int = 64  # held-out prompts for the before/after comparison (greedy responses)
+    eval_prompts: int = 64  # held-out prompts for the before/after comparison (greedy responses); 0: off
     adapter: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     """A fresh policy adapter's shape, when --policy-adapter None."""
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
@@ -188,6 +188,9 @@ def check_prompts(source, roles, cfg: PPOConfig, sample: int = 256) -> None:
 def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     """`evaluate(params) -> {score, kl, response_length, ...}`: greedy responses to held-out prompts (the
     ppo_prompt test split, else the first train prompts), scored like rollouts."""
+    if cfg.eval_prompts <= 0:
+        print("held-out evaluation off (--eval-prompts 0)")
+        return lambda params: {}
     split = "test" if os.path.isdir(os.path.join(cfg.data, "ppo_prompt", "test")) else "train"
     source = open_source(cfg.data, "ppo_prompt", split)
     shards = ppo_roles.batch_shards(mesh)
