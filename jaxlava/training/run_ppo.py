@@ -96,9 +96,9 @@ def ensure_inputs(cfg: PPOConfig) -> None:
     """On an embedded world with the default paths (or --build-missing), build the SFT model, the RL-init adapter
     and the reward model when missing; any other missing input is an error naming it."""
     run_sft.ensure_sft(cfg)
-    upstream = [("policy_adapter", DEFAULT_RLINIT, run_sft.run, run_sft.LORA_PRESETS, "an RL-init adapter",
+    upstream = [("policy_adapter", DEFAULT_RLINIT, run_sft.run, run_sft.LORA_PRESETS, "RL-init adapter",
                  "train/sft.py --lora, or pass --policy-adapter None"),
-                ("reward_adapter", DEFAULT_RM, run_rm.run, run_rm.RUN_PRESETS, "a reward model", "train/rm.py")]
+                ("reward_adapter", DEFAULT_RM, run_rm.run, run_rm.RUN_PRESETS, "reward model", "train/rm.py")]
     for field, default, train, presets, what, how in upstream:
         path = getattr(cfg, field)
         if not path or os.path.isdir(path):
