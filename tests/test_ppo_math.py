@@ -330,29 +330,21 @@ def test_truncate_after_stop(qids):
         assert lengths.tolist() == [3, 4, 5, 5, 1, 6] and stop.tolist() == [True] * 5 + [False]
 
 
-@pytest.mark.parametrize("text,kind,expected", [
-    (" B. the cat", AnswerType.GENERAL, 0.0),
-    (" B. the cat", AnswerType.B_IN_ABCD, 1.0),
-    (" B. the cat", AnswerType.C_IN_ABCD, 0.0),
-    ("The correct option is C.", AnswerType.C_IN_ABCD, 1.0),
-    ("The correct option is C", AnswerType.C_IN_ABCD, 0.0),
-    ("The correct option is C.", AnswerType.A_IN_ABCD, 0.0),
-    ("\n A. dog", AnswerType.A_IN_ABCD, 1.0),
-    ("a. dog", AnswerType.A_IN_ABCD, 0.0),
-    ("D", AnswerType.D_IN_ABCD, 0.0),
-    ("I think the correct option is D. because", AnswerType.D_IN_ABCD, 1.0),
-    ("", AnswerType.B_IN_ABCD, 0.0),
-    ("No, there is", AnswerType.NO_IN_YESNO, 0.5),
-    ("  No", AnswerType.NO_IN_YESNO, 0.5),
-    ("Nope", AnswerType.NO_IN_YESNO, 0.5),  # literal startswith("No"), as the original
-    ("Yes it is", AnswerType.NO_IN_YESNO, -0.5),
-    ("no", AnswerType.NO_IN_YESNO, 0.0),  # case-sensitive
-    ("yes", AnswerType.NO_IN_YESNO, 0.0),
-    ("", AnswerType.NO_IN_YESNO, 0.0),
-    ("Yes it is", AnswerType.YES_IN_YESNO, 0.0),
-    ("No, there is", AnswerType.YES_IN_YESNO, 0.0),
-    ("", AnswerType.GENERAL, 0.0),
-])
+# golden cases per caption type: (response text, expected c); the NO_IN_YESNO checks are literal and
+# case-sensitive, as the original ("Nope" starts with "No"; "no" does not)
+CORRECTNESS = {
+    AnswerType.GENERAL: [(" B. the cat", 0.0), ("", 0.0)],
+    AnswerType.A_IN_ABCD: [("The correct option is C.", 0.0), ("\n A. dog", 1.0), ("a. dog", 0.0)],
+    AnswerType.B_IN_ABCD: [(" B. the cat", 1.0), ("", 0.0)],
+    AnswerType.C_IN_ABCD: [(" B. the cat", 0.0), ("The correct option is C.", 1.0), ("The correct option is C", 0.0)],
+    AnswerType.D_IN_ABCD: [("D", 0.0), ("I think the correct option is D. because", 1.0)],
+    AnswerType.NO_IN_YESNO: [("No, there is", 0.5), ("  No", 0.5), ("Nope", 0.5), ("Yes it is", -0.5), ("no", 0.0),
+                             ("yes", 0.0), ("", 0.0)],
+    AnswerType.YES_IN_YESNO: [("Yes it is", 0.0), ("No, there is", 0.0)],
+}
+
+
+@pytest.mark.parametrize("text,kind,expected", [(t, k, e) for k, cases in CORRECTNESS.items() for t, e in cases])
 def test_correctness(text, kind, expected):
     assert ppo.correctness(text, kind) == expected
     assert ppo.correctness(text, int(kind)) == expected
