@@ -2,9 +2,11 @@
 step, exact resume, one base model for every role, the same step on three meshes, and clear input errors."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -84,11 +86,23 @@ def test_ppo_command_metrics_outputs_and_no_recompiles(command_run, tmp_path):
     assert "merged" in export(str(out), str(tmp_path / "merged"), merge=True)
 
 
-def test_ppo_resume_after_preemption_is_exact(stack, command_run, tmp_path):
-    from jaxlava.training.run_ppo import run
-    run(ppo_config(stack, tmp_path / "b", *RUN, "--stop-after", "3"))  # ends after step 3; last checkpoint: 2
-    assert [x["step"] for x in read_metrics(str(tmp_path / "b"))] == [1, 2, 3]
-    run(ppo_config(stack, tmp_path / "b", *RUN))
+def test_ppo_kill_after_a_checkpoint_then_restart_is_exact(stack, command_run, tmp_path):
+    """SIGKILL as soon as the step-2 checkpoint is complete (the run has 4 steps), then rerun the same command: the
+    metrics equal the uninterrupted command's."""
+    cmd = [sys.executable, "train/ppo.py", *ppo_args(stack, tmp_path / "b", *RUN)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(None), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    ckpt = tmp_path / "b" / "checkpoints" / "2"
+    deadline = time.time() + 900
+    while not ckpt.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed after its checkpoint"
+    again = subprocess.run(cmd, cwd=ROOT, env=cli_env(None), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [int(line.split()[3]) for line in again.stdout.splitlines() if line.startswith("resumed from step")]
+    assert resumed == [2], again.stdout[-2000:]
     a, b = read_metrics(str(command_run[0])), read_metrics(str(tmp_path / "b"))
     assert [x["step"] for x in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b):
