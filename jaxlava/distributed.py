@@ -106,3 +106,16 @@ def global_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def host_copy(tree):
+    """The pytree with every array that spans other processes' devices gathered whole onto this host (numpy).
+    A collective when any array does: call it on every process, then write from process 0.  Arrays this process
+    holds whole are returned as they are."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x
+    return jax.tree.map(one, tree)

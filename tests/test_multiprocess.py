@@ -12,7 +12,6 @@ jax 0.10 uses gloo for CPU collectives by default once `jax.distributed` is init
 
 Known failures (xfail, strict: they turn into failures once fixed, so the mark gets removed):
 - per-process bucket widths (`test_process_batches_share_one_width`);
-- the final export of a multi-process SFT run (`test_two_process_sft_exits_cleanly_with_its_model`);
 - a PPO step (`test_two_process_ppo_step_matches_one_process`).
 """
 import os
@@ -211,15 +210,9 @@ def test_two_process_checkpoint_resumes_in_one_process(world, sft_runs, tmp_path
     assert os.path.exists(os.path.join(out, "hf", "config.json"))
 
 
-@pytest.mark.xfail(raises=KnownFailure, strict=True, reason=(
-    "process 0 exports the model after training: jaxlava/training/run_sft.py write_outputs -> jaxlava/hf.py "
-    "save_pretrained -> state_dict calls jax.device_get on fsdp-sharded parameters that span the other process's "
-    "devices: RuntimeError 'Fetching value for jax.Array that spans non-addressable (non process local) devices'. "
-    "The checkpoints are complete (the resume test), the llava-hf export is not written"))
 def test_two_process_sft_exits_cleanly_with_its_model(sft_runs):
+    """Every process gathers the sharded parameters (`distributed.host_copy`), then process 0 writes the model."""
     runs = sft_runs["runs"]
-    if runs[0]["returncode"] != 0 and NOT_ADDRESSABLE in runs[0]["log"] and "in save_pretrained" in runs[0]["log"]:
-        raise KnownFailure(tail(runs[:1], 600))
     assert [r["returncode"] for r in runs] == [0, 0], tail(runs)
     assert os.path.exists(os.path.join(sft_runs["out"], "hf", "model.safetensors"))
 

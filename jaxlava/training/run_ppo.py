@@ -275,8 +275,9 @@ def run(cfg: PPOConfig) -> dict:
                               f"eval_{k}": v for k, v in evaluate(s.params).items()})], keep=cfg.keep_checkpoints,
                           stop_after=cfg.stop_after, plot_keys=PLOT_KEYS)
         after = {k[len("eval_"):]: v for k, v in last.items() if k.startswith("eval_")}
+        params = distributed.host_copy(state.params)  # a collective; process 0 writes
         if distributed.is_main_process():
-            write_outputs(cfg, roles, state.params)
+            write_outputs(cfg, roles, params)
     print_comparison(before, after)
     return {"before": before, "after": after, "last": last}
 

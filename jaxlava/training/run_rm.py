@@ -86,9 +86,9 @@ def run(cfg: RMConfig) -> dict:
                           checkpoint_every=cfg.checkpoint_every, config={"stage": "rm", **runs.as_dict(cfg)},
                           put=put, hooks=[Hook(cfg.eval_every, lambda _, s: evaluate(s))],
                           keep=cfg.keep_checkpoints, stop_after=cfg.stop_after)
+        params = jax.device_get(distributed.host_copy(state.params))  # a collective; process 0 writes
         if distributed.is_main_process():
-            save_reward_model_adapter(os.path.join(cfg.out, "adapter"), jax.device_get(state.params["lora"]),
-                                      cfg.lora, jax.device_get(state.params["head"]),
+            save_reward_model_adapter(os.path.join(cfg.out, "adapter"), params["lora"], cfg.lora, params["head"],
                                       base_model_name_or_path=cfg.init)
     print("final: " + format_row(last))
     return last

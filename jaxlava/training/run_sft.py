@@ -137,8 +137,10 @@ def run(cfg: SFTConfig) -> dict:
                           config={"stage": "rlinit" if cfg.lora else "sft", **runs.as_dict(cfg)},
                           put=put, hooks=[Hook(cfg.eval_every, lambda _, s: evaluate(s))],
                           keep=cfg.keep_checkpoints, stop_after=cfg.stop_after)
+        params = distributed.host_copy(state.params)  # every process takes part; process 0 writes
+        frozen_whole = distributed.host_copy(frozen) if not cfg.lora else None
         if distributed.is_main_process():
-            write_outputs(cfg, nnx.merge(graphdef, state.params, frozen) if not cfg.lora else None, state.params,
+            write_outputs(cfg, nnx.merge(graphdef, params, frozen_whole) if not cfg.lora else None, params,
                           processor)
     print("final: " + format_row(last))
     out = os.path.join(cfg.out, "adapter" if cfg.lora else "hf")
