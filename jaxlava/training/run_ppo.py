@@ -126,11 +126,16 @@ def prompt_putter(mesh):
     return put
 
 
+def updates_per_step(cfg: PPOConfig) -> int:
+    """Optimizer updates in one PPO step: `noptepochs` passes of rollout/step-batch minibatches."""
+    return cfg.noptepochs * (cfg.rollout_batch_size // cfg.step_batch_size)
+
+
 def make_ppo_step(cfg: PPOConfig, roles, graphs, scorer, tx, total: int, mesh):
     """`step(state, frozen, batch) -> (TrainState, StepOutput)`: one rollout, then `noptepochs` shuffled passes of
     minibatch updates (one optimizer update each).  Everything random is a function of (seed, PPO step)."""
     R, S = cfg.rollout_batch_size, cfg.step_batch_size
-    per_step = cfg.noptepochs * (R // S)
+    per_step = updates_per_step(cfg)
     loss_cfg = ppo.LossConfig(cfg.clip, cfg.value_clip, cfg.vf_coef, cfg.temperature, cfg.mask_pads)
     schedule = per_run_step(make_schedule(cfg.optim, total), per_step)
     update = jax.jit(ppo.make_update_step(graphs, loss_cfg, tx, cfg.optim.grad_accum, schedule), donate_argnums=0)
@@ -253,8 +258,7 @@ def run(cfg: PPOConfig) -> dict:
         source = open_source(cfg.data, "ppo_prompt", "train")
         check_prompts(source, roles, cfg)
         total = cfg.steps or max(1, int(cfg.epochs * len(source) // cfg.rollout_batch_size))
-        per_step = cfg.noptepochs * (cfg.rollout_batch_size // cfg.step_batch_size)
-        tx = make_optimizer(cfg.optim, total, per_step)
+        tx = make_optimizer(cfg.optim, total, updates_per_step(cfg))
         graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
                             roles.value_lora)
         scorer = rollout.make_scorer(roles, graphs, rollout_config(cfg))
