@@ -35,7 +35,7 @@ from flax import nnx  # noqa: E402
 
 from common import copy_bandwidth, decode_roofline, machine, matmul_ceiling, param_count, table, \
     write_json  # noqa: E402
-from jaxlava import ppo, sharding  # noqa: E402
+from jaxlava import distributed, ppo, sharding  # noqa: E402
 from jaxlava.data.pipeline import ppo_prompt_batches  # noqa: E402
 from jaxlava.data.storage import open_source  # noqa: E402
 from jaxlava.training import ppo_roles, rollout, run_ppo, runs  # noqa: E402
@@ -76,7 +76,7 @@ class GenerateProbe:
         rollout.generate = self
 
     def __call__(self, model, input_ids, pixel_values, attention_mask, **kw):
-        self.prompt_len = int(rollout.host_rows(attention_mask).sum(axis=1).max())
+        self.prompt_len = int(distributed.local_rows(attention_mask).sum(axis=1).max())
         self.last = self.inner(model, input_ids, pixel_values, attention_mask, **kw)
         # the updates donate the policy adapter the call read: keep a copy for the replay (a few small arrays)
         self.call = ((model, input_ids, pixel_values, attention_mask), kw | {"lora": jax.tree.map(

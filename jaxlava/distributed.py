@@ -1,4 +1,5 @@
-"""Multi-host JAX: cluster detection, `jax.distributed.initialize`, and process-local batches -> global arrays.
+"""Multi-host JAX: cluster detection, `jax.distributed.initialize`, process-local batches -> global arrays (at one
+width every process agrees on), and the way back for host work (`local_rows`, `all_process_rows`, `host_copy`).
 
 Every process runs the same program (SPMD).  `maybe_initialize()` must be called before anything touches a
 device.  It initializes the distributed runtime when several processes are present:
@@ -14,6 +15,7 @@ With one process it does nothing.  See docs/distributed.md for launch recipes.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Mapping
@@ -88,12 +90,38 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def global_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
+def max_over_processes(value: int) -> int:
+    """The largest of every process's `value`.  A collective when there are several processes (call it on every
+    process, in the same order); one process gets its own value back."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def all_process_rows(tree):
+    """Host (numpy) arrays of this process's rows -> every process's rows, concatenated in process order (the global
+    batch's rows, for statistics over the whole batch).  A collective when there are several processes; one
+    process gets its own arrays back."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def global_batch(local_batch: Mapping[str, Any], mesh: Mesh, padding=None) -> dict[str, Any]:
     """This process's rows (numpy, batch-major) -> global jax arrays with dim 0 sharded on (data, fsdp).
 
     Every process passes the same keys with the same per-process row count; the global batch is their
     concatenation in process order.  Values that are not numeric numpy arrays (host-side lists such as
-    PPO `facts`) are returned unchanged."""
+    PPO `facts`) are returned unchanged.
+
+    `padding` (a `jaxlava.data.pipeline.Padding`): the processes may have padded their rows to different widths
+    (each to its own length bucket); they agree on the widest (a collective) and widen their rows to it, so that
+    every process builds arrays of one global shape (and compiles the same programs).  One process keeps its
+    batch as it is."""
+    if padding is not None and jax.process_count() > 1:
+        local_batch = padding.widen(dict(local_batch), max_over_processes(padding.width(local_batch)))
     out: dict[str, Any] = {}
     for key, value in local_batch.items():
         if isinstance(value, np.ndarray) and value.dtype != object:
@@ -106,6 +134,27 @@ def global_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _reshard(sharding):
+    return jax.jit(lambda x: x, out_shardings=sharding)
+
+
+def local_rows(x, mesh: Mesh | None = None) -> np.ndarray:
+    """This process's rows of a global array whose dim 0 is the batch (the rows `global_batch` took from this
+    process), as numpy: host work on a global batch goes through this.  An array this process holds whole (one
+    process, numpy) is returned whole.  Other layouts are first resharded to the batch layout on `mesh` (default:
+    the array's own mesh), a collective: call it on every process."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    target = batch_sharding(mesh if mesh is not None else x.sharding.mesh, x.ndim)
+    if not x.sharding.is_equivalent_to(target, x.ndim):
+        x = _reshard(target)(x)
+    blocks: dict[int, Any] = {}
+    for shard in x.addressable_shards:  # devices that replicate a block (other mesh axes) hold the same rows
+        blocks.setdefault(shard.index[0].start or 0, shard.data)
+    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
 
 
 def host_copy(tree):

@@ -16,10 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
+from jaxlava import distributed
 from jaxlava.data.buckets import bucket_length
 from jaxlava.model import check_image_tokens, positions_from_mask
-from jaxlava.sharding import constrain
+from jaxlava.sharding import batch_sharding, constrain
 
 CACHE_AXES = ("batch", "kv_heads", "seq", "head_dim")  # one layer of the per-layer cache
 
@@ -209,6 +211,28 @@ def left_pad_to_bucket(input_ids, attention_mask, pad_token_id: int, bucket: Cal
     return out_ids, out_mask
 
 
+def _is_global_batch(x) -> bool:
+    """Whether `x` is a batch laid out by `jaxlava.distributed.global_batch` (dim 0 on the mesh's batch axes), or
+    any array spanning other processes' devices."""
+    if not isinstance(x, jax.Array) or not isinstance(x.sharding, NamedSharding):
+        return False
+    return not x.is_fully_addressable or x.sharding.is_equivalent_to(batch_sharding(x.sharding.mesh, x.ndim), x.ndim)
+
+
+def pack_prompts(input_ids, attention_mask, pad_token_id: int):
+    """Prompts -> left-packed device (ids, mask) at a bucketed width.  Host arrays are packed whole.  A global batch
+    (`_is_global_batch`; on several processes it spans other hosts' devices) is packed on each process from its own
+    rows, at the bucket the widest process needs (a collective), and goes back to the batch layout: every process
+    compiles the same programs, and one process packs exactly as the whole batch would be."""
+    if not _is_global_batch(input_ids):
+        ids, mask = left_pad_to_bucket(input_ids, attention_mask, pad_token_id)
+        return jnp.asarray(ids), jnp.asarray(mask)
+    mesh = input_ids.sharding.mesh
+    rows = [None if x is None else distributed.local_rows(x, mesh) for x in (input_ids, attention_mask)]
+    packed = left_pad_to_bucket(*rows, pad_token_id, bucket=lambda n: distributed.max_over_processes(bucket_length(n)))
+    return tuple(jax.make_array_from_process_local_data(batch_sharding(mesh, 2), x) for x in packed)
+
+
 def generate(model, input_ids, pixel_values, attention_mask, *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, eos_token_id: int | None, pad_token_id: int,
              stop_token_ids=(), rng=None, return_logprobs: bool = False, lora=None,
@@ -216,7 +240,8 @@ def generate(model, input_ids, pixel_values, attention_mask, *, max_new_tokens: 
     """Sample up to `max_new_tokens` tokens after each prompt row.
 
     input_ids/attention_mask [B,T] (any padding; rows are re-packed to left padding at a bucketed
-    length), pixel_values [B,3,H,W] or None.  temperature 0 = greedy; top_k 0 = off; top_p 1 = off.
+    length; host arrays, or a global batch, see `pack_prompts`), pixel_values [B,3,H,W] or None.
+    temperature 0 = greedy; top_k 0 = off; top_p 1 = off.
     A row stops at eos_token_id or any of stop_token_ids; its stop token is kept, then pad_token_id.
     `stream(tokens[B,n], done[B])`, if given, is called with each new chunk of tokens (host numpy).
     """
@@ -225,7 +250,7 @@ def generate(model, input_ids, pixel_values, attention_mask, *, max_new_tokens: 
     if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
     check_image_tokens(input_ids, model.config)
-    ids, mask = left_pad_to_bucket(input_ids, attention_mask, pad_token_id)
+    ids, mask = pack_prompts(input_ids, attention_mask, pad_token_id)
     B, T = ids.shape
     stops = [s for s in ([eos_token_id] if eos_token_id is not None else []) + list(stop_token_ids)]
     stop_ids = jnp.asarray(stops or [-1], jnp.int32)
@@ -238,8 +263,8 @@ def generate(model, input_ids, pixel_values, attention_mask, *, max_new_tokens: 
     layers = _split(graphdef, state, lora)
     sc = dict(temperature=jnp.float32(max(temperature, 1e-6)), top_p=jnp.float32(top_p),
               pad_id=jnp.int32(pad_token_id), stop_ids=stop_ids, lora=lora)
-    pixels = None if pixel_values is None else jnp.asarray(pixel_values)
-    carry = _prefill(graphdef, state, layers, jnp.asarray(ids), pixels, jnp.asarray(mask), rng, **sc,
+    pixels = pixel_values if pixel_values is None or isinstance(pixel_values, jax.Array) else jnp.asarray(pixel_values)
+    carry = _prefill(graphdef, state, layers, ids, pixels, mask, rng, **sc,
                      max_new_tokens=max_new_tokens, params=params)
     if stream is None:
         carry = _decode(graphdef, state, layers, carry, **sc, max_new_tokens=max_new_tokens, params=params,

@@ -52,16 +52,17 @@ def tiny() -> LlavaConfig:
                        vision_feature_layer=-2, vision_feature_select_strategy="default")
 
 
-def shapes_config(vocab_size: int = 2048, image_token_index: int | None = None) -> LlavaConfig:
-    """The shapes-world model: CLIP 2 x 64 at 64 px / patch 8 (64 image tokens), LLaMA 4 x 128 (4 heads,
-    2 KV heads, MLP 256), mlp2x_gelu projector.  `image_token_index` defaults to the last id of the vocabulary."""
+def shapes_config(vocab_size: int = 2048, image_token_index: int | None = None, patch_size: int = 8) -> LlavaConfig:
+    """The shapes-world model: CLIP 2 x 64 at 64 px / patch 8 (64 image tokens; a grid world's cell size sets the
+    patch instead), LLaMA 4 x 128 (4 heads, 2 KV heads, MLP 256), mlp2x_gelu projector.  `image_token_index`
+    defaults to the last id of the vocabulary."""
     if image_token_index is None:
         image_token_index = vocab_size - 1
     if not 0 <= image_token_index < vocab_size:
         raise ValueError(f"shapes_config: image_token_index {image_token_index} is outside the vocabulary "
                          f"of {vocab_size} ids")
     vision = VisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                          image_size=64, patch_size=8, projection_dim=64)
+                          image_size=64, patch_size=patch_size, projection_dim=64)
     text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     return LlavaConfig(vision=vision, text=text, image_token_index=image_token_index, projector_type="mlp2x_gelu",

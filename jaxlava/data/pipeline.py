@@ -6,6 +6,7 @@ prompt) comes from grain's per-record RNG, so a restored iterator repeats the sa
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Sequence
 
@@ -22,6 +23,31 @@ def _pixels(processor, image: bytes) -> np.ndarray:
         return processor.image_prep(image)
     c = processor.image_prep.crop
     return np.zeros((3, c, c), np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Padding:
+    """How one kind of batch pads its token entries along their last axis: the side and each entry's fill value.
+    `widen` pads a collated batch further, as collating it at that width would have; the processes of a
+    multi-process job widen their rows to the width they agree on (`jaxlava.distributed.global_batch`)."""
+    side: str  # "right" or "left"
+    fill: tuple[tuple[str, int], ...]  # (entry, pad value)
+
+    def width(self, batch: dict) -> int:
+        return max(batch[k].shape[-1] for k, _ in self.fill if k in batch)
+
+    def widen(self, batch: dict, width: int) -> dict:
+        out = dict(batch)
+        for key, value in self.fill:
+            x = batch.get(key)
+            if x is None or x.shape[-1] == width:
+                continue
+            extra = width - x.shape[-1]
+            if extra < 0:
+                raise ValueError(f"batch entry {key!r} is {x.shape[-1]} wide, more than the width {width} asked for")
+            edge = (0, extra) if self.side == "right" else (extra, 0)
+            out[key] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [edge], constant_values=value)
+        return out
 
 
 def _pad(seqs: list[np.ndarray], T: int, pad_id: int, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +225,21 @@ def _pipeline(source, encode, collate, *, batch_size, seed, shuffle, num_epochs,
 def _pad_id(processor) -> int:
     t = processor.tokenizer
     return int(t.pad_token_id if t.pad_token_id is not None else 0)
+
+
+def sft_padding(processor) -> Padding:
+    """How `sft_batches` pads (right: pad id, mask 0, labels ignored)."""
+    return Padding("right", (("input_ids", _pad_id(processor)), ("attention_mask", 0), ("labels", IGNORE_INDEX)))
+
+
+def preference_padding(processor) -> Padding:
+    """How `preference_batches` pads (left: pad id, mask 0)."""
+    return Padding("left", (("input_ids", _pad_id(processor)), ("attention_mask", 0)))
+
+
+def ppo_prompt_padding(processor) -> Padding:
+    """How `ppo_prompt_batches` pads (left: pad id, mask 0)."""
+    return Padding("left", (("input_ids", _pad_id(processor)), ("attention_mask", 0)))
 
 
 def sft_batches(source, processor, *, batch_size: int, template: str = "v1", buckets=DEFAULT_BUCKETS,

@@ -44,7 +44,7 @@ import time
 from jaxlava.eval import mmhal, pope
 from jaxlava.eval.runner import Defaults, EvalConfig, EvalError
 from jaxlava.shapes.scene import COLOURS, SHAPES
-from jaxlava.shapes.text import DESCRIBE_QUESTIONS
+from jaxlava.shapes.text import DESCRIBE_QUESTIONS, caption_objects
 
 DEFAULTS = Defaults(temperature=0.0, max_new_tokens=96, pad_to_square=True)  # greedy; 96 > the longest description
 JUDGEMENTS = "judgements.jsonl"
@@ -163,6 +163,17 @@ def ground_truth(record: dict) -> list[str]:
     if bad:
         raise EvalError(f"probe {record.get('id')}: unknown objects {bad} in extra.image_content")
     return cats
+
+
+def prompt_judgement(conversations: list[dict], answer: str, facts: list[str]) -> Judgement | None:
+    """The judgement of an answer to a world prompt (a ppo_prompt record's turns and facts) when its question is
+    one of the world's describe questions; the ground truth is the objects its facts list (the world's
+    captions, `jaxlava.shapes.text.caption_objects`).  None for any other prompt."""
+    human = next((t["value"] for t in conversations if t["from"] == "human"), "")
+    if human.replace("<image>", "").strip() not in DESCRIBE_KINDS:
+        return None
+    present = caption_objects(facts)
+    return None if present is None else judge(parse_mentions(answer), present)
 
 
 def load_probes(data: str) -> list[dict]:

@@ -39,15 +39,31 @@ class Projector(nnx.Module):
         return x
 
 
+def _held_rows(input_ids) -> list[tuple[int, np.ndarray]]:
+    """(first row, rows) blocks of the ids this process holds whole: all of a host or fully addressable array; of
+    a global array spanning other processes (a multi-process batch), its distinct addressable shards that hold
+    whole rows (the other processes check the rest)."""
+    if not isinstance(input_ids, jax.Array) or input_ids.is_fully_addressable:
+        return [(0, np.asarray(input_ids))]
+    width = input_ids.shape[-1]
+    blocks = {}
+    for shard in input_ids.addressable_shards:
+        last = shard.index[-1]
+        if (last.start or 0) == 0 and last.stop in (None, width):
+            blocks.setdefault(shard.index[0].start or 0, shard.data)
+    return [(start, np.asarray(data)) for start, data in sorted(blocks.items())]
+
+
 def check_image_tokens(input_ids, config: LlavaConfig) -> None:
-    """Host-side check: each row holds 0 or exactly `num_image_tokens` placeholders."""
-    ids = np.asarray(input_ids)
-    counts = (ids == config.image_token_index).sum(axis=-1)
+    """Host-side check: each row holds 0 or exactly `num_image_tokens` placeholders (on several processes, each
+    checks its own rows)."""
     n = config.num_image_tokens
-    for row, c in enumerate(counts.reshape(-1)):
-        if c not in (0, n):
-            raise ValueError(f"row {row} holds {int(c)} image placeholder tokens (id {config.image_token_index}) "
-                             f"but an image gives {n} features")
+    for first, ids in _held_rows(input_ids):
+        counts = (ids == config.image_token_index).sum(axis=-1)
+        for row, c in enumerate(counts.reshape(-1), start=first):
+            if c not in (0, n):
+                raise ValueError(f"row {row} holds {int(c)} image placeholder tokens (id {config.image_token_index}) "
+                                 f"but an image gives {n} features")
 
 
 def merge_image_features(tok_embeds, input_ids, features, image_token_index: int):

@@ -27,8 +27,9 @@ class WorldAssets:
 
     def model_config(self, **runtime):
         """The shapes model (`jaxlava.presets.shapes_config`) sized to the world's tokenizer."""
-        tok = self.tokenizer
-        return shapes_config(len(tok), tok.convert_tokens_to_ids("<image>")).replace(**runtime)
+        from jaxlava.shapes.world import ShapesConfig, load_world_info
+        tok, world = self.tokenizer, ShapesConfig.from_dict(load_world_info(self.data_dir)["config"])
+        return shapes_config(len(tok), tok.convert_tokens_to_ids("<image>"), world.cell or 8).replace(**runtime)
 
     def processor(self, model_config):
         """The world's tokenizer with CLIP-style image preprocessing (pad to square) at the model's resolution."""

@@ -27,6 +27,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 # radius as a fraction of the image side, per size; and the minimum gap between objects (fraction of the side)
 RADIUS = {"small": 0.085, "large": 0.14}
 GAP = 0.03
+# the grid layout (`cell` > 0): one object per cell of `cell` pixels, radius as a fraction of the cell
+CELL_RADIUS = {"small": 0.3, "large": 0.45}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,15 +158,30 @@ def place(sizes: list[str], image_size: int, rng: np.random.Generator, tries: in
                        "use a larger image_size or fewer max_objects")
 
 
+def place_in_grid(n: int, image_size: int, cell: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Centres of `n` distinct cells of a grid of `cell`-pixel cells (one object per cell: with the vision
+    tower's patch equal to the cell, each object is exactly one image token)."""
+    g = image_size // cell
+    if n > g * g:
+        raise RuntimeError(f"shapes world: cannot place {n} objects in a {g} x {g} grid; use fewer max_objects")
+    picks = rng.choice(g * g, size=n, replace=False)
+    return [(float((p % g) * cell + cell / 2), float((p // g) * cell + cell / 2)) for p in picks]
+
+
+def radius(size: str, image_size: int, cell: int = 0) -> float:
+    return CELL_RADIUS[size] * cell if cell else RADIUS[size] * image_size
+
+
 def sample_scene(spec: WorldSpec, rng: np.random.Generator, *, image_size: int, n_objects: int,
-                 cooccur_prob: float, backgrounds: tuple[str, ...]) -> Scene:
+                 cooccur_prob: float, backgrounds: tuple[str, ...], cell: int = 0) -> Scene:
+    """A scene of `n_objects`; placed freely (`cell` 0) or one per cell of a `cell`-pixel grid."""
     cats = sample_categories(spec, n_objects, cooccur_prob, rng)
     sizes = [SIZES[i] for i in rng.integers(0, len(SIZES), size=len(cats))]
-    centres = place(sizes, image_size, rng)
+    centres = place_in_grid(len(sizes), image_size, cell, rng) if cell else place(sizes, image_size, rng)
     objs = []
     for cat, size, (x, y) in zip(cats, sizes, centres):
         colour, shape = cat.split(" ")
-        objs.append(Obj(shape, colour, size, x, y, RADIUS[size] * image_size))
+        objs.append(Obj(shape, colour, size, x, y, radius(size, image_size, cell)))
     order = rng.permutation(len(objs))  # do not leak the pair structure through the object order
     bg = backgrounds[int(rng.integers(len(backgrounds)))]
     return Scene(tuple(objs[i] for i in order), bg, image_size)

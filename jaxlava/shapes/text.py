@@ -89,6 +89,19 @@ def captions(scene: Scene) -> list[str]:
     ]
 
 
+_VISIBLE = ("Only this object is visible: ", "Only these objects are visible: ")
+
+
+def caption_objects(facts: list[str]) -> list[str] | None:
+    """The image's object categories, one per object, read back from its `captions` (the "Only ... visible:"
+    one); None when no fact has that form (facts that are not this world's captions)."""
+    for fact in facts or ():
+        for head in _VISIBLE:
+            if fact.startswith(head) and fact.endswith("."):
+                return [c.strip() for c in fact[len(head):-1].split(",")]
+    return None
+
+
 # ----------------------------------------------------------------------------------------------- descriptions
 @dataclasses.dataclass(frozen=True)
 class Description:

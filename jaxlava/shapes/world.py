@@ -35,6 +35,8 @@ class ShapesConfig:
     seed: int = 0
     image_size: int = 64
     texture: str = "gradient"  # plain | gradient
+    cell: int = 0  # 0: objects placed freely (patch 8); > 0: one object per cell of this many pixels, and the
+    #               shapes model's vision patch equals the cell, so each object is one image token
     colours: tuple[str, ...] = tuple(COLOURS)
     shapes: tuple[str, ...] = SHAPES
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
@@ -77,6 +79,12 @@ class ShapesConfig:
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(f"ShapesConfig: need 1 <= min_objects <= max_objects, got {self.min_objects}, "
                              f"{self.max_objects}")
+        if self.cell and (self.cell < 8 or self.image_size % self.cell):
+            raise ValueError(f"ShapesConfig.cell must be 0 or a divisor of image_size ({self.image_size}) of at "
+                             f"least 8 pixels, got {self.cell}")
+        if self.cell and self.max_objects > (self.image_size // self.cell) ** 2:
+            raise ValueError(f"ShapesConfig: {self.max_objects} objects do not fit a grid of "
+                             f"{(self.image_size // self.cell) ** 2} cells")
         if self.max_objects < 3:
             raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
         for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "ppo_test_frac",
@@ -157,7 +165,7 @@ class _Builder:
         cfg = self.cfg
         n = int(rng.integers(max(lo or 1, cfg.min_objects), cfg.max_objects + 1))
         s = sample_scene(self.spec, rng, image_size=cfg.image_size, n_objects=n, cooccur_prob=cfg.cooccur_prob,
-                         backgrounds=cfg.backgrounds)
+                         backgrounds=cfg.backgrounds, cell=cfg.cell)
         self.progress(1)
         return s, encode_png(render(s, cfg.texture))
 

@@ -40,13 +40,15 @@ def parse(cls: type[T], argv: list[str] | None = None, description: str | None =
     return tyro.cli(cls, args=normalize_argv(argv), description=description, default=default)
 
 
-def preset_default(argv: list[str], presets: dict):
-    name = "shapes"
+def preset_default(argv: list[str], presets: dict, flag: str = "--preset", fallback: str = "shapes"):
+    """The default config of the preset that `flag NAME` (or `flag=NAME`) names in `argv` (`fallback` without it);
+    the other flags then override its fields."""
+    name = fallback
     for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
+        if a == flag and i + 1 < len(argv):
             name = argv[i + 1]
-        elif a.startswith("--preset="):
+        elif a.startswith(flag + "="):
             name = a.split("=", 1)[1]
     if name not in presets:
-        raise SystemExit(f"unknown --preset {name!r}; presets: {', '.join(presets)}")
+        raise SystemExit(f"unknown {flag} {name!r}; choose from {', '.join(presets)}")
     return presets[name]

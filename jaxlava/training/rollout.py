@@ -1,7 +1,8 @@
 """One PPO rollout: sample responses, score them (reward, reference, values), shape rewards and advantages.
 
 Host work (decoding, the symbolic correctness check, building each reward-model prompt with its facts shuffled)
-sits here; every array pass is jitted with static shapes: queries are padded to one width, responses to
+sits here, on this process's rows of the global batch (`distributed.local_rows`; its statistics gather every
+process's rows); every array pass is jitted with static shapes: queries are padded to one width, responses to
 `max_new_tokens`, reward-model inputs to `rm_seq_len`, so nothing recompiles after the first PPO step.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from flax import nnx
 
 from jaxlava import ppo, rm
 from jaxlava.data.templates import encode_reward_input
-from jaxlava.distributed import global_batch
+from jaxlava.distributed import all_process_rows, global_batch, local_rows
 from jaxlava.generate import generate
 from jaxlava.lora import make_lora
 
@@ -40,14 +41,6 @@ class RolloutConfig:
     mask_pads: bool  # whiten advantages over response slots only; False = all slots (the paper)
     score_chunk: int | None  # rows per scoring pass (None: the whole batch at once)
     seed: int
-
-
-def host_rows(x) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, as numpy."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    return np.concatenate([np.asarray(s.data) for s in sorted(x.addressable_shards, key=lambda s: s.index[0].start
-                                                                or 0)])
 
 
 def question_ids(tokenizer) -> tuple[int, ...]:
@@ -155,14 +148,14 @@ def rollout(roles, params, frozen, prompts: dict, host: dict, step: int, cfg: Ro
     out = generate(roles.policy_base, prompts["input_ids"], prompts["pixel_values"], prompts["attention_mask"],
                    max_new_tokens=cfg.max_new_tokens, temperature=temp, top_p=1.0, top_k=0, eos_token_id=eos,
                    pad_token_id=pad, rng=key, lora=make_lora(params["policy"], roles.policy_lora))
-    tokens = host_rows(out.tokens)
+    tokens = local_rows(out.tokens, mesh)  # host work below is on this process's rows (its `host` metadata)
     t1 = time.perf_counter()
     qids = question_ids(tok) if cfg.question_stop else ()
     response, lengths, has_stop = ppo.truncate_after_stop(tokens, eos, pad, qids)
     texts = tok.batch_decode(response, skip_special_tokens=True)
     correct = np.asarray([ppo.correctness(t, c) for t, c in zip(texts, host["caption_type"])], np.float32)
     rm_ids, rm_mask = reward_inputs(roles, host, texts, step, cfg)
-    q_ids, q_mask = host_rows(prompts["input_ids"]), host_rows(prompts["attention_mask"])
+    q_ids, q_mask = local_rows(prompts["input_ids"], mesh), local_rows(prompts["attention_mask"], mesh)
     resp_mask = (response != pad).astype(np.int32)
     seq_ids = np.concatenate([q_ids, response], 1).astype(np.int32)
     seq_mask = np.concatenate([q_mask, resp_mask], 1).astype(np.int32)
@@ -188,12 +181,14 @@ def rollout(roles, params, frozen, prompts: dict, host: dict, step: int, cfg: Ro
         "entropy": ppo.masked_mean(scored["entropy"], rows["response_mask"]),
         "reward_total": scored["rewards"].sum(axis=1).mean()})
     t3 = time.perf_counter()
-    n = lengths.astype(np.float64)
+    every = all_process_rows({"n": lengths, "has_stop": has_stop, "correct": correct,
+                              "length_bonus": np.asarray(host["length_bonus"])})  # the whole batch's statistics
+    n, has_stop, correct = every["n"].astype(np.float64), every["has_stop"], every["correct"]
     stats.update({
         "response_length": float(n.mean()), "stop_rate": float(has_stop.mean()),
         "correct": float(correct.mean()),
         "stop_penalty": float(cfg.stop_penalty * (1 - has_stop).mean()),
-        "length_term": float((n / cfg.max_new_tokens * host["length_bonus"] * cfg.length_score).mean()),
+        "length_term": float((n / cfg.max_new_tokens * every["length_bonus"] * cfg.length_score).mean()),
         "correct_term": float(correct.mean() * cfg.correct_score),
         "seconds_generate": t1 - t0, "seconds_host": t2 - t1, "seconds_score": t3 - t2})
     return {k: rows[k] for k in UPDATE_KEYS}, {k: float(v) for k, v in stats.items()}

@@ -20,8 +20,10 @@ from flax import nnx
 from jaxlava import distributed, ppo, sharding
 from jaxlava.data.pipeline import ppo_prompt_batches
 from jaxlava.data.storage import open_source
+from jaxlava.eval import shapes as shapes_eval
 from jaxlava.lora import LoraConfig
 from jaxlava.peft_io import save_adapter, save_reward_head
+from jaxlava.shapes.assets import world_exists
 from jaxlava.training import ppo_roles, rollout, run_rm, run_sft, runs
 from jaxlava.training.cli import parse, preset_default
 from jaxlava.training.loop import Hook, fit
@@ -29,7 +31,10 @@ from jaxlava.training.metrics import compile_count, format_row
 from jaxlava.training.optim import OptimConfig, make_optimizer, make_schedule, per_run_step
 from jaxlava.training.step import StepOutput, init_state
 
-PLOT_KEYS = ("score", "kl", "response_length", "reward_total", "value_loss", "eval_score", "eval_kl")
+PLOT_KEYS = ("score", "kl", "response_length", "reward_total", "value_loss", "eval_score", "eval_kl",
+             "eval_chair_i")
+# held-out object hallucination of the describe prompts (shapes world): jaxlava.eval.shapes.description_scores
+HALLUCINATION_KEYS = ("chair_i", "chair_s", "recall")
 DEFAULT_RLINIT = "runs/rlinit/adapter"
 DEFAULT_RM = "runs/rm/adapter"
 
@@ -190,9 +195,21 @@ def check_prompts(source, roles, cfg: PPOConfig, sample: int = 256) -> None:
         print(f"{too_long} of the first {n} PPO prompts exceed --max-prompt-len {cfg.max_prompt_len} and are dropped")
 
 
+def describe_judgements(tokenizer, response, host: dict, mesh) -> list:
+    """The shapes judges' verdicts (`jaxlava.eval.shapes.prompt_judgement`) on the responses of one rollout
+    (`response`: its truncated response tokens) to the world's describe prompts, against each record's objects.
+    This process's rows (those of `host`); on several processes each judges its own share."""
+    texts = tokenizer.batch_decode(distributed.local_rows(response, mesh), skip_special_tokens=True)
+    found = (shapes_eval.prompt_judgement(turns, text, facts)
+             for text, turns, facts in zip(texts, host["conversations"], host["facts"]))
+    return [j for j in found if j is not None]
+
+
 def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     """`evaluate(params) -> {score, kl, response_length, ...}`: greedy responses to held-out prompts (the
-    ppo_prompt test split, else the first train prompts), scored like rollouts."""
+    ppo_prompt test split, else the first train prompts), scored like rollouts.  On a shapes world it adds the
+    object hallucination of the responses to the describe prompts (`HALLUCINATION_KEYS`: CHAIR-i, CHAIR-s and
+    recall against each image's objects) and how many there were (`descriptions`)."""
     if cfg.eval_prompts <= 0:
         print("held-out evaluation off (--eval-prompts 0)")
         return lambda params: {}
@@ -213,11 +230,21 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
         return lambda params: {}
     rcfg = rollout_config(cfg)
     keys = ("score", "kl", "response_length", "stop_rate", "correct")
+    judge = world_exists(cfg.data)
 
     def evaluate(params) -> dict:
-        rows = [rollout.rollout(roles, params, frozen, b["device"], b["host"], 0, rcfg, scorer, mesh,
-                                temperature=0.0)[1] for b in batches]
-        return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        rows, judged = [], []
+        for b in batches:
+            updates, stats = rollout.rollout(roles, params, frozen, b["device"], b["host"], 0, rcfg, scorer, mesh,
+                                             temperature=0.0)
+            rows.append(stats)
+            if judge:
+                judged += describe_judgements(roles.processor.tokenizer, updates["response"], b["host"], mesh)
+        out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        if judged:
+            scores = shapes_eval.description_scores(judged)
+            out.update({k: float(scores[k]) for k in HALLUCINATION_KEYS}, descriptions=scores["count"])
+        return out
     return evaluate
 
 
@@ -287,7 +314,8 @@ def run(cfg: PPOConfig) -> dict:
 
 
 def print_comparison(before: dict, after: dict) -> None:
-    keys = [k for k in ("score", "kl", "response_length", "stop_rate", "correct") if k in before and k in after]
+    keys = [k for k in ("score", "kl", "response_length", "stop_rate", "correct", *HALLUCINATION_KEYS)
+            if k in before and k in after]
     if not keys:
         return
     print("\nheld-out prompts, greedy responses: before PPO -> after PPO")

@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 
 from jaxlava import distributed, rm, sharding
-from jaxlava.data.pipeline import OtherFacts, preference_batches
+from jaxlava.data.pipeline import OtherFacts, preference_batches, preference_padding
 from jaxlava.data.storage import open_source
 from jaxlava.lora import LoraConfig, init_lora
 from jaxlava.model.heads import init_scalar_head
@@ -80,7 +80,7 @@ def run(cfg: RMConfig) -> dict:
                        donate_argnums=0)
         data = preference_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
                                   with_facts=not cfg.no_facts, seed=cfg.seed, num_workers=cfg.num_workers)
-        put = runs.batch_putter(mesh)
+        put = runs.batch_putter(mesh, preference_padding(processor))
         evaluate = rm.eval_accuracy(graphdef, base, cfg.lora, held_out_sets(cfg, processor, put))
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=base, data=data, total_steps=total,
                           checkpoint_every=cfg.checkpoint_every, config={"stage": "rm", **runs.as_dict(cfg)},

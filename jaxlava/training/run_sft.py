@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 
 from jaxlava import distributed, hf, sft, sharding
-from jaxlava.data.pipeline import sft_batches
+from jaxlava.data.pipeline import sft_batches, sft_padding
 from jaxlava.data.storage import open_source
 from jaxlava.lora import LoraConfig, init_lora, lora_shardings
 from jaxlava.peft_io import save_adapter
@@ -130,7 +130,7 @@ def run(cfg: SFTConfig) -> dict:
                        donate_argnums=0)
         data = sft_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
                            template=cfg.template, seed=cfg.seed, num_workers=cfg.num_workers)
-        put = runs.batch_putter(mesh)
+        put = runs.batch_putter(mesh, sft_padding(processor))
         evaluate = sft.eval_loss(graphdef, frozen, held_out_batches(cfg, processor, put), lora_cfg)
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=frozen, data=data, total_steps=total,
                           checkpoint_every=cfg.checkpoint_every,

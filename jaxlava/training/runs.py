@@ -104,13 +104,15 @@ def build_model(cfg: RunConfig, mesh, world=None):
     return model
 
 
-def batch_putter(mesh):
+def batch_putter(mesh, padding=None):
     """Host batch (numpy, this process's rows) -> global arrays sharded on the batch axis (host-only
-    entries such as lists are dropped: the jitted steps take arrays only)."""
+    entries such as lists are dropped: the jitted steps take arrays only).  `padding`: how the pipeline pads
+    (`jaxlava.data.pipeline.sft_padding` ...): on several processes every batch is widened to the widest
+    process's width (see `jaxlava.distributed.global_batch`)."""
     from jaxlava.distributed import global_batch
 
     def put(batch: dict) -> dict:
-        return {k: v for k, v in global_batch(batch, mesh).items() if isinstance(v, jax.Array)}
+        return {k: v for k, v in global_batch(batch, mesh, padding).items() if isinstance(v, jax.Array)}
     return put
 
 

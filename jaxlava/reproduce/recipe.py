@@ -1,0 +1,93 @@
+"""The reproduction's recipes (stage step counts and key hyper-parameters) and the command's config.
+
+`--recipe NAME` picks one of `RECIPES` as the defaults; every field of it is a flag of its own (`--sft-steps 100`,
+`--set ppo_lr=3e-4`).  Values not named here come from the stage presets of the shapes model
+(`RUN_PRESETS["shapes"]` of `run_sft`, `run_rm`, `run_ppo` and `run_sft.LORA_PRESETS["shapes"]`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxlava.training.cli import parse, preset_default
+
+
+@dataclasses.dataclass
+class Recipe:
+    """Stage step counts and key hyper-parameters."""
+    world: tuple[str, ...] = ()
+    """extra data/shapes.py flags of the world, as flag=value items: `size=small "colours=red blue green"
+    pref-minimal-prob=1` (a value of several words gives the flag several values)"""
+    vision_pretrain_steps: int = 3000  # stage 0 of the vision tower (made once per world, on the first SFT run)
+    sft_steps: int = 400
+    sft_batch_size: int = 16
+    sft_lr: float = 2e-3
+    rlinit_steps: int = 150  # RL-init: LoRA SFT on the frozen SFT model (PPO's start and reference)
+    rlinit_batch_size: int = 16
+    rlinit_lr: float = 5e-4
+    rlinit_rank: int = 16
+    rlinit_alpha: float = 32.0
+    rm_steps: int = 200  # each of the two reward models (with facts, without)
+    rm_batch_size: int = 8
+    rm_lr: float = 5e-4
+    rm_rank: int = 64
+    rm_alpha: float = 128.0
+    eval_every: int = 50  # held-out evaluation of SFT, RL-init and the reward models (also at their last step)
+    checkpoint_every: int = 100  # checkpoints of SFT, RL-init and the reward models (a cut run resumes from them)
+    ppo_steps: int = 40  # each of the two PPO runs (facts RM, no-facts RM)
+    ppo_rollout_batch_size: int = 32
+    ppo_step_batch_size: int = 16
+    ppo_lr: float = 1e-3
+    ppo_kl_coef: float = 0.1
+    ppo_max_new_tokens: int = 40
+    ppo_rm_seq_len: int = 512
+    ppo_eval_every: int = 10  # PPO's held-out greedy evaluation (reward, KL, CHAIR-i ...): the hallucination curve
+    ppo_eval_prompts: int = 96
+    ppo_checkpoint_every: int = 10
+    judge_pope_images: int | None = None  # shapes judges: POPE on the first N images per split (None: all)
+    judge_descriptions: int | None = None  # shapes judges: describe the first N probe images (None: all)
+    judge_batch_size: int = 32
+
+
+RECIPES: dict[str, Recipe] = {
+    # the stage presets of the shapes model, as they are (to be tuned)
+    "full": Recipe(),
+    # the same stages, fewer steps and smaller judge sets (about a third of the time)
+    "demo": Recipe(vision_pretrain_steps=1000, sft_steps=200, rlinit_steps=60, rm_steps=100, ppo_steps=20,
+                   ppo_eval_every=5, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
+    # a smoke test of the whole pipeline (seconds per stage; the numbers mean nothing)
+    "tiny": Recipe(world=("size=small",), vision_pretrain_steps=0, sft_steps=3, sft_batch_size=4, rlinit_steps=2,
+                   rlinit_batch_size=4, rlinit_rank=4, rlinit_alpha=8.0, rm_steps=2, rm_batch_size=4, rm_rank=4,
+                   rm_alpha=8.0, eval_every=100, checkpoint_every=100, ppo_steps=2, ppo_rollout_batch_size=8,
+                   ppo_step_batch_size=8, ppo_max_new_tokens=12, ppo_eval_every=1, ppo_eval_prompts=8,
+                   ppo_checkpoint_every=100, judge_pope_images=1, judge_descriptions=4, judge_batch_size=8),
+}
+
+
+@dataclasses.dataclass
+class ReproduceConfig(Recipe):
+    """The shapes-world reproduction (see train/reproduce.py --help)."""
+    recipe: Literal["full", "demo", "tiny"] = "full"
+    """the named recipe that gives every stage setting its default (the other flags override single values)"""
+    out: str = "runs/reproduce"  # OUT: world/, seed<S>/<stage>/, results.json, results.md, *.png
+    seeds: tuple[int, ...] = (0, 1, 2)  # one full pipeline per seed (the world is shared)
+    mesh: str | None = None  # device mesh of every trainer ('--mesh' alone: all devices on fsdp); omit: 1 device
+    compile_cache: bool = True
+    """keep compiled programs in OUT/jax_cache (JAX's persistent compilation cache): the stages of later seeds,
+    the second PPO run and reruns skip most compilation (JAX_COMPILATION_CACHE_DIR, when set, wins)"""
+
+
+def parse_config(argv: list[str], description: str | None = None) -> ReproduceConfig:
+    """`--recipe NAME` (default full) chooses the defaults; every other flag overrides one value."""
+    recipe = preset_default(argv, RECIPES, flag="--recipe", fallback="full")
+    name = next(n for n, r in RECIPES.items() if r is recipe)
+    default = ReproduceConfig(recipe=name, **dataclasses.asdict(recipe))
+    cfg = parse(ReproduceConfig, argv, description=description, default=default)
+    if not cfg.seeds:
+        raise SystemExit("--seeds needs at least one seed")
+    return cfg
+
+
+def recipe_of(cfg: ReproduceConfig) -> dict:
+    """The recipe values of a config (its Recipe fields)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Recipe)}

@@ -1,0 +1,283 @@
+"""The reproduction's numbers and verdict: per seed and over seeds (mean, std, min, max), the acceptance checks,
+OUT/results.json, OUT/results.md and two plots (OUT/systems.png, OUT/ppo_hallucination.png).
+
+Everything is read back from the stage folders (the shapes judges' results.json, the trainers' metrics.jsonl,
+the stage.json each finished stage leaves), so a report can be rebuilt from a finished OUT at any time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from jaxlava.eval.pope import SPLITS
+from jaxlava.fileio import write_json, write_text
+from jaxlava.training.metrics import read_metrics
+
+# the stage folders of one seed (OUT/seed<S>/...)
+SFT, RLINIT = "sft", "rlinit"
+RM = {"facts": "rm_facts", "nofacts": "rm_nofacts"}
+PPO = {"facts": "ppo_facts", "nofacts": "ppo_nofacts"}
+# the judged systems: key, label, the PPO run behind it (None: the SFT model)
+SYSTEMS = (("sft", "SFT", None), ("rlhf_nofacts", "RLHF (no facts)", "nofacts"), ("fact_rlhf", "Fact-RLHF", "facts"))
+MARKER = "stage.json"  # written into a stage folder when the stage has finished
+RESULTS, TABLE = "results.json", "results.md"
+SYSTEMS_PLOT, CURVE_PLOT = "systems.png", "ppo_hallucination.png"
+CHAIR_DROP, RECALL_FALL = 0.30, 0.05  # the acceptance thresholds (relative to SFT)
+PAPER = {  # the paper's claims (Sun et al. 2023), beside our rows
+    "sft": "baseline (LLaVA-SFT+): hallucinates",
+    "rlhf_nofacts": "RLHF, RM without facts: reward hacking, smaller gain than Fact-RLHF",
+    "fact_rlhf": "fewer hallucinations than SFT and than RLHF (MMHal-Bench), capability kept",
+}
+RM_ROWS = (("facts", "RM with facts (each pair's own)", "high: the facts expose the hallucinated response"),
+           ("other_facts", "RM with facts, another pair's", "falls toward chance (the RM reads the facts)"),
+           ("no_facts", "RM without facts", "lower than with facts"))
+
+
+def seed_dir(out: str, seed: int) -> str:
+    return os.path.join(out, f"seed{seed}")
+
+
+def judge_dir(out: str, seed: int, system: str) -> str:
+    return os.path.join(seed_dir(out, seed), f"judge_{system}")
+
+
+def _last(rows: list[dict], key: str) -> float | None:
+    return next((float(r[key]) for r in reversed(rows) if key in r), None)
+
+
+def system_numbers(results: dict) -> dict:
+    """The shapes judges' results.json -> flat numbers: CHAIR-i/-s, recall, rating, POPE per split and mean."""
+    d, pope = results.get("descriptions", {}), results["pope"]
+    out = {"chair_i": d.get("chair_i"), "chair_s": d.get("chair_s"), "recall": d.get("recall"),
+           "rating": results.get("rating", {}).get("average"),
+           "rating_hallucination_rate": results.get("rating", {}).get("hallucination_rate")}
+    for split in SPLITS:
+        m = pope["splits"].get(split, {})
+        out.update({f"pope_{split}_{k}": m.get(k) for k in ("f1", "accuracy", "yes_ratio")})
+    out.update({f"pope_mean_{k}": pope["overall"].get(k) for k in ("f1", "accuracy", "yes_ratio")})
+    return out
+
+
+def ppo_numbers(run_dir: str) -> dict:
+    """PPO's last logged KL and response length (training rollouts) and its last held-out evaluation."""
+    rows = read_metrics(run_dir)
+    keys = ("kl", "response_length", "score", "eval_kl", "eval_response_length", "eval_score", "eval_chair_i",
+            "eval_chair_s", "eval_recall")
+    return {k: _last(rows, k) for k in keys}
+
+
+def rm_numbers(out: str, seed: int) -> dict:
+    facts, none = (read_metrics(os.path.join(seed_dir(out, seed), RM[k])) for k in ("facts", "nofacts"))
+    return {"facts": _last(facts, "eval_accuracy"), "other_facts": _last(facts, "eval_accuracy_other_facts"),
+            "no_facts": _last(none, "eval_accuracy")}
+
+
+def seed_numbers(out: str, seed: int) -> dict:
+    """Every number of one seed: {"systems": {system: ...}, "rm": ..., "ppo": {"facts"|"nofacts": ...}}."""
+    systems = {}
+    for key, _, _ in SYSTEMS:
+        with open(os.path.join(judge_dir(out, seed, key), "results.json")) as f:
+            systems[key] = system_numbers(json.load(f))
+    ppo = {k: ppo_numbers(os.path.join(seed_dir(out, seed), v)) for k, v in PPO.items()}
+    return {"systems": systems, "rm": rm_numbers(out, seed), "ppo": ppo}
+
+
+def summarize(per_seed: dict) -> dict:
+    """The per-seed trees (seed -> tree of numbers) -> one tree whose leaves are {mean, std, min, max, n}
+    (std: sample standard deviation, 0 for one seed; None entries are left out)."""
+    trees = list(per_seed.values())
+    if isinstance(trees[0], dict):
+        return {k: summarize({s: t[k] for s, t in per_seed.items() if k in t}) for k in trees[0]}
+    xs = [float(x) for x in trees if x is not None]
+    if not xs:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def means(summary: dict) -> dict:
+    """A summary tree -> the tree of its means."""
+    if "mean" in summary and "n" in summary:
+        return summary["mean"]
+    return {k: means(v) for k, v in summary.items()}
+
+
+# ----------------------------------------------------------------------------------------------- acceptance
+def acceptance(sft: dict, nofacts: dict, fact: dict) -> list[dict]:
+    """The three checks of the claim on one set of numbers (each {"chair_i", "recall"}):
+    1. Fact-RLHF lowers CHAIR-i by >= 30% relative to SFT;
+    2. Fact-RLHF's object recall falls by at most 5% relative to SFT's;
+    3. Fact-RLHF's CHAIR-i is below the no-facts RLHF's.
+    An SFT CHAIR-i of 0 leaves nothing to lower (check 1 fails); an SFT recall of 0 cannot fall (check 2 passes);
+    a missing number fails every check."""
+    eps = 1e-12
+    texts = (f"Fact-RLHF lowers CHAIR-i by >= {CHAIR_DROP:.0%} relative to SFT",
+             f"object recall falls by at most {RECALL_FALL:.0%} relative to SFT",
+             "Fact-RLHF CHAIR-i < RLHF (no facts) CHAIR-i")
+    names = ("chair_i_drop", "recall_kept", "facts_beat_no_facts")
+    if any(n.get(k) is None for n in (sft, nofacts, fact) for k in ("chair_i", "recall")):
+        return [{"check": c, "text": t, "value": None, "pass": False} for c, t in zip(names, texts)]
+    drop = (sft["chair_i"] - fact["chair_i"]) / sft["chair_i"] if sft["chair_i"] > 0 else 0.0
+    fall = (sft["recall"] - fact["recall"]) / sft["recall"] if sft["recall"] > 0 else 0.0
+    values = (drop, fall, fact["chair_i"] - nofacts["chair_i"])
+    passed = (drop >= CHAIR_DROP - eps, fall <= RECALL_FALL + eps, fact["chair_i"] < nofacts["chair_i"])
+    return [{"check": c, "text": t, "value": v, "pass": bool(p)} for c, t, v, p in zip(names, texts, values, passed)]
+
+
+def all_checks(per_seed: dict, overall: dict) -> dict:
+    """{"per_seed": {seed: checks}, "overall": checks on the means over seeds, "passed": every overall check}."""
+    def on(systems):
+        return acceptance(systems["sft"], systems["rlhf_nofacts"], systems["fact_rlhf"])
+    out = {"per_seed": {s: on(n["systems"]) for s, n in per_seed.items()}, "overall": on(overall["systems"])}
+    out["passed"] = all(c["pass"] for c in out["overall"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- curves
+def ppo_curve(out: str, seed: int, which: str) -> list[tuple[int, float]]:
+    """(PPO step, held-out CHAIR-i): step 0 from the run's before-PPO evaluation (its stage.json), then every
+    logged evaluation (metrics.jsonl)."""
+    run = os.path.join(seed_dir(out, seed), PPO[which])
+    points = []
+    marker = os.path.join(run, MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            before = ((json.load(f).get("result") or {}).get("before") or {}).get("chair_i")
+        if before is not None:
+            points.append((0, float(before)))
+    points += [(int(r["step"]), float(r["eval_chair_i"])) for r in read_metrics(run) if "eval_chair_i" in r]
+    return points
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def _cell(s: dict | None, pct: bool = True, digits: int = 1) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    k = 100 if pct else 1
+    text = f"{k * s['mean']:.{digits}f}"
+    return text + (f" ± {k * s['std']:.{digits}f}" if s["n"] > 1 else "")
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def markdown(results: dict) -> str:
+    """results.md: the systems beside the paper's claims, the RM accuracies, the acceptance checks, wall times."""
+    summ, seeds = results["summary"], results["seeds"]
+    pope = [f"POPE F1 {s[:3]}" for s in SPLITS] + [f"yes {s[:3]}" for s in SPLITS]
+    head = ["system", "CHAIR-i %", "CHAIR-s %", "recall %", *pope, "rating (0-6)", "KL", "length", "paper's claim"]
+    rows = []
+    for key, label, run in SYSTEMS:
+        n = summ["systems"][key]
+        ppo = summ["ppo"][run] if run else {}
+        rows.append([label, _cell(n["chair_i"]), _cell(n["chair_s"]), _cell(n["recall"]),
+                     *[_cell(n[f"pope_{s}_f1"]) for s in SPLITS], *[_cell(n[f"pope_{s}_yes_ratio"]) for s in SPLITS],
+                     _cell(n["rating"], pct=False, digits=2), _cell(ppo.get("kl"), pct=False, digits=2),
+                     _cell(ppo.get("response_length"), pct=False), PAPER[key]])
+    rm = [[label, _cell(summ["rm"][k]), claim] for k, label, claim in RM_ROWS]
+    names = list(results["checks"]["per_seed"])
+    checks = []
+    for i, c in enumerate(results["checks"]["overall"]):
+        per = [results["checks"]["per_seed"][s][i] for s in names]
+        checks.append([c["text"], *[_verdict(x) for x in per], _verdict(c)])
+    overall = "PASS" if results["checks"]["passed"] else "FAIL"
+    sec = results["seconds"]
+    parts = [
+        f"# Shapes-world reproduction: Fact-RLHF vs SFT vs RLHF without facts (recipe `{results['recipe']}`, "
+        f"seeds {', '.join(seeds)})",
+        "Object hallucination of descriptions of held-out images (CHAIR-i: hallucinated mentions / mentions; "
+        "CHAIR-s: descriptions with a hallucination; recall: present objects named), POPE on the world's probes, "
+        "MMHal-style rating; all exact from the ground truth (jaxlava/eval/shapes.py). KL and length: PPO's last "
+        "training rollouts. Mean ± sample std over seeds.",
+        _table(head, rows),
+        "## Reward-model accuracy (held-out preference pairs, %)",
+        _table(["reward model", "accuracy %", "paper's claim"], rm),
+        f"## Acceptance checks: {overall}",
+        "Per seed, and on the means over seeds (overall); the number is the relative CHAIR-i drop, the relative "
+        "recall fall and the CHAIR-i difference (Fact-RLHF − no facts).",
+        _table(["check", *[f"seed {s}" for s in names], "overall"], checks),
+        "## Wall time",
+        _table(["seed", *results["stage_names"], "all"],
+               [[s, *[f"{sec['stages'][s].get(st, 0):.0f} s" for st in results["stage_names"]],
+                 f"{sum(sec['stages'][s].values()):.0f} s"] for s in sec["stages"]])
+        + f"\n\nworld {sec['world']:.0f} s; every stage together {sec['all_stages']:.0f} s; "
+          f"this command {sec['this_command']:.0f} s.",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _verdict(c: dict) -> str:
+    v = c["value"]
+    if v is None:
+        return "FAIL (no numbers)"
+    shown = f"{100 * v:+.1f}%" if c["check"] != "facts_beat_no_facts" else f"{100 * v:+.2f} pt"
+    return f"{'pass' if c['pass'] else 'FAIL'} ({shown})"
+
+
+def plot_systems(summary: dict, path: str) -> None:
+    """Grouped bars: CHAIR-i, CHAIR-s, recall and POPE F1 (mean over splits) of the three systems, ± std."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metrics = (("chair_i", "CHAIR-i"), ("chair_s", "CHAIR-s"), ("recall", "recall"), ("pope_mean_f1", "POPE F1"))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(SYSTEMS)
+    for i, (key, label, _) in enumerate(SYSTEMS):
+        vals = [summary["systems"][key][m] for m, _ in metrics]
+        ax.bar([j + i * width for j in range(len(metrics))], [100 * (v["mean"] or 0) for v in vals], width,
+               yerr=[100 * (v["std"] or 0) for v in vals], capsize=3, label=label)
+    ax.set_xticks([j + width * (len(SYSTEMS) - 1) / 2 for j in range(len(metrics))], [m[1] for m in metrics])
+    ax.set_ylabel("%")
+    ax.set_title("Shapes world: SFT vs RLHF (no facts) vs Fact-RLHF")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict, path: str) -> bool:
+    """Held-out CHAIR-i over PPO steps for both reward models (each seed thin, the mean over seeds thick).
+    `curves`: {"facts"|"nofacts": {seed: [(step, chair_i), ...]}}.  False (nothing drawn) without points."""
+    if not any(points for runs in curves.values() for points in runs.values()):
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (which, label), colour in zip((("facts", "Fact-RLHF (RM with facts)"), ("nofacts", "RLHF (RM without facts)")),
+                                      ("tab:green", "tab:orange")):
+        runs = curves.get(which, {})
+        for points in runs.values():
+            if points:
+                ax.plot(*zip(*[(s, 100 * v) for s, v in points]), color=colour, alpha=0.3, linewidth=1)
+        steps = sorted(set.intersection(*[{s for s, _ in p} for p in runs.values()])) if runs else []
+        if steps:
+            mean = [100 * sum(dict(p)[s] for p in runs.values()) / len(runs) for s in steps]
+            ax.plot(steps, mean, color=colour, linewidth=2.5, marker="o", label=label)
+    ax.set_xlabel("PPO step")
+    ax.set_ylabel("held-out CHAIR-i (%)")
+    ax.set_title("Object hallucination of greedy descriptions during PPO")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str], seconds: dict) -> dict:
+    """Collect, check and write results.json, results.md and the plots for the finished seeds."""
+    per_seed = {str(s): seed_numbers(out, s) for s in seeds}
+    summary = summarize(per_seed)
+    results = {"recipe": recipe, "seeds": per_seed, "summary": summary,
+               "checks": all_checks(per_seed, means(summary)), "stage_names": stage_names, "seconds": seconds}
+    curves = {w: {str(s): ppo_curve(out, s, w) for s in seeds} for w in PPO}
+    results["ppo_curves"] = {w: {s: [list(p) for p in pts] for s, pts in c.items()} for w, c in curves.items()}
+    plot_systems(summary, os.path.join(out, SYSTEMS_PLOT))
+    results["plots"] = [SYSTEMS_PLOT] + ([CURVE_PLOT] if plot_curves(curves, os.path.join(out, CURVE_PLOT)) else [])
+    write_json(os.path.join(out, RESULTS), results, indent=1)
+    write_text(os.path.join(out, TABLE), markdown(results))
+    return results

@@ -1,0 +1,220 @@
+"""The reproduction's stages: one shapes world, then per seed SFT, RL-init, the reward models with and without
+facts, PPO with each, and the shapes judges on SFT and both PPO policies; then the report (`report.py`).
+
+Every stage runs the library's own entry point (`run_sft.run`, `run_rm.run`, `run_ppo.run`,
+`jaxlava.eval.shapes.run`) on its folder OUT/seed<S>/<stage>.  A stage that finished leaves `stage.json` there
+(its settings, wall time and returned numbers) and is skipped by a rerun; one with other settings is an error
+that names what changed (a cached stage never mixes recipes).  A stage cut short (a time limit) resumes: the
+trainers from their checkpoints, the judges from their answers.jsonl.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from jaxlava.eval import shapes as shapes_eval
+from jaxlava.fileio import jsonable, write_json
+from jaxlava.reproduce import report
+from jaxlava.reproduce.recipe import ReproduceConfig, parse_config, recipe_of
+from jaxlava.shapes.assets import world_exists
+from jaxlava.shapes.cli import parse_args, world_config
+from jaxlava.shapes.world import ShapesConfig, load_world_info, write_world
+from jaxlava.training import run_ppo, run_rm, run_sft
+
+STAGES = ("sft", "rlinit", "rm_facts", "rm_nofacts", "ppo_facts", "ppo_nofacts",
+          *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
+# fields of a stage config that do not change its result, or that the layout of OUT fixes (paths: OUT may move):
+# a cached stage is reused whatever they are
+OPERATIONAL = ("mesh", "num_workers", "stop_after", "build_missing", "keep_checkpoints", "checkpoint_every",
+               "eval_every", "limit", "data", "out", "init", "policy_adapter", "reward_adapter", "model")
+
+
+class StageMismatch(RuntimeError):
+    """A cached stage was made with other settings than the ones asked for now."""
+
+
+def world_dir(out: str) -> str:
+    return os.path.join(out, "world")
+
+
+def world_flags(items: tuple[str, ...]) -> list[str]:
+    """`("size=small", "colours=red blue")` -> `["--size", "small", "--colours", "red", "blue"]`."""
+    flags = []
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--world expects flag=value items (data/shapes.py flags), e.g. size=small; got {item!r}")
+        key, value = item.split("=", 1)
+        flags += ["--" + key.lstrip("-").replace("_", "-"), *value.split()]
+    return flags
+
+
+def settings_of(cfg) -> dict:
+    """What a stage's result depends on: its config without the operational fields, as JSON."""
+    return {k: v for k, v in jsonable(dataclasses.asdict(cfg)).items() if k not in OPERATIONAL}
+
+
+def changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The (dotted) settings a stage was made with that now differ.  Only the stage's own keys count: a field
+    added to a config since then holds its default, which keeps what the code did before it existed."""
+    out = []
+    for k, v in old.items():
+        if isinstance(v, dict) and isinstance(new.get(k), dict):
+            out += changed_settings(v, new[k], f"{prefix}{k}.")
+        elif k not in new or new[k] != v:
+            out.append(prefix + k)
+    return out
+
+
+def run_stage(label: str, folder: str, settings: dict, fn, what: str) -> dict:
+    """Run `fn()` unless `folder` holds a finished stage with the same settings; returns its stage.json record
+    ({"seconds", "settings", "result", "cached"})."""
+    marker = os.path.join(folder, report.MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            rec = json.load(f)
+        changed = changed_settings(rec["settings"], settings)
+        if changed:
+            raise StageMismatch(f"{folder} was made with other settings ({', '.join(changed)} differ); rerun with "
+                                f"its settings, choose another --out, or delete {folder} and the stages made from it")
+        print(f"{label}: skipped (cached in {folder}; made in {rec['seconds']:.1f} s)", flush=True)
+        return dict(rec, cached=True)
+    print(f"{label}: {what} -> {folder}", flush=True)
+    t0 = time.perf_counter()
+    result = fn()
+    rec = {"seconds": round(time.perf_counter() - t0, 2), "settings": settings, "result": jsonable(result)}
+    write_json(marker, rec, indent=1)
+    print(f"{label}: done in {rec['seconds']:.1f} s", flush=True)
+    return dict(rec, cached=False)
+
+
+def ensure_world(cfg: ReproduceConfig) -> dict:
+    """The one world of this OUT, shared by the seeds (built once; a different world there is an error)."""
+    path = world_dir(cfg.out)
+    world = world_config(parse_args(["--out", path, *world_flags(cfg.world)]))
+    settings = world.to_dict()
+
+    def build() -> None:
+        if not world_exists(path):
+            write_world(path, world, progress=False)
+        elif ShapesConfig.from_dict(load_world_info(path)["config"]).to_dict() != settings:
+            # a whole world (world.json is written last) without its stage.json: made by someone else
+            raise StageMismatch(f"{path} holds another shapes world; choose another --out or delete it")
+    return run_stage("world", path, settings, build, "generating the shapes world " + " ".join(cfg.world))
+
+
+def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
+    """The config of every stage of one seed (the shapes stage presets with the recipe's values)."""
+    d, data = report.seed_dir(cfg.out, seed), world_dir(cfg.out)
+    common = dict(data=data, seed=seed, mesh=cfg.mesh, eval_every=cfg.eval_every,
+                  checkpoint_every=cfg.checkpoint_every, vision_pretrain_steps=cfg.vision_pretrain_steps)
+    sft_hf = os.path.join(d, report.SFT, "hf")
+    sft_p, lora_p, rm_p, ppo_p = (run_sft.RUN_PRESETS["shapes"], run_sft.LORA_PRESETS["shapes"],
+                                  run_rm.RUN_PRESETS["shapes"], run_ppo.RUN_PRESETS["shapes"])
+    out = {
+        "sft": dataclasses.replace(sft_p, out=os.path.join(d, report.SFT), steps=cfg.sft_steps,
+                                   batch_size=cfg.sft_batch_size,
+                                   optim=dataclasses.replace(sft_p.optim, lr=cfg.sft_lr), **common),
+        "rlinit": dataclasses.replace(lora_p, init=sft_hf, out=os.path.join(d, report.RLINIT), steps=cfg.rlinit_steps,
+                                      batch_size=cfg.rlinit_batch_size,
+                                      adapter=dataclasses.replace(lora_p.adapter, r=cfg.rlinit_rank,
+                                                                  alpha=cfg.rlinit_alpha),
+                                      optim=dataclasses.replace(lora_p.optim, lr=cfg.rlinit_lr), **common),
+    }
+    for which, folder in report.RM.items():
+        out[folder] = dataclasses.replace(rm_p, init=sft_hf, out=os.path.join(d, folder), no_facts=which == "nofacts",
+                                          steps=cfg.rm_steps, batch_size=cfg.rm_batch_size,
+                                          lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
+                                          optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr), **common)
+    for which, folder in report.PPO.items():
+        out[folder] = dataclasses.replace(
+            ppo_p, data=data, seed=seed, mesh=cfg.mesh, init=sft_hf,
+            policy_adapter=os.path.join(d, report.RLINIT, "adapter"),
+            reward_adapter=os.path.join(d, report.RM[which], "adapter"), out=os.path.join(d, folder),
+            steps=cfg.ppo_steps, rollout_batch_size=cfg.ppo_rollout_batch_size,
+            step_batch_size=cfg.ppo_step_batch_size, kl_coef=cfg.ppo_kl_coef, max_new_tokens=cfg.ppo_max_new_tokens,
+            rm_seq_len=cfg.ppo_rm_seq_len, eval_every=cfg.ppo_eval_every, eval_prompts=cfg.ppo_eval_prompts,
+            checkpoint_every=cfg.ppo_checkpoint_every, optim=dataclasses.replace(ppo_p.optim, lr=cfg.ppo_lr))
+    for key, _, run in report.SYSTEMS:
+        model = sft_hf if run is None else os.path.join(d, report.PPO[run])
+        out[f"judge_{key}"] = shapes_eval.ShapesEvalConfig(
+            model=model, out=report.judge_dir(cfg.out, seed, key), data=data, pope_images=cfg.judge_pope_images,
+            descriptions=cfg.judge_descriptions, batch_size=cfg.judge_batch_size)
+    return out
+
+
+def _what(name: str, c) -> str:
+    if name.startswith("judge_"):
+        return f"shapes judges on {c.model}"
+    kind = {"sft": "SFT", "rlinit": "RL-init (LoRA SFT)", "rm_facts": "reward model with facts",
+            "rm_nofacts": "reward model without facts", "ppo_facts": "PPO with the facts RM",
+            "ppo_nofacts": "PPO with the no-facts RM"}[name]
+    return f"{kind}, {c.steps} steps"
+
+
+def _run_fn(name: str, c):
+    if name.startswith("judge_"):
+        return lambda: _judge(c)
+    train = run_sft.run if name in ("sft", "rlinit") else run_rm.run if name.startswith("rm_") else run_ppo.run
+    return lambda: train(c)
+
+
+def _judge(c) -> dict:
+    results = shapes_eval.run(c)
+    if results is None:
+        raise RuntimeError(f"the shapes judges on {c.model} stopped before every answer was made")
+    return {"out": c.out}
+
+
+def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
+    """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
+    configs = stage_configs(cfg, seed)
+    seconds = {}
+    for i, name in enumerate(STAGES, 1):
+        c = configs[name]
+        rec = run_stage(f"[seed {seed}, {i}/{len(STAGES)}] {name}", c.out, settings_of(c), _run_fn(name, c),
+                        _what(name, c))
+        seconds[name] = rec["seconds"]
+    return seconds
+
+
+def use_compile_cache(cfg: ReproduceConfig) -> None:
+    """JAX's persistent compilation cache in OUT/jax_cache (unless off, or JAX_COMPILATION_CACHE_DIR is set)."""
+    if cfg.compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        import jax
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(cfg.out, "jax_cache")))
+
+
+def run(cfg: ReproduceConfig) -> dict:
+    """The whole reproduction; returns results.json's content (also written after each finished seed)."""
+    t0 = time.perf_counter()
+    os.makedirs(cfg.out, exist_ok=True)
+    use_compile_cache(cfg)
+    write_json(os.path.join(cfg.out, "reproduce_config.json"), dataclasses.asdict(cfg), indent=1)
+    print(f"reproduction (recipe {cfg.recipe}, seeds {' '.join(map(str, cfg.seeds))}) in {cfg.out}: "
+          + ", ".join(f"{k}={v}" for k, v in recipe_of(cfg).items()), flush=True)
+    world_seconds = ensure_world(cfg)["seconds"]
+    stages: dict[str, dict[str, float]] = {}
+    results = {}
+    for seed in cfg.seeds:
+        stages[str(seed)] = run_seed(cfg, seed)
+        seconds = {"world": world_seconds, "stages": stages,
+                   "all_stages": world_seconds + sum(sum(s.values()) for s in stages.values()),
+                   "this_command": round(time.perf_counter() - t0, 2)}
+        results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe, list(STAGES), seconds)
+    table = os.path.join(cfg.out, report.TABLE)
+    with open(table) as f:
+        print("\n" + f.read(), flush=True)
+    print(f"results: {os.path.join(cfg.out, report.RESULTS)}, {table}, plots: "
+          + ", ".join(os.path.join(cfg.out, p) for p in results["plots"])
+          + f"; {results['seconds']['this_command']:.0f} s in all", flush=True)
+    return results
+
+
+def main(argv: list[str], description: str | None = None) -> dict:
+    cfg = parse_config(argv, description)
+    try:
+        return run(cfg)
+    except StageMismatch as e:
+        raise SystemExit(f"error: {e}") from None

@@ -1,0 +1,69 @@
+"""The command line of the shapes world (`data/shapes.py`): its flags (`WorldArgs`), the `ShapesConfig` they make
+(`world_config`) and `main`.  `jaxlava.reproduce` takes the same flags for the world it builds."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Literal
+
+import tyro
+
+from jaxlava.shapes.world import ShapesConfig, preset, write_world
+
+
+@dataclasses.dataclass
+class WorldArgs:
+    out: str  # output directory
+    seed: int = 0
+    size: Literal["small", "default", "large"] = "default"
+    image_size: int | None = None  # image side in pixels (default 64)
+    max_objects: int | None = None  # objects per image: 1..max_objects (default 5)
+    # 0: objects placed freely, vision patch 8; N > 0: one object per N-pixel cell of a grid, and the shapes
+    # model's vision patch is N, so each object is exactly one image token (docs/decisions.md 16)
+    cell: int | None = None
+    colours: tuple[str, ...] | None = None  # colour names (default all 9); co-occurrence pairs outside are dropped
+    shapes: tuple[str, ...] | None = None  # shape names (default all 6); likewise
+    cooccur_prob: float | None = None  # P(both members of a designed pair | either) (default 0.8)
+    noise_rate: float | None = None  # share of SFT descriptions with a hallucinated object (default 0.2)
+    vocab_size: int | None = None  # tokenizer size (default 1500, at most)
+    n_sft: int | None = None  # SFT conversations (default 4000; the size preset sets it otherwise)
+    n_pref: int | None = None  # preference pairs (default 2000; 10% held out)
+    # share of preference pairs that are counterfactual twins: the loser is the winner with one object renamed
+    # to an absent one, every other word kept (default 0; docs/decisions.md 10)
+    pref_minimal_prob: float | None = None
+    # SFT question kinds and their shares, e.g. `--sft-mix describe 0.25 yesno 0.15 count 0.1 attribute 0.05 mc 0.1
+    # compare 0.35` (compare: the text-only reading exercise, off by default; docs/decisions.md 10)
+    sft_mix: dict[str, float] | None = None
+    # what a twin renames: any absent category, or only the shape (resp. colour) to one the image lacks
+    pref_twin_rename: Literal["category", "shape", "colour"] | None = None
+
+
+def world_config(args: WorldArgs) -> ShapesConfig:
+    """The generator config the flags ask for: the size preset with every flag given."""
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(WorldArgs)
+                 if f.name not in ("out", "size") and getattr(args, f.name) is not None}
+    if "sft_mix" in overrides:
+        overrides["sft_mix"] = tuple(overrides["sft_mix"].items())
+    return preset(args.size, **overrides)
+
+
+def parse_args(argv: list[str], description: str | None = None) -> WorldArgs:
+    return tyro.cli(WorldArgs, args=argv, description=description)
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> dict:
+    """Generate the world the flags describe; print its statistics; return its world.json."""
+    import sys
+    args = parse_args(sys.argv[1:] if argv is None else argv, description)
+    t0 = time.perf_counter()
+    info = write_world(args.out, world_config(args))
+    s = info["stats"]
+    print(f"shapes world written to {args.out} in {time.perf_counter() - t0:.1f} s {info['seconds']}")
+    for kind, splits in s["counts"].items():
+        print(f"  {kind:12s} " + ", ".join(f"{split}: {n}" for split, n in splits.items()))
+    print(f"  objects/image (conversation): {s['object_count_histogram']['conversation']}")
+    print(f"  co-occurrence {s['cooccurrence']['empirical']} (configured {s['cooccurrence']['configured']}), "
+          f"SFT description noise {s['noise']['empirical']} (configured {s['noise']['configured']})")
+    print(f"  tokenizer: {json.dumps(info['tokenizer'])}")
+    return info

@@ -1,0 +1,198 @@
+"""`python train/reproduce.py`: the shapes-world reproduction end to end on the `tiny` recipe (its outputs and
+their keys, a rerun that skips every cached stage, a changed setting that is refused), the acceptance checks on
+hand-made numbers, the summary over seeds, and the object-hallucination numbers of PPO's held-out evaluation."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cli_fixtures import ROOT, cli_env
+from jaxlava.reproduce import report
+from jaxlava.reproduce.stages import STAGES
+
+TINY = ("--recipe", "tiny", "--seeds", "0")
+
+
+@pytest.fixture(scope="module")
+def compile_cache(request):
+    """JAX's persistent compilation cache kept in .pytest_cache: the test's next runs skip most compilation
+    (about half of a cold run's time on 2 cores)."""
+    return str(request.config.cache.mkdir("jax_compile_cache"))
+
+
+def _reproduce(out, cache, *extra, timeout=900):
+    env = dict(cli_env(1), JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "train/reproduce.py", *TINY, "--out", str(out), *extra], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return r, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, compile_cache):
+    """The tiny recipe from an empty folder: (OUT, its stdout, seconds)."""
+    out = tmp_path_factory.mktemp("reproduce") / "out"
+    r, seconds = _reproduce(out, compile_cache)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout, seconds
+
+
+@pytest.mark.slow
+def test_tiny_recipe_end_to_end(tiny_run):
+    out, stdout, _ = tiny_run
+    for f in ("results.json", "results.md", "systems.png", "ppo_hallucination.png", "world/world.json"):
+        assert (out / f).exists(), f
+    for stage in STAGES:
+        assert (out / "seed0" / stage / "stage.json").exists(), stage
+        assert f"] {stage}: done in" in stdout, stage
+    assert (out / "seed0" / "sft" / "hf" / "config.json").exists()
+    assert (out / "seed0" / "ppo_facts" / "adapter" / "adapter_config.json").exists()
+    assert json.loads((out / "seed0" / "rm_nofacts" / "config.json").read_text())["no_facts"] is True
+
+    r = json.loads((out / "results.json").read_text())
+    assert {"recipe", "seeds", "summary", "checks", "seconds", "ppo_curves", "plots"} <= set(r)
+    seed = r["seeds"]["0"]
+    pope = {f"pope_{s}_{k}" for s in ("random", "popular", "adversarial") for k in ("f1", "accuracy", "yes_ratio")}
+    for system in ("sft", "rlhf_nofacts", "fact_rlhf"):
+        assert {"chair_i", "chair_s", "recall", "rating"} | pope <= set(seed["systems"][system]), system
+        assert seed["systems"][system]["chair_i"] is not None
+    assert set(seed["rm"]) == {"facts", "other_facts", "no_facts"} and None not in seed["rm"].values()
+    for which in ("facts", "nofacts"):
+        assert seed["ppo"][which]["kl"] is not None and seed["ppo"][which]["response_length"] is not None
+        assert [p[0] for p in r["ppo_curves"][which]["0"]] == [0, 1, 2]  # before PPO, then every step (tiny)
+    assert set(r["summary"]["systems"]["fact_rlhf"]["chair_i"]) == {"mean", "std", "min", "max", "n"}
+    assert [c["check"] for c in r["checks"]["overall"]] == ["chair_i_drop", "recall_kept", "facts_beat_no_facts"]
+    assert list(r["checks"]["per_seed"]) == ["0"] and isinstance(r["checks"]["passed"], bool)
+    assert set(r["seconds"]["stages"]["0"]) == set(STAGES) and r["seconds"]["all_stages"] > 0
+
+    md = (out / "results.md").read_text()
+    for text in ("| SFT |", "| RLHF (no facts) |", "| Fact-RLHF |", "CHAIR-i", "POPE F1 adv", "yes pop",
+                 "RM with facts, another pair's", "RM without facts", "## Acceptance checks", "paper's claim"):
+        assert text in md, text
+    assert "| system |" in stdout  # the final table is printed
+
+
+@pytest.mark.slow
+def test_ppo_held_out_eval_logs_hallucination(tiny_run):
+    out = tiny_run[0]
+    from jaxlava.training.metrics import read_metrics
+    for which in ("ppo_facts", "ppo_nofacts"):
+        rows = read_metrics(str(out / "seed0" / which))
+        evals = [x for x in rows if "eval_score" in x]
+        assert evals, which
+        for x in evals:
+            assert {"eval_chair_i", "eval_chair_s", "eval_recall", "eval_descriptions"} <= set(x), sorted(x)
+            assert 0 <= x["eval_chair_i"] <= 1 and x["eval_descriptions"] >= 1
+        before = json.loads((out / "seed0" / which / "stage.json").read_text())["result"]["before"]
+        assert {"chair_i", "chair_s", "recall"} <= set(before)
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage_and_a_changed_setting_is_refused(tiny_run, compile_cache):
+    out, _, first = tiny_run
+    r, seconds = _reproduce(out, compile_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count(": skipped (cached") == len(STAGES) + 1  # the world and every stage
+    assert "done in" not in r.stdout
+    assert seconds < max(60.0, first / 3), (seconds, first)
+    r, _ = _reproduce(out, compile_cache, "--ppo-steps", "3")
+    assert r.returncode != 0
+    assert "ppo_facts was made with other settings (steps differ)" in r.stderr, r.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------- pure functions
+def _systems(sft, nofacts, fact):
+    return {"sft": dict(zip(("chair_i", "recall"), sft)), "rlhf_nofacts": dict(zip(("chair_i", "recall"), nofacts)),
+            "fact_rlhf": dict(zip(("chair_i", "recall"), fact))}
+
+
+def _verdicts(sft, nofacts, fact):
+    s = _systems(sft, nofacts, fact)
+    return [c["pass"] for c in report.acceptance(s["sft"], s["rlhf_nofacts"], s["fact_rlhf"])]
+
+
+def test_acceptance_checks_on_hand_made_numbers():
+    # (CHAIR-i, recall) of SFT, RLHF without facts, Fact-RLHF
+    assert _verdicts((0.20, 0.80), (0.18, 0.80), (0.10, 0.79)) == [True, True, True]
+    assert _verdicts((0.20, 0.80), (0.18, 0.80), (0.14, 0.80)) == [True, True, True]  # exactly 30% lower
+    assert _verdicts((0.20, 0.80), (0.18, 0.80), (0.1402, 0.80)) == [False, True, True]  # 29.9%
+    assert _verdicts((0.20, 0.80), (0.18, 0.80), (0.10, 0.76)) == [True, True, True]  # recall exactly 5% lower
+    assert _verdicts((0.20, 0.80), (0.18, 0.80), (0.10, 0.7599)) == [True, False, True]
+    assert _verdicts((0.20, 0.80), (0.10, 0.80), (0.10, 0.90)) == [True, True, False]  # a tie is not below
+    assert _verdicts((0.20, 0.80), (0.05, 0.80), (0.10, 0.80)) == [True, True, False]
+    assert _verdicts((0.0, 0.80), (0.0, 0.80), (0.0, 0.80)) == [False, True, False]  # nothing to lower
+    assert _verdicts((0.20, 0.0), (0.30, 0.0), (0.10, 0.0)) == [True, True, True]  # no recall to lose
+    assert _verdicts((0.20, None), (0.30, 0.8), (0.10, 0.8)) == [False, False, False]  # a missing number
+    checks = report.acceptance(*_systems((0.20, 0.80), (0.18, 0.80), (0.10, 0.79)).values())
+    assert checks[0]["value"] == pytest.approx(0.5) and checks[1]["value"] == pytest.approx(0.0125)
+    assert checks[2]["value"] == pytest.approx(-0.08)
+
+
+def test_checks_per_seed_and_on_the_means():
+    """Seed 1 fails check 1 alone; the means over both seeds pass it (a 35% drop)."""
+    per_seed = {"0": {"systems": _systems((0.20, 0.8), (0.20, 0.8), (0.10, 0.8))},
+                "1": {"systems": _systems((0.20, 0.8), (0.20, 0.8), (0.16, 0.8))}}
+    summary = report.summarize(per_seed)
+    assert summary["systems"]["fact_rlhf"]["chair_i"] == pytest.approx(
+        {"mean": 0.13, "std": np.std([0.10, 0.16], ddof=1), "min": 0.10, "max": 0.16, "n": 2})
+    checks = report.all_checks(per_seed, report.means(summary))
+    assert [c["pass"] for c in checks["per_seed"]["0"]] == [True, True, True]
+    assert [c["pass"] for c in checks["per_seed"]["1"]] == [False, True, True]
+    assert [c["pass"] for c in checks["overall"]] == [True, True, True] and checks["passed"]
+    assert report.summarize({"0": {"x": None}, "1": {"x": None}})["x"]["n"] == 0
+
+
+def test_changed_settings_name_what_differs():
+    from jaxlava.reproduce.stages import changed_settings
+    old = {"steps": 3, "optim": {"lr": 1e-3, "warmup": 0}, "seed": 0}
+    assert changed_settings(old, dict(old, new_field=1)) == []  # a field added since: its default
+    assert changed_settings(old, {**old, "steps": 4, "optim": {"lr": 2e-3, "warmup": 0}}) == ["steps", "optim.lr"]
+    assert changed_settings(old, {"steps": 3, "optim": old["optim"]}) == ["seed"]
+
+
+def test_world_flags_and_recipes():
+    from jaxlava.reproduce.recipe import RECIPES, parse_config
+    from jaxlava.reproduce.stages import world_flags
+    assert world_flags(("size=small", "colours=red blue", "pref_minimal_prob=1")) == [
+        "--size", "small", "--colours", "red", "blue", "--pref-minimal-prob", "1"]
+    cfg = parse_config(["--recipe", "demo", "--sft-steps", "7", "--set", "ppo_lr=3e-4", "--seeds", "4", "5"])
+    assert (cfg.recipe, cfg.sft_steps, cfg.ppo_lr, cfg.seeds) == ("demo", 7, 3e-4, (4, 5))
+    assert cfg.rm_steps == RECIPES["demo"].rm_steps < RECIPES["full"].rm_steps
+    assert all(getattr(RECIPES["demo"], f) < getattr(RECIPES["full"], f)
+               for f in ("sft_steps", "rlinit_steps", "rm_steps", "ppo_steps"))
+
+
+# ----------------------------------------------------------------------------------------------- PPO held-out judge
+def test_describe_prompts_are_judged_against_the_records_objects():
+    """`caption_objects` reads every PPO prompt's objects back from its facts, and PPO's held-out evaluation judges
+    exactly the describe prompts (the other kinds are not descriptions)."""
+    from jaxlava.eval.shapes import description_scores
+    from jaxlava.shapes.text import DESCRIBE_QUESTIONS, caption_objects
+    from jaxlava.shapes.world import build_world, preset
+    from jaxlava.training.run_ppo import describe_judgements
+    world = build_world(preset("small", n_sft=40, n_pref=4, n_ppo=24, pope_images=1, n_mmhal=1))
+    recs = [r for split in world.records["ppo_prompt"].values() for r in split]
+    for r in recs:
+        assert caption_objects(r["facts"]) == [o.category for o in world.scenes[r["id"]].objects]
+    assert caption_objects(["A picture with a red circle."]) is None
+
+    class Tok:
+        def batch_decode(self, rows, skip_special_tokens):
+            return [texts[int(i)] for i in np.asarray(rows)[:, 0]]
+    texts = []
+    for r in recs:  # each answer names the image's first object and one it lacks
+        present = caption_objects(r["facts"])
+        absent = next(f"{c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star")
+                      if f"{c} {s}" not in present)
+        texts.append(f"There is a {present[0]} and a {absent}.")
+    host = {"conversations": [r["conversations"] for r in recs], "facts": [r["facts"] for r in recs]}
+    judged = describe_judgements(Tok(), np.arange(len(recs))[:, None], host, None)
+    describe = [r for r in recs if r["conversations"][0]["value"].split("\n", 1)[1] in DESCRIBE_QUESTIONS]
+    assert 0 < len(judged) == len(describe) < len(recs)
+    scores = description_scores(judged)
+    assert scores["chair_i"] == pytest.approx(0.5) and scores["chair_s"] == 1.0
+    objects = [caption_objects(r["facts"]) for r in describe]
+    assert scores["recall"] == pytest.approx(sum(o.count(o[0]) for o in objects) / sum(map(len, objects)))
