@@ -12,14 +12,16 @@ from jaxlava.shapes.world import ShapesConfig, preset, write_world
 def test_grid_scenes_put_one_object_in_each_of_distinct_cells():
     spec = make_spec(tuple(COLOURS), SHAPES, (), 0.6, np.random.default_rng(0))
     rng = np.random.default_rng(1)
+    moved = False
     for _ in range(200):
         n = int(rng.integers(1, 6))
         scene = sample_scene(spec, rng, image_size=64, n_objects=n, cooccur_prob=0.0, backgrounds=("grey",),
                              cell=16)
         cells = {(int(o.x) // 16, int(o.y) // 16) for o in scene.objects}
+        moved |= any(abs(o.x % 16 - 8) > 1 for o in scene.objects if o.size == "small")
         assert len(cells) == n  # distinct cells
-        for o in scene.objects:
-            assert (o.x % 16, o.y % 16) == (8.0, 8.0) and o.r <= 0.45 * 16  # centred, inside its cell
+        for o in scene.objects:  # inside its cell, with a pixel to spare
+            assert o.r <= 0.45 * 16 and max(abs(o.x % 16 - 8), abs(o.y % 16 - 8)) <= max(0.0, 8 - o.r - 1.0) + 1e-9
         # each object's pixels lie in its own cell, so the patch under it names it and no other patch does
         mask = object_mask(scene)
         for k, o in enumerate(scene.objects):
@@ -27,6 +29,17 @@ def test_grid_scenes_put_one_object_in_each_of_distinct_cells():
             assert len(xs) and set(xs // 16) == {int(o.x) // 16} and set(ys // 16) == {int(o.y) // 16}
         targets = patch_targets(scene, 16, list(COLOURS), list(SHAPES), min_pixels=8)
         assert (targets[:, 0] > 0).sum() == n
+    assert moved  # small objects are not always at the centre of their cell
+
+
+def test_small_radius_shrinks_small_objects_only():
+    spec = make_spec(tuple(COLOURS), SHAPES, (), 0.6, np.random.default_rng(0))
+    kw = dict(image_size=64, n_objects=5, cooccur_prob=0.0, backgrounds=("grey",), cell=16)
+    a = sample_scene(spec, np.random.default_rng(3), **kw)
+    b = sample_scene(spec, np.random.default_rng(3), small_radius=0.12, **kw)
+    for oa, ob in zip(a.objects, b.objects):
+        assert (oa.category, oa.size) == (ob.category, ob.size)
+        assert ob.r == (0.12 * 16 if ob.size == "small" else oa.r)
 
 
 def test_grid_config_is_checked():

@@ -22,6 +22,9 @@ class WorldArgs:
     # 0: objects placed freely, vision patch 8; N > 0: one object per N-pixel cell of a grid, and the shapes
     # model's vision patch is N, so each object is exactly one image token (docs/decisions.md 16)
     cell: int | None = None
+    # radius of small objects as a fraction of the cell (grid) or image side (free); default 0.3 resp. 0.085.
+    # Smaller objects are harder for the vision tower to tell apart by shape: a blind spot of the encoder
+    small_radius: float | None = None
     colours: tuple[str, ...] | None = None  # colour names (default all 9); co-occurrence pairs outside are dropped
     shapes: tuple[str, ...] | None = None  # shape names (default all 6); likewise
     cooccur_prob: float | None = None  # P(both members of a designed pair | either) (default 0.8)

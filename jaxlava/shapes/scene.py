@@ -158,30 +158,43 @@ def place(sizes: list[str], image_size: int, rng: np.random.Generator, tries: in
                        "use a larger image_size or fewer max_objects")
 
 
-def place_in_grid(n: int, image_size: int, cell: int, rng: np.random.Generator) -> list[tuple[float, float]]:
-    """Centres of `n` distinct cells of a grid of `cell`-pixel cells (one object per cell: with the vision
-    tower's patch equal to the cell, each object is exactly one image token)."""
+def place_in_grid(radii: list[float], image_size: int, cell: int, rng: np.random.Generator
+                  ) -> list[tuple[float, float]]:
+    """Centres in distinct cells of a grid of `cell`-pixel cells, one object per cell (with the vision tower's
+    patch equal to the cell, each object is exactly one image token).  An object moves at random within its cell
+    as far as it stays inside it (with a pixel to spare): small objects move, large ones barely."""
     g = image_size // cell
-    if n > g * g:
-        raise RuntimeError(f"shapes world: cannot place {n} objects in a {g} x {g} grid; use fewer max_objects")
-    picks = rng.choice(g * g, size=n, replace=False)
-    return [(float((p % g) * cell + cell / 2), float((p // g) * cell + cell / 2)) for p in picks]
+    if len(radii) > g * g:
+        raise RuntimeError(f"shapes world: cannot place {len(radii)} objects in a {g} x {g} grid; use fewer "
+                           "max_objects")
+    picks = rng.choice(g * g, size=len(radii), replace=False)
+    out = []
+    for p, r in zip(picks, radii):
+        room = max(0.0, cell / 2 - r - 1.0)
+        dx, dy = rng.uniform(-room, room, size=2)
+        out.append((float((p % g) * cell + cell / 2 + dx), float((p // g) * cell + cell / 2 + dy)))
+    return out
 
 
-def radius(size: str, image_size: int, cell: int = 0) -> float:
-    return CELL_RADIUS[size] * cell if cell else RADIUS[size] * image_size
+def radius(size: str, image_size: int, cell: int = 0, small_radius: float | None = None) -> float:
+    """Circumscribed radius in pixels: a fraction of the cell (grid layout) or of the image side (free layout);
+    `small_radius` overrides the fraction of small objects."""
+    frac = small_radius if size == "small" and small_radius else (CELL_RADIUS if cell else RADIUS)[size]
+    return frac * (cell or image_size)
 
 
 def sample_scene(spec: WorldSpec, rng: np.random.Generator, *, image_size: int, n_objects: int,
-                 cooccur_prob: float, backgrounds: tuple[str, ...], cell: int = 0) -> Scene:
+                 cooccur_prob: float, backgrounds: tuple[str, ...], cell: int = 0,
+                 small_radius: float | None = None) -> Scene:
     """A scene of `n_objects`; placed freely (`cell` 0) or one per cell of a `cell`-pixel grid."""
     cats = sample_categories(spec, n_objects, cooccur_prob, rng)
     sizes = [SIZES[i] for i in rng.integers(0, len(SIZES), size=len(cats))]
-    centres = place_in_grid(len(sizes), image_size, cell, rng) if cell else place(sizes, image_size, rng)
+    radii = [radius(size, image_size, cell, small_radius) for size in sizes]
+    centres = place_in_grid(radii, image_size, cell, rng) if cell else place(sizes, image_size, rng)
     objs = []
-    for cat, size, (x, y) in zip(cats, sizes, centres):
+    for cat, size, r, (x, y) in zip(cats, sizes, radii, centres):
         colour, shape = cat.split(" ")
-        objs.append(Obj(shape, colour, size, x, y, radius(size, image_size, cell)))
+        objs.append(Obj(shape, colour, size, x, y, r))
     order = rng.permutation(len(objs))  # do not leak the pair structure through the object order
     bg = backgrounds[int(rng.integers(len(backgrounds)))]
     return Scene(tuple(objs[i] for i in order), bg, image_size)

@@ -37,6 +37,8 @@ class ShapesConfig:
     texture: str = "gradient"  # plain | gradient
     cell: int = 0  # 0: objects placed freely (patch 8); > 0: one object per cell of this many pixels, and the
     #               shapes model's vision patch equals the cell, so each object is one image token
+    small_radius: float | None = None  # radius of small objects, as a fraction of the cell (grid) or of the image
+    #                                    side (free); None: 0.3 resp. 0.085. Smaller: shapes the encoder can't tell
     colours: tuple[str, ...] = tuple(COLOURS)
     shapes: tuple[str, ...] = SHAPES
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
@@ -165,7 +167,8 @@ class _Builder:
         cfg = self.cfg
         n = int(rng.integers(max(lo or 1, cfg.min_objects), cfg.max_objects + 1))
         s = sample_scene(self.spec, rng, image_size=cfg.image_size, n_objects=n, cooccur_prob=cfg.cooccur_prob,
-                         backgrounds=cfg.backgrounds, cell=cfg.cell)
+                         backgrounds=cfg.backgrounds, cell=cfg.cell,
+                         small_radius=cfg.small_radius)
         self.progress(1)
         return s, encode_png(render(s, cfg.texture))
 
