@@ -24,7 +24,7 @@ MARKER = "stage.json"  # written into a stage folder when the stage has finished
 RESULTS, TABLE = "results.json", "results.md"
 SYSTEMS_PLOT, CURVE_PLOT = "systems.png", "ppo_hallucination.png"
 CHAIR_DROP, RECALL_FALL = 0.30, 0.05  # the acceptance thresholds (relative to SFT)
-PAPER = {  # the paper's numbers (Sun et al. 2023, 7B policy; ../shared/spec/evaluation.md part B), beside our rows
+PAPER = {  # the paper's published numbers (Sun et al. 2023, 7B policy), beside our rows
     "sft": "LLaVA-SFT+ 7B: MMHal 1.76 (hallucination rate 0.67); POPE mean F1 82.7, yes 47.1 %",
     "rlhf_nofacts": "vanilla RLHF (7B policy, 13B RM without facts): MMHal 1.8",
     "fact_rlhf": "Fact-RLHF: MMHal 2.1 in the ablation (LLaVA-RLHF 7B: 2.05); POPE mean F1 81.5, yes 41.8 %",
