@@ -16,7 +16,7 @@ def test_grid_scenes_put_one_object_in_each_of_distinct_cells():
     for _ in range(200):
         n = int(rng.integers(1, 6))
         scene = sample_scene(spec, rng, image_size=64, n_objects=n, cooccur_prob=0.0, backgrounds=("grey",),
-                             cell=16)
+                             cell=16, jitter=True)
         cells = {(int(o.x) // 16, int(o.y) // 16) for o in scene.objects}
         moved |= any(abs(o.x % 16 - 8) > 1 for o in scene.objects if o.size == "small")
         assert len(cells) == n  # distinct cells
@@ -29,7 +29,9 @@ def test_grid_scenes_put_one_object_in_each_of_distinct_cells():
             assert len(xs) and set(xs // 16) == {int(o.x) // 16} and set(ys // 16) == {int(o.y) // 16}
         targets = patch_targets(scene, 16, list(COLOURS), list(SHAPES), min_pixels=8)
         assert (targets[:, 0] > 0).sum() == n
-    assert moved  # small objects are not always at the centre of their cell
+    assert moved  # with jitter, small objects are not always at the centre of their cell
+    centred = sample_scene(spec, rng, image_size=64, n_objects=5, cooccur_prob=0.0, backgrounds=("grey",), cell=16)
+    assert all((o.x % 16, o.y % 16) == (8.0, 8.0) for o in centred.objects)
 
 
 def test_small_radius_shrinks_small_objects_only():

@@ -158,11 +158,12 @@ def place(sizes: list[str], image_size: int, rng: np.random.Generator, tries: in
                        "use a larger image_size or fewer max_objects")
 
 
-def place_in_grid(radii: list[float], image_size: int, cell: int, rng: np.random.Generator
-                  ) -> list[tuple[float, float]]:
+def place_in_grid(radii: list[float], image_size: int, cell: int, rng: np.random.Generator,
+                  jitter: bool = False) -> list[tuple[float, float]]:
     """Centres in distinct cells of a grid of `cell`-pixel cells, one object per cell (with the vision tower's
-    patch equal to the cell, each object is exactly one image token).  An object moves at random within its cell
-    as far as it stays inside it (with a pixel to spare): small objects move, large ones barely."""
+    patch equal to the cell, each object is exactly one image token).  With `jitter` an object moves at random
+    within its cell as far as it stays inside it (with a pixel to spare): small objects move, large ones
+    barely; without, it sits at the cell's centre."""
     g = image_size // cell
     if len(radii) > g * g:
         raise RuntimeError(f"shapes world: cannot place {len(radii)} objects in a {g} x {g} grid; use fewer "
@@ -171,7 +172,7 @@ def place_in_grid(radii: list[float], image_size: int, cell: int, rng: np.random
     out = []
     for p, r in zip(picks, radii):
         room = max(0.0, cell / 2 - r - 1.0)
-        dx, dy = rng.uniform(-room, room, size=2)
+        dx, dy = rng.uniform(-room, room, size=2) if jitter else (0.0, 0.0)
         out.append((float((p % g) * cell + cell / 2 + dx), float((p // g) * cell + cell / 2 + dy)))
     return out
 
@@ -185,12 +186,12 @@ def radius(size: str, image_size: int, cell: int = 0, small_radius: float | None
 
 def sample_scene(spec: WorldSpec, rng: np.random.Generator, *, image_size: int, n_objects: int,
                  cooccur_prob: float, backgrounds: tuple[str, ...], cell: int = 0,
-                 small_radius: float | None = None) -> Scene:
+                 small_radius: float | None = None, jitter: bool = False) -> Scene:
     """A scene of `n_objects`; placed freely (`cell` 0) or one per cell of a `cell`-pixel grid."""
     cats = sample_categories(spec, n_objects, cooccur_prob, rng)
     sizes = [SIZES[i] for i in rng.integers(0, len(SIZES), size=len(cats))]
     radii = [radius(size, image_size, cell, small_radius) for size in sizes]
-    centres = place_in_grid(radii, image_size, cell, rng) if cell else place(sizes, image_size, rng)
+    centres = place_in_grid(radii, image_size, cell, rng, jitter) if cell else place(sizes, image_size, rng)
     objs = []
     for cat, size, r, (x, y) in zip(cats, sizes, radii, centres):
         colour, shape = cat.split(" ")

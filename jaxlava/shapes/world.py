@@ -39,6 +39,7 @@ class ShapesConfig:
     #               shapes model's vision patch equals the cell, so each object is one image token
     small_radius: float | None = None  # radius of small objects, as a fraction of the cell (grid) or of the image
     #                                    side (free); None: 0.3 resp. 0.085. Smaller: shapes the encoder can't tell
+    cell_jitter: bool = False  # grid layout: objects move at random within their cells instead of sitting centred
     colours: tuple[str, ...] = tuple(COLOURS)
     shapes: tuple[str, ...] = SHAPES
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
@@ -168,7 +169,7 @@ class _Builder:
         n = int(rng.integers(max(lo or 1, cfg.min_objects), cfg.max_objects + 1))
         s = sample_scene(self.spec, rng, image_size=cfg.image_size, n_objects=n, cooccur_prob=cfg.cooccur_prob,
                          backgrounds=cfg.backgrounds, cell=cfg.cell,
-                         small_radius=cfg.small_radius)
+                         small_radius=cfg.small_radius, jitter=cfg.cell_jitter)
         self.progress(1)
         return s, encode_png(render(s, cfg.texture))
 
