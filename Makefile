@@ -5,6 +5,10 @@ PY          := $(VENV)/bin/python
 PYTHON      ?= python3
 JAX_PLATFORMS ?= cpu
 export JAX_PLATFORMS
+# glibc malloc on transparent huge pages: XLA:CPU steps fault far fewer pages (jaxlava/hostenv.py); the CLIs
+# restart themselves with it when it is unset, and setting it here spares them that and covers the test process
+GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+export GLIBC_TUNABLES
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast test-long install clean-venv

@@ -53,7 +53,7 @@ def repeat(fn: Callable, repeats: int) -> dict:
 
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-            "load_avg": os.getloadavg()}
+            "load_avg": os.getloadavg(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def write_json(path: str | None, obj) -> None:

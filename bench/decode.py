@@ -29,6 +29,7 @@ import tyro  # noqa: E402
 import jaxlava  # noqa: E402
 from common import copy_bandwidth, machine, matmul_ceiling, repeat, table, write_json  # noqa: E402
 from jaxlava.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
+from jaxlava.hostenv import reexec_with_hugepages  # noqa: E402
 
 MODELS = {
     # ~62M parameters: CLIP 4 layers x256, LLaMA 8 layers x512
@@ -192,4 +193,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_hugepages()
     main()

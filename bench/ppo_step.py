@@ -42,6 +42,7 @@ from jaxlava.training import ppo_roles, rollout, run_ppo, runs  # noqa: E402
 from jaxlava.training.metrics import compile_count  # noqa: E402
 from jaxlava.training.optim import make_optimizer  # noqa: E402
 from jaxlava.training.step import init_state  # noqa: E402
+from jaxlava.hostenv import reexec_with_hugepages  # noqa: E402
 
 PHASES = ("generate", "score", "update", "host")
 
@@ -186,4 +187,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_hugepages()
     main()

@@ -12,8 +12,9 @@ of its measurements at the start of the run and just before and after the case's
 recompiles after its first call).  For the SFT cases the same weights are exported with
 `jaxlava.save_pretrained`, loaded into transformers' `LlavaForConditionalGeneration` (PyTorch, fp32) and trained on the
 same batch: forward + backward + `torch.optim.AdamW` (vision tower frozen, gradient clipping at 1.0, as in jaxlava),
-its steps alternating with jaxlava's; `torch_ratio` = torch seconds / jaxlava seconds per step (medians;
-`torch_ratio_best` from the best steps; `torch_fraction`: torch's step at jaxlava's FLOP count, over the ceiling).
+its steps alternating with jaxlava's in blocks (`--block`); `torch_ratio` = torch seconds / jaxlava seconds per step
+(medians; `torch_ratio_best` from the best steps; `torch_fraction`: torch's step at jaxlava's FLOP count, over the
+ceiling).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from jaxlava.presets import get_preset  # noqa: E402
 from jaxlava.training.metrics import compile_count  # noqa: E402
 from jaxlava.training.optim import OptimConfig, make_optimizer, make_schedule  # noqa: E402
 from jaxlava.training.step import init_state  # noqa: E402
+from jaxlava.hostenv import reexec_with_hugepages  # noqa: E402
 
 OPTIM = OptimConfig(lr=1e-4, schedule="constant_with_warmup", warmup_steps=0, max_grad_norm=1.0)
 
@@ -199,14 +201,16 @@ def run_case(name: str, args, peak: float) -> dict:
     if hf is not None:
         torch_facts, torch_one = torch_runner(hf, batch)
         r.update(torch_facts)
-    # jaxlava and torch steps alternate, so that both see the same (shared, drifting) machine load; the ceiling is
-    # measured again around them and the best of those measurements is the case's ceiling
+    # jaxlava and torch steps alternate in blocks, so that both see the same (shared, drifting) machine load, while
+    # each side's steps run back to back as in training (a step that directly follows the other library's runs
+    # slower); the ceiling is measured again around them and the best of those measurements is the case's ceiling
     ceilings = [peak, matmul_ceiling()]
     c0, times, torch_times = compile_count(), [], []
-    for _ in range(args.steps):
-        times.append(jax_one())
+    while len(times) < args.steps:
+        n = min(args.block, args.steps - len(times))
+        times += [jax_one() for _ in range(n)]
         if torch_one is not None:
-            torch_times.append(torch_one())
+            torch_times += [torch_one() for _ in range(n)]
     compiles = compile_count() - c0
     ceilings.append(matmul_ceiling())
     peak = max(ceilings)
@@ -233,6 +237,9 @@ class TrainStepArgs:
     steps: int = 10
     """timed steps per case, after the compile and one warm-up step (SFT: as many transformers steps, alternating);
     the median is reported"""
+    block: int = 3
+    """with the transformers comparison: steps of one side run back to back in blocks of this many, then the other
+    side's (1 alternates every step)"""
     torch: bool = True
     """run the transformers comparison for the SFT cases (--no-torch skips it)"""
 
@@ -260,4 +267,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_hugepages()
     main()

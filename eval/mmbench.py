@@ -14,6 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxlava.eval.mmbench import main  # noqa: E402
+from jaxlava.hostenv import reexec_with_hugepages  # noqa: E402
 
 if __name__ == "__main__":
+    reexec_with_hugepages()
     sys.exit(main(sys.argv[1:], description=__doc__))

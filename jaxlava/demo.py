@@ -100,4 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from jaxlava.hostenv import reexec_with_hugepages
+    reexec_with_hugepages()
     raise SystemExit(main())

@@ -8,6 +8,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from jaxlava.hostenv import hugepages_useful, with_tunable  # noqa: E402
+
+if hugepages_useful():  # the CLIs that tests start then need not restart themselves (jaxlava/hostenv.py)
+    os.environ.update(with_tunable(os.environ))
 
 from absl import flags  # noqa: E402
 
