@@ -338,3 +338,34 @@ def test_cli_writes_all_datasets(tmp_path):
             assert got == {r["id"]: r for r in recs}, (kind, split)
     tok = load_tokenizer(str(out / "tokenizer"))
     assert image_token_id(tok) == info["tokenizer"]["image_token_index"]
+
+
+def _yes_share_by_category(world) -> dict[str, tuple[int, int]]:
+    """category -> (yes answers, yes/no questions) over the SFT conversations."""
+    out: dict[str, list[int]] = {}
+    for r in _all(world, "conversation"):
+        turns = r["conversations"]
+        for q, a in zip(turns[::2], turns[1::2]):
+            m = re.search(r"Is there an? (\w+ \w+) in the image\?", q["value"])
+            if m:
+                n = out.setdefault(m.group(1), [0, 0])
+                n[0] += a["value"].startswith("Yes")
+                n[1] += 1
+    return {c: (y, n) for c, (y, n) in out.items()}
+
+
+def test_matched_yesno_negatives_leave_the_answer_to_the_image():
+    """With POPE's kinds the most popular categories are mostly asked about absent, so the question hints "No";
+    with matched negatives every category is asked about present and absent alike."""
+    cfg = dict(seed=4, n_sft=1500, n_pref=4, n_ppo=4, pope_images=2, n_mmhal=8, sft_mix=(("yesno", 1.0),))
+    for mode, hinted in (("kinds", True), ("matched", False)):
+        w = build_world(preset("small", yesno_negatives=mode, **cfg))
+        shares = _yes_share_by_category(w)
+        top = w.counts.by_popularity()[:3]
+        y, n = sum(shares[c][0] for c in top), sum(shares[c][1] for c in top)
+        assert n > 150
+        assert (y / n < 0.35) == hinted, (mode, y, n)
+        if not hinted:
+            assert _binomial_ok(y, n, 0.5), (y, n)
+    with pytest.raises(ValueError, match="yesno_negatives"):
+        ShapesConfig(yesno_negatives="popular")

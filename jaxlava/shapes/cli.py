@@ -30,6 +30,9 @@ class WorldArgs:
     shapes: tuple[str, ...] | None = None  # shape names (default all 6); likewise
     cooccur_prob: float | None = None  # P(both members of a designed pair | either) (default 0.8)
     noise_rate: float | None = None  # share of SFT descriptions with a hallucinated object (default 0.2)
+    # how SFT and PPO yes/no questions pick absent objects: POPE's kinds (default; the category then hints at the
+    # answer), or with the categories' frequencies, so that only the image answers
+    yesno_negatives: Literal["kinds", "matched"] | None = None
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)
     n_sft: int | None = None  # SFT conversations (default 4000; the size preset sets it otherwise)
     n_pref: int | None = None  # preference pairs (default 2000; 10% held out)

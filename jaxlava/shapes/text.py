@@ -19,6 +19,10 @@ DESCRIBE_QUESTIONS = ("Describe the image.", "What do you see in this picture?",
                       "What objects are in the image?", "Give a short description of the picture.",
                       "Tell me about the shapes in this image.")
 NEGATIVE_KINDS = ("random", "popular", "adversarial")
+# how SFT and PPO yes/no questions pick the absent object: a POPE kind at random (the question's category then
+# hints at the answer: popular ones are mostly asked as negatives), or "matched": with the frequencies at which
+# categories occur, so a category is as likely asked about absent as present and only the image answers
+YESNO_NEGATIVES = ("kinds", "matched")
 TWIN_RENAMES = ("category", "shape", "colour")  # what a counterfactual twin changes (swap_object)
 
 
@@ -234,12 +238,23 @@ def existence_question(cat: str) -> str:
     return f"Is there {an(cat)} in the image?"
 
 
+def matched_negative(scene: Scene, counts: Counts, rng: np.random.Generator) -> str:
+    """An absent category drawn with the frequency at which categories are present (the positives' marginal)."""
+    present = scene.categories
+    w = np.array([f if c not in present else 0.0 for c, f in zip(counts.categories, counts.freq)], np.float64)
+    w = w + (w.sum() == 0) * np.array([c not in present for c in counts.categories], np.float64)
+    return counts.categories[int(rng.choice(len(w), p=w / w.sum()))]
+
+
 def existence_qa(scene: Scene, counts: Counts, rng: np.random.Generator, *, answer_yes: bool,
-                 short: bool) -> tuple[str, str, dict]:
+                 short: bool, negatives_from: str = "kinds") -> tuple[str, str, dict]:
     if answer_yes:
         o = scene.objects[int(rng.integers(len(scene.objects)))]
         cat, kind = o.category, None
         ans = "Yes" if short else f"Yes, there is {an(o.name)} in the image."
+    elif negatives_from == "matched":
+        cat, kind = matched_negative(scene, counts, rng), "matched"
+        ans = "No" if short else f"No, there is no {cat} in the image."
     else:
         kind = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))]
         positives = [o.category for o in scene.objects]

@@ -57,6 +57,7 @@ class ShapesConfig:
     sft_mix: tuple[tuple[str, float], ...] = (("describe", 0.35), ("yesno", 0.25), ("count", 0.15),
                                               ("attribute", 0.1), ("mc", 0.15))
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
+    yesno_negatives: str = "kinds"  # SFT and PPO yes/no negatives: POPE kinds, or "matched" (shapes.text)
     # preference pairs
     n_pref: int = 2000
     pref_test_frac: float = 0.1
@@ -94,6 +95,9 @@ class ShapesConfig:
                      "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.yesno_negatives not in T.YESNO_NEGATIVES:
+            raise ValueError(f"ShapesConfig.yesno_negatives must be one of {T.YESNO_NEGATIVES}, got "
+                             f"{self.yesno_negatives!r}")
         if (not self.sft_mix or any(k not in SFT_KINDS or w < 0 for k, w in self.sft_mix)
                 or sum(w for _, w in self.sft_mix) <= 0):
             raise ValueError(f"ShapesConfig.sft_mix: (kind, weight) pairs with kinds from {SFT_KINDS} and "
@@ -214,7 +218,7 @@ class _Builder:
             return q, d.text, kind
         if kind == "yesno":
             q, a, _ = T.existence_qa(scene, self.counts, rng, answer_yes=bool(rng.random() < 0.5),
-                                     short=bool(rng.random() < 0.5))
+                                     short=bool(rng.random() < 0.5), negatives_from=self.cfg.yesno_negatives)
             return q, a, kind
         if kind == "count":
             q, a, _ = T.counting_qa(scene, self.spec, rng)
@@ -288,7 +292,8 @@ class _Builder:
                 ctype, bonus, facts = A_IN_ABCD + gold, cfg.other_length_bonus, facts + mc_facts
             elif kind == "yesno":
                 yes = bool(rng.random() < 0.5)
-                q, ref, _ = T.existence_qa(scene, self.counts, rng, answer_yes=yes, short=bool(rng.random() < 0.5))
+                q, ref, _ = T.existence_qa(scene, self.counts, rng, answer_yes=yes, short=bool(rng.random() < 0.5),
+                                           negatives_from=cfg.yesno_negatives)
                 ctype, bonus = (YES_IN_YESNO if yes else NO_IN_YESNO), cfg.other_length_bonus
             else:
                 raise ValueError(f"ShapesConfig.ppo_mix: unknown prompt kind {kind!r}")
