@@ -1,56 +1,24 @@
-"""`make demo`: the LLaVA-RLHF recipe on the embedded shapes world, end to end on a CPU.
+"""`make demo`: the paper's claim in miniature on the embedded shapes world, one seed, end to end on a CPU.
 
-1. generate the shapes world (images, facts, conversations, preferences, probes, tokenizer);
-2. SFT the small `shapes` model (as train/sft.py does), after training its vision tower (stage 0, jaxlava/shapes/vision.py);
-3. train the fact-augmented reward model on top of it (as train/rm.py does);
-4. sample answers to held-out questions with the SFT model and score each with the reward model;
-5. export the SFT model to the llava-hf layout and check transformers' logits on it (when torch is installed).
+It runs the shapes-world reproduction (`train/reproduce.py`) with its `demo` recipe and seed 0 in runs/demo:
+the world, SFT (with stage 0 of the vision tower), RL-init, the reward models with and without facts, PPO
+against each, and the exact shapes judges on SFT and on both policies.  It then prints the three systems side by
+side and checks transformers' logits on the exported SFT model.  The demo recipe takes fewer steps than the
+full reproduction (`python train/reproduce.py`, 3 seeds); the recipe is printed at the start.  Flags are
+train/reproduce.py's (`python -m jaxlava.demo --sft-steps 400`); a rerun skips finished stages.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import random
 import time
 
 import numpy as np
 
-
-def sample_and_score(run: str, world: str, n: int = 4) -> None:
-
-    import jaxlava
-    from jaxlava import rm
-    from jaxlava.data.processor import LlavaProcessor
-    from jaxlava.data.storage import open_source
-    from jaxlava.data.templates import encode_prompt, encode_reward_input
-    from jaxlava.lora import make_lora
-    from jaxlava.peft_io import load_reward_model_adapter
-
-    sft_dir, adapter_dir = os.path.join(run, "sft", "hf"), os.path.join(run, "rm", "adapter")
-    model = jaxlava.from_pretrained(sft_dir)
-    proc = LlavaProcessor.from_pretrained(sft_dir)
-    lora_params, lora_cfg, head = load_reward_model_adapter(adapter_dir)
-    lora = make_lora(lora_params, lora_cfg)
-    tok = proc.tokenizer
-    probes = open_source(world, "probe", "test")
-    rng = random.Random(0)
-    picks = rng.sample(range(len(probes)), n)
-    for i in picks:
-        rec = probes[i]
-        turns = [{"from": "human", "value": "<image>\n" + rec["question"]}]
-        ids = encode_prompt(tok, turns, image_token_id=proc.image_token_id, num_image_tokens=proc.num_image_tokens)
-        px = proc.images([rec["image"]])
-        out = jaxlava.generate(model, ids[None], px, np.ones((1, len(ids)), np.int32), max_new_tokens=48,
-                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or 0)
-        answer = tok.decode(np.asarray(out.tokens[0, :int(out.lengths[0])]), skip_special_tokens=True).strip()
-        rids = encode_reward_input(tok, turns + [{"from": "gpt", "value": answer}], answer, rec["facts"],
-                                   image_token_id=proc.image_token_id, num_image_tokens=proc.num_image_tokens,
-                                   rng=random.Random(i))
-        score = float(rm.scores(model, head, rids[None], px, np.ones((1, len(rids)), np.int32), lora=lora)[0])
-        print(f"\nQ: {rec['question']}\n   gold: {rec['answer']}\n   model: {answer}\n   reward: {score:+.3f}")
+DEFAULTS = {"--recipe": "demo", "--seeds": "0", "--out": "runs/demo"}
 
 
-def interop_check(run: str) -> None:
+def interop_check(sft_run: str) -> None:
+    """transformers' `LlavaForConditionalGeneration` on the exported SFT model: the largest logit difference."""
     import jaxlava
     try:
         import torch
@@ -58,7 +26,7 @@ def interop_check(run: str) -> None:
     except ImportError:
         print("torch/transformers not installed: skipping the transformers comparison")
         return
-    path = os.path.join(run, "sft", "hf")
+    path = os.path.join(sft_run, "hf")
     model = jaxlava.from_pretrained(path)
     cfg = model.config
     rng = np.random.default_rng(0)
@@ -71,31 +39,29 @@ def interop_check(run: str) -> None:
     print(f"\ntransformers LlavaForConditionalGeneration on {path}: max |logit diff| = {np.abs(ref - ours).max():.2e}")
 
 
-@dataclasses.dataclass
-class DemoConfig:
-    """`make demo`: the LLaVA-RLHF recipe on the embedded shapes world, end to end on a CPU."""
-    out: str = "runs/demo"  # run folder (reused: finished stages resume or are skipped)
-    sft_steps: int = 400
-    rm_steps: int = 200
+def demo_argv(argv: list[str]) -> list[str]:
+    """train/reproduce.py's arguments: the demo's defaults for every flag the user did not give."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    return [x for flag, value in DEFAULTS.items() if flag not in given for x in (flag, value)] + list(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxlava.shapes import open_world
-    from jaxlava.training import run_rm, run_sft
-    from jaxlava.training.cli import parse
-    args = parse(DemoConfig, argv, description=__doc__)
+    import sys
+
+    from jaxlava.reproduce import report
+    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.stages import StageMismatch, run
     t0 = time.time()
-    world = os.path.join(args.out, "world")
-    open_world(world, build=True)
-    print("\n== SFT ==", flush=True)
-    run_sft.main(["--data", world, "--out", os.path.join(args.out, "sft"), "--steps", str(args.sft_steps)])
-    print("\n== reward model (with facts) ==", flush=True)
-    run_rm.main(["--data", world, "--init", os.path.join(args.out, "sft", "hf"), "--out",
-                 os.path.join(args.out, "rm"), "--steps", str(args.rm_steps)])
-    print("\n== sampled answers and their rewards ==", flush=True)
-    sample_and_score(args.out, world)
-    interop_check(args.out)
-    print(f"\ndemo finished in {time.time() - t0:.0f}s; outputs in {args.out} (metrics.png in each stage folder)")
+    cfg = parse_config(demo_argv(sys.argv[1:] if argv is None else argv), description=__doc__)
+    try:
+        results = run(cfg)
+    except StageMismatch as e:
+        raise SystemExit(f"error: {e}") from None
+    interop_check(os.path.join(report.seed_dir(cfg.out, cfg.seeds[0]), report.SFT))
+    print(f"\n== the three systems (recipe {cfg.recipe}, seed {', '.join(map(str, cfg.seeds))}; the paper's "
+          f"numbers and the acceptance checks are in {os.path.join(cfg.out, report.TABLE)}) ==\n")
+    print(report.systems_table(results))
+    print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {cfg.out}")
     return 0
 
 

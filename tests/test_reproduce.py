@@ -76,6 +76,30 @@ def test_tiny_recipe_end_to_end(tiny_run):
 
 
 @pytest.mark.slow
+def test_demo_reuses_the_stages_and_ends_with_the_three_systems(tiny_run, compile_cache):
+    """`python -m jaxlava.demo` is the reproduction with the demo's defaults: on a finished OUT it reruns no stage,
+    checks transformers' logits on the SFT export and prints the three-row table last."""
+    out = tiny_run[0]
+    env = dict(cli_env(1), JAX_COMPILATION_CACHE_DIR=compile_cache)
+    r = subprocess.run([sys.executable, "-m", "jaxlava.demo", *TINY, "--out", str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert all(f"] {stage}: skipped" in r.stdout for stage in STAGES)
+    diff = float(r.stdout.split("max |logit diff| = ")[1].split()[0])
+    assert diff < 1e-4
+    tail = r.stdout[r.stdout.index("== the three systems"):]
+    rows = [line for line in tail.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["system", "SFT", "RLHF (no facts)", "Fact-RLHF"]
+
+
+def test_demo_defaults_yield_to_given_flags():
+    from jaxlava.demo import demo_argv
+    assert demo_argv([]) == ["--recipe", "demo", "--seeds", "0", "--out", "runs/demo"]
+    assert demo_argv(["--out=x", "--sft-steps", "9"]) == ["--recipe", "demo", "--seeds", "0", "--out=x",
+                                                          "--sft-steps", "9"]
+
+
+@pytest.mark.slow
 def test_ppo_held_out_eval_logs_hallucination(tiny_run):
     out = tiny_run[0]
     from jaxlava.training.metrics import read_metrics

@@ -210,6 +210,16 @@ def markdown(results: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def systems_table(results: dict) -> str:
+    """The three systems in one short table (the end of `make demo`): hallucination, recall, POPE, rating."""
+    summ = results["summary"]["systems"]
+    head = ["system", "CHAIR-i %", "CHAIR-s %", "recall %", "POPE F1 random", "POPE yes random", "rating (0-6)"]
+    rows = [[label, _cell(summ[key]["chair_i"]), _cell(summ[key]["chair_s"]), _cell(summ[key]["recall"]),
+             _cell(summ[key]["pope_random_f1"]), _cell(summ[key]["pope_random_yes_ratio"]),
+             _cell(summ[key]["rating"], pct=False, digits=2)] for key, label, _ in SYSTEMS]
+    return _table(head, rows)
+
+
 def _verdict(c: dict) -> str:
     v = c["value"]
     if v is None:
