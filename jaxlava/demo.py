@@ -10,6 +10,7 @@ train/reproduce.py's (`python -m jaxlava.demo --sft-steps 400`); a rerun skips f
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -46,8 +47,6 @@ def demo_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     from jaxlava.reproduce import report
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import StageMismatch, run

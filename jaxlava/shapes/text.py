@@ -240,9 +240,10 @@ def existence_question(cat: str) -> str:
 
 def matched_negative(scene: Scene, counts: Counts, rng: np.random.Generator) -> str:
     """An absent category drawn with the frequency at which categories are present (the positives' marginal)."""
-    present = scene.categories
-    w = np.array([f if c not in present else 0.0 for c, f in zip(counts.categories, counts.freq)], np.float64)
-    w = w + (w.sum() == 0) * np.array([c not in present for c in counts.categories], np.float64)
+    absent = np.array([c not in scene.categories for c in counts.categories], np.float64)
+    w = counts.freq * absent
+    if w.sum() == 0:  # no absent category ever occurred: any absent one
+        w = absent
     return counts.categories[int(rng.choice(len(w), p=w / w.sum()))]
 
 
@@ -252,14 +253,14 @@ def existence_qa(scene: Scene, counts: Counts, rng: np.random.Generator, *, answ
         o = scene.objects[int(rng.integers(len(scene.objects)))]
         cat, kind = o.category, None
         ans = "Yes" if short else f"Yes, there is {an(o.name)} in the image."
-    elif negatives_from == "matched":
-        cat, kind = matched_negative(scene, counts, rng), "matched"
-        ans = "No" if short else f"No, there is no {cat} in the image."
     else:
-        kind = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))]
-        positives = [o.category for o in scene.objects]
-        cands = negatives(scene, counts, rng, kind, positives, min(3, len(counts.categories) - len(positives)))
-        cat = cands[int(rng.integers(len(cands)))]
+        if negatives_from == "matched":
+            cat, kind = matched_negative(scene, counts, rng), "matched"
+        else:
+            kind = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))]
+            positives = [o.category for o in scene.objects]
+            cands = negatives(scene, counts, rng, kind, positives, min(3, len(counts.categories) - len(positives)))
+            cat = cands[int(rng.integers(len(cands)))]
         ans = "No" if short else f"No, there is no {cat} in the image."
     q = existence_question(cat) + (SHORT_SUFFIX if short else "")
     return q, ans, {"object": cat, "negative_kind": kind}
