@@ -10,6 +10,8 @@ export JAX_PLATFORMS
 GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 export GLIBC_TUNABLES
 PYTEST_ARGS ?=
+# pytest-xdist workers; a test module stays on one worker (its module fixtures are built once). 0: no workers
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast test-long install clean-venv
 
@@ -26,10 +28,10 @@ demo: $(VENV)/.installed
 
 # the whole suite, slow tests included (CI budget: well under 20 minutes on 2 cores)
 test: $(VENV)/.installed
-	$(VENV)/bin/pytest -q -rfE --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rfE --durations=15 -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/pytest -q -rfE -m "not slow and not long" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rfE -m "not slow and not long" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # opt-in quality runs (marker `long`): the reward model's 0.9 bar, about 110 minutes on 2 cores (estimate)
 test-long: $(VENV)/.installed

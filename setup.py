@@ -30,6 +30,7 @@ EXTRAS = {
     "test": [
         "pytest>=8",
         "pytest-timeout",
+        "pytest-xdist",  # `make test` runs the suite on 2 workers (most of a test's time is single-threaded compiling)
         "hypothesis>=6",
         "torch==2.13.0",
         "peft>=0.17",

@@ -6,7 +6,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cli_env(devices: int | None = 1) -> dict:
     """Environment for a script run: CPU JAX, the checkout on PYTHONPATH, `devices` fake host devices
-    (None: leave XLA_FLAGS as the caller's environment has it)."""
+    (None: leave XLA_FLAGS as the caller's environment has it).  The session's compilation cache
+    (JAX_COMPILATION_CACHE_DIR, set in conftest.py) is inherited."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     if devices is not None:

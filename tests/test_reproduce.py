@@ -16,15 +16,8 @@ from jaxlava.reproduce.stages import STAGES
 TINY = ("--recipe", "tiny", "--seeds", "0")
 
 
-@pytest.fixture(scope="module")
-def compile_cache(request):
-    """JAX's persistent compilation cache kept in .pytest_cache: the test's next runs skip most compilation
-    (about half of a cold run's time on 2 cores)."""
-    return str(request.config.cache.mkdir("jax_compile_cache"))
-
-
-def _reproduce(out, cache, *extra, timeout=900):
-    env = dict(cli_env(1), JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def _reproduce(out, *extra, timeout=900):  # with the session's compilation cache (conftest.py)
+    env = cli_env(1)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "train/reproduce.py", *TINY, "--out", str(out), *extra], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -32,10 +25,10 @@ def _reproduce(out, cache, *extra, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, compile_cache):
+def tiny_run(tmp_path_factory):
     """The tiny recipe from an empty folder: (OUT, its stdout, seconds)."""
     out = tmp_path_factory.mktemp("reproduce") / "out"
-    r, seconds = _reproduce(out, compile_cache)
+    r, seconds = _reproduce(out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r.stdout, seconds
 
@@ -76,11 +69,11 @@ def test_tiny_recipe_end_to_end(tiny_run):
 
 
 @pytest.mark.slow
-def test_demo_reuses_the_stages_and_ends_with_the_three_systems(tiny_run, compile_cache):
+def test_demo_reuses_the_stages_and_ends_with_the_three_systems(tiny_run):
     """`python -m jaxlava.demo` is the reproduction with the demo's defaults: on a finished OUT it reruns no stage,
     checks transformers' logits on the SFT export and prints the three-row table last."""
     out = tiny_run[0]
-    env = dict(cli_env(1), JAX_COMPILATION_CACHE_DIR=compile_cache)
+    env = cli_env(1)
     r = subprocess.run([sys.executable, "-m", "jaxlava.demo", *TINY, "--out", str(out)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -115,14 +108,14 @@ def test_ppo_held_out_eval_logs_hallucination(tiny_run):
 
 
 @pytest.mark.slow
-def test_rerun_skips_every_stage_and_a_changed_setting_is_refused(tiny_run, compile_cache):
+def test_rerun_skips_every_stage_and_a_changed_setting_is_refused(tiny_run):
     out, _, first = tiny_run
-    r, seconds = _reproduce(out, compile_cache)
+    r, seconds = _reproduce(out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count(": skipped (cached") == len(STAGES) + 1  # the world and every stage
     assert "done in" not in r.stdout
     assert seconds < max(60.0, first / 3), (seconds, first)
-    r, _ = _reproduce(out, compile_cache, "--ppo-steps", "3")
+    r, _ = _reproduce(out, "--ppo-steps", "3")
     assert r.returncode != 0
     assert "ppo_facts was made with other settings (steps differ)" in r.stderr, r.stderr[-2000:]
 

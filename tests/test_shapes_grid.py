@@ -44,6 +44,26 @@ def test_small_radius_shrinks_small_objects_only():
         assert ob.r == (0.12 * 16 if ob.size == "small" else oa.r)
 
 
+def test_sizes_restrict_objects_and_hallucinated_objects_alike():
+    """`sizes=("small",)`: every object is small, and so is every object a description invents, so the word
+    "large" cannot give a hallucination away."""
+    from jaxlava.shapes import text as T
+    spec = make_spec(tuple(COLOURS), SHAPES, (), 0.6, np.random.default_rng(0))
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        scene = sample_scene(spec, rng, image_size=64, n_objects=3, cooccur_prob=0.0, backgrounds=("grey",),
+                             cell=16, sizes=("small",))
+        assert {o.size for o in scene.objects} == {"small"} and scene.sizes == ("small",)
+        assert T.fake_object(T.pick_absent(scene, spec, rng, 1)[0], scene, rng).size == "small"
+    both = sample_scene(spec, np.random.default_rng(5), image_size=64, n_objects=5, cooccur_prob=0.0,
+                        backgrounds=("grey",), cell=16)
+    assert both.sizes == ("small", "large")
+    with pytest.raises(ValueError, match="sizes"):
+        ShapesConfig(sizes=("tiny",))
+    with pytest.raises(ValueError, match="sizes"):
+        ShapesConfig(sizes=())
+
+
 def test_grid_config_is_checked():
     with pytest.raises(ValueError, match="cell"):
         ShapesConfig(cell=12)  # not a divisor of 64

@@ -25,6 +25,7 @@ class WorldArgs:
     # radius of small objects as a fraction of the cell (grid) or image side (free); default 0.3 resp. 0.085.
     # Smaller objects are harder for the vision tower to tell apart by shape: a blind spot of the encoder
     small_radius: float | None = None
+    sizes: tuple[Literal["small", "large"], ...] | None = None  # object sizes drawn (default both)
     cell_jitter: bool | None = None  # grid layout: objects move at random within their cells (default: centred)
     colours: tuple[str, ...] | None = None  # colour names (default all 9); co-occurrence pairs outside are dropped
     shapes: tuple[str, ...] | None = None  # shape names (default all 6); likewise

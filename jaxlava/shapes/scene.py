@@ -66,6 +66,7 @@ class Scene:
     objects: tuple[Obj, ...]
     background: str
     image_size: int
+    sizes: tuple[str, ...] = SIZES  # the sizes objects of this world take (a hallucinated object gets one too)
 
     @property
     def categories(self) -> set[str]:
@@ -186,10 +187,12 @@ def radius(size: str, image_size: int, cell: int = 0, small_radius: float | None
 
 def sample_scene(spec: WorldSpec, rng: np.random.Generator, *, image_size: int, n_objects: int,
                  cooccur_prob: float, backgrounds: tuple[str, ...], cell: int = 0,
-                 small_radius: float | None = None, jitter: bool = False) -> Scene:
-    """A scene of `n_objects`; placed freely (`cell` 0) or one per cell of a `cell`-pixel grid."""
+                 small_radius: float | None = None, jitter: bool = False,
+                 sizes: tuple[str, ...] = SIZES) -> Scene:
+    """A scene of `n_objects` with sizes drawn from `sizes`; placed freely (`cell` 0) or one per cell of a
+    `cell`-pixel grid."""
     cats = sample_categories(spec, n_objects, cooccur_prob, rng)
-    sizes = [SIZES[i] for i in rng.integers(0, len(SIZES), size=len(cats))]
+    allowed, sizes = sizes, [sizes[i] for i in rng.integers(0, len(sizes), size=len(cats))]
     radii = [radius(size, image_size, cell, small_radius) for size in sizes]
     centres = place_in_grid(radii, image_size, cell, rng, jitter) if cell else place(sizes, image_size, rng)
     objs = []
@@ -198,7 +201,7 @@ def sample_scene(spec: WorldSpec, rng: np.random.Generator, *, image_size: int, 
         objs.append(Obj(shape, colour, size, x, y, r))
     order = rng.permutation(len(objs))  # do not leak the pair structure through the object order
     bg = backgrounds[int(rng.integers(len(backgrounds)))]
-    return Scene(tuple(objs[i] for i in order), bg, image_size)
+    return Scene(tuple(objs[i] for i in order), bg, image_size, tuple(allowed))
 
 
 def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]]:

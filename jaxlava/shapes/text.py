@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from jaxlava.shapes.scene import RADIUS, SIZES, Obj, Scene, WorldSpec
+from jaxlava.shapes.scene import RADIUS, Obj, Scene, WorldSpec
 
 NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 LETTERS = "ABCD"
@@ -135,7 +135,7 @@ def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int)
 
 def fake_object(cat: str, scene: Scene, rng: np.random.Generator) -> Obj:
     colour, shape = cat.split(" ")
-    size = SIZES[int(rng.integers(len(SIZES)))]
+    size = scene.sizes[int(rng.integers(len(scene.sizes)))]
     x, y = rng.uniform(0, scene.image_size, size=2)
     return Obj(shape, colour, size, float(x), float(y), RADIUS[size] * scene.image_size)
 

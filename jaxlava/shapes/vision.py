@@ -86,7 +86,7 @@ class SceneStream:
             k = int(self.rng.integers(w.min_objects, w.max_objects + 1))
             scene = sample_scene(self.spec, self.rng, image_size=w.image_size, n_objects=k, cooccur_prob=0.0,
                                  backgrounds=w.backgrounds, cell=w.cell,
-                                 small_radius=w.small_radius, jitter=w.cell_jitter)
+                                 small_radius=w.small_radius, jitter=w.cell_jitter, sizes=w.sizes)
             px.append(self.prep(render(scene, w.texture)))
             tg.append(patch_targets(scene, self.patch, list(w.colours), list(w.shapes), self.cfg.min_pixels))
         return np.stack(px), np.stack(tg)

@@ -19,8 +19,8 @@ import numpy as np
 
 from jaxlava.fileio import write_json
 from jaxlava.shapes import text as T
-from jaxlava.shapes.scene import (BACKGROUNDS, COLOURS, SHAPES, Scene, WorldSpec, encode_png, make_spec, render,
-                                       sample_scene)
+from jaxlava.shapes.scene import (BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, WorldSpec, encode_png, make_spec,
+                                  render, sample_scene)
 
 KINDS = ("conversation", "preference", "ppo_prompt", "probe")
 SOURCE = "shapes"
@@ -39,6 +39,7 @@ class ShapesConfig:
     #               shapes model's vision patch equals the cell, so each object is one image token
     small_radius: float | None = None  # radius of small objects, as a fraction of the cell (grid) or of the image
     #                                    side (free); None: 0.3 resp. 0.085. Smaller: shapes the encoder can't tell
+    sizes: tuple[str, ...] = SIZES  # object sizes drawn; ("small",) with a small `small_radius` hides every shape
     cell_jitter: bool = False  # grid layout: objects move at random within their cells instead of sitting centred
     colours: tuple[str, ...] = tuple(COLOURS)
     shapes: tuple[str, ...] = SHAPES
@@ -80,6 +81,8 @@ class ShapesConfig:
     vocab_size: int = 1500
 
     def __post_init__(self):
+        if not self.sizes or len(set(self.sizes)) != len(self.sizes) or not set(self.sizes) <= set(SIZES):
+            raise ValueError(f"ShapesConfig.sizes: distinct sizes from {SIZES}, got {self.sizes}")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(f"ShapesConfig: need 1 <= min_objects <= max_objects, got {self.min_objects}, "
                              f"{self.max_objects}")
@@ -173,7 +176,7 @@ class _Builder:
         n = int(rng.integers(max(lo or 1, cfg.min_objects), cfg.max_objects + 1))
         s = sample_scene(self.spec, rng, image_size=cfg.image_size, n_objects=n, cooccur_prob=cfg.cooccur_prob,
                          backgrounds=cfg.backgrounds, cell=cfg.cell,
-                         small_radius=cfg.small_radius, jitter=cfg.cell_jitter)
+                         small_radius=cfg.small_radius, jitter=cfg.cell_jitter, sizes=cfg.sizes)
         self.progress(1)
         return s, encode_png(render(s, cfg.texture))
 

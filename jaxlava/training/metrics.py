@@ -87,8 +87,10 @@ _COMPILES = [0, False]  # XLA backend compilations seen, listener installed
 
 
 def compile_count() -> int:
-    """XLA compilations in this process since the first call (a `jax.monitoring` listener): a run logs it per step,
-    and tests check that it stays flat once every program has been compiled."""
+    """Programs compiled, or loaded from JAX's persistent compilation cache, in this process since the first call
+    (a `jax.monitoring` listener): a run logs it per step, and tests check that it stays flat once every program
+    exists.  JAX records the event it listens to around a load from the persistent cache as well, so the check keeps
+    its meaning when a cache is set (JAX_COMPILATION_CACHE_DIR)."""
     if not _COMPILES[1]:
         def listen(event: str, duration: float, **kwargs) -> None:
             if event == "/jax/core/compile/backend_compile_duration":

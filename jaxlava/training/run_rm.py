@@ -55,7 +55,7 @@ def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
 
     def batches(src):
         it = preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
-                                with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1,
+                                with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1, buckets=cfg.buckets,
                                 shard_index=jax.process_index(), shard_count=jax.process_count())
         return [put(b) for b in it]
     sets = {"eval_accuracy": batches(source)}
@@ -79,7 +79,8 @@ def run(cfg: RMConfig) -> dict:
         step = jax.jit(rm.make_step(graphdef, cfg.lora, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total)),
                        donate_argnums=0)
         data = preference_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
-                                  with_facts=not cfg.no_facts, seed=cfg.seed, num_workers=cfg.num_workers)
+                                  with_facts=not cfg.no_facts, seed=cfg.seed, num_workers=cfg.num_workers,
+                                  buckets=cfg.buckets)
         put = runs.batch_putter(mesh, preference_padding(processor))
         evaluate = rm.eval_accuracy(graphdef, base, cfg.lora, held_out_sets(cfg, processor, put))
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=base, data=data, total_steps=total,

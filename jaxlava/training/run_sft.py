@@ -83,7 +83,7 @@ def held_out_batches(cfg: SFTConfig, processor, put, n_batches: int = 2) -> list
         return []
     it = sft_batches(open_source(cfg.data, "conversation", "test"), processor, batch_size=cfg.batch_size,
                      template=cfg.template, seed=0, shuffle=False, num_epochs=1, shard_index=jax.process_index(),
-                     shard_count=jax.process_count())
+                     shard_count=jax.process_count(), buckets=cfg.buckets)
     out = []
     for b in it:
         out.append(put(b))
@@ -129,7 +129,7 @@ def run(cfg: SFTConfig) -> dict:
         step = jax.jit(sft.make_step(graphdef, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total), lora_cfg),
                        donate_argnums=0)
         data = sft_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
-                           template=cfg.template, seed=cfg.seed, num_workers=cfg.num_workers)
+                           template=cfg.template, seed=cfg.seed, num_workers=cfg.num_workers, buckets=cfg.buckets)
         put = runs.batch_putter(mesh, sft_padding(processor))
         evaluate = sft.eval_loss(graphdef, frozen, held_out_batches(cfg, processor, put), lora_cfg)
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=frozen, data=data, total_steps=total,

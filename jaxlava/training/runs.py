@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from jaxlava import sharding
+from jaxlava.data.buckets import DEFAULT_BUCKETS
 from jaxlava.data.processor import LlavaProcessor
 from jaxlava.shapes import open_world
 from jaxlava.training.optim import OptimConfig
@@ -35,6 +36,10 @@ class RunConfig:
     remat: bool = False
     scan_layers: bool = False
     eval_every: int = 50
+    # SFT and RM sequence-length buckets: a batch pads to the smallest that holds its longest row (PPO pads to its
+    # fixed widths instead). Finer buckets waste less compute on padding and compile one more step program each,
+    # e.g. --buckets 64 128 192 256 320 384 512 1024 2048
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
     stop_after: int | None = None  # end after this many steps of this process, as a preemption would (rerun to resume)
     build_missing: bool = False
     """Build a missing shapes world (or upstream stage) at a path you gave; default paths are built anyway."""
