@@ -17,10 +17,9 @@ TINY = ("--recipe", "tiny", "--seeds", "0")
 
 
 def _reproduce(out, *extra, timeout=900):  # with the session's compilation cache (conftest.py)
-    env = cli_env(1)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "train/reproduce.py", *TINY, "--out", str(out), *extra], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=timeout, check=False)
+                       env=cli_env(1), capture_output=True, text=True, timeout=timeout, check=False)
     return r, time.perf_counter() - t0
 
 
@@ -73,8 +72,7 @@ def test_demo_reuses_the_stages_and_ends_with_the_three_systems(tiny_run):
     """`python -m jaxlava.demo` is the reproduction with the demo's defaults: on a finished OUT it reruns no stage,
     checks transformers' logits on the SFT export and prints the three-row table last."""
     out = tiny_run[0]
-    env = cli_env(1)
-    r = subprocess.run([sys.executable, "-m", "jaxlava.demo", *TINY, "--out", str(out)], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "jaxlava.demo", *TINY, "--out", str(out)], cwd=ROOT, env=cli_env(1),
                        capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert all(f"] {stage}: skipped" in r.stdout for stage in STAGES)

@@ -192,16 +192,16 @@ def sample_scene(spec: WorldSpec, rng: np.random.Generator, *, image_size: int, 
     """A scene of `n_objects` with sizes drawn from `sizes`; placed freely (`cell` 0) or one per cell of a
     `cell`-pixel grid."""
     cats = sample_categories(spec, n_objects, cooccur_prob, rng)
-    allowed, sizes = sizes, [sizes[i] for i in rng.integers(0, len(sizes), size=len(cats))]
-    radii = [radius(size, image_size, cell, small_radius) for size in sizes]
-    centres = place_in_grid(radii, image_size, cell, rng, jitter) if cell else place(sizes, image_size, rng)
+    drawn = [sizes[i] for i in rng.integers(0, len(sizes), size=len(cats))]
+    radii = [radius(size, image_size, cell, small_radius) for size in drawn]
+    centres = place_in_grid(radii, image_size, cell, rng, jitter) if cell else place(drawn, image_size, rng)
     objs = []
-    for cat, size, r, (x, y) in zip(cats, sizes, radii, centres):
+    for cat, size, r, (x, y) in zip(cats, drawn, radii, centres):
         colour, shape = cat.split(" ")
         objs.append(Obj(shape, colour, size, x, y, r))
     order = rng.permutation(len(objs))  # do not leak the pair structure through the object order
     bg = backgrounds[int(rng.integers(len(backgrounds)))]
-    return Scene(tuple(objs[i] for i in order), bg, image_size, tuple(allowed))
+    return Scene(tuple(objs[i] for i in order), bg, image_size, tuple(sizes))
 
 
 def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]]:
