@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from jaxlava.data.buckets import DEFAULT_BUCKETS
 from jaxlava.training.cli import parse, preset_default
 
 
@@ -32,6 +33,11 @@ class Recipe:
     rm_lr: float = 5e-4
     rm_rank: int = 64
     rm_alpha: float = 128.0
+    rm_schedule: Literal["constant_with_warmup", "cosine"] = "constant_with_warmup"
+    rm_epochs: float = 1.0  # passes over the preference pairs the reward models may take (steps end them first)
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    """sequence-length buckets of SFT, RL-init and the reward models (finer ones waste less padding, e.g.
+    64 128 192 256 320 384 512 1024 2048)"""
     eval_every: int = 50  # held-out evaluation of SFT, RL-init and the reward models (also at their last step)
     checkpoint_every: int = 100  # checkpoints of SFT, RL-init and the reward models (a cut run resumes from them)
     ppo_steps: int = 40  # each of the two PPO runs (facts RM, no-facts RM)

@@ -108,7 +108,8 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     """The config of every stage of one seed (the shapes stage presets with the recipe's values)."""
     d, data = report.seed_dir(cfg.out, seed), world_dir(cfg.out)
     common = dict(data=data, seed=seed, mesh=cfg.mesh, eval_every=cfg.eval_every,
-                  checkpoint_every=cfg.checkpoint_every, vision_pretrain_steps=cfg.vision_pretrain_steps)
+                  checkpoint_every=cfg.checkpoint_every, vision_pretrain_steps=cfg.vision_pretrain_steps,
+                  buckets=tuple(cfg.buckets))
     sft_hf = os.path.join(d, report.SFT, "hf")
     sft_p, lora_p, rm_p, ppo_p = (run_sft.RUN_PRESETS["shapes"], run_sft.LORA_PRESETS["shapes"],
                                   run_rm.RUN_PRESETS["shapes"], run_ppo.RUN_PRESETS["shapes"])
@@ -124,9 +125,10 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     }
     for which, folder in report.RM.items():
         out[folder] = dataclasses.replace(rm_p, init=sft_hf, out=os.path.join(d, folder), no_facts=which == "nofacts",
-                                          steps=cfg.rm_steps, batch_size=cfg.rm_batch_size,
+                                          steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,
                                           lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
-                                          optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr), **common)
+                                          optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr, schedule=cfg.rm_schedule),
+                                          **common)
     for which, folder in report.PPO.items():
         out[folder] = dataclasses.replace(
             ppo_p, data=data, seed=seed, mesh=cfg.mesh, init=sft_hf,
