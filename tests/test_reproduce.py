@@ -180,18 +180,19 @@ def test_world_flags_and_recipes():
                for f in ("sft_steps", "rlinit_steps", "rm_steps", "ppo_steps"))
 
 
-def test_recipe_buckets_and_rm_schedule_reach_the_stages(tmp_path):
+def test_recipe_buckets_rm_schedule_and_length_score_reach_the_stages(tmp_path):
     from jaxlava.data.buckets import DEFAULT_BUCKETS
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import stage_configs
     cfg = parse_config(["--out", str(tmp_path), "--buckets", "64", "192", "512", "--rm-schedule", "cosine",
-                        "--rm-epochs", "4"])
+                        "--rm-epochs", "4", "--ppo-length-score", "-2"])
     c = stage_configs(cfg, 0)
     assert all(c[s].buckets == (64, 192, 512) for s in ("sft", "rlinit", "rm_facts", "rm_nofacts"))
     assert all(c[s].optim.schedule == "cosine" and c[s].epochs == 4 for s in ("rm_facts", "rm_nofacts"))
+    assert c["ppo_facts"].length_score == c["ppo_nofacts"].length_score == -2.0
     d = stage_configs(parse_config(["--out", str(tmp_path)]), 0)  # the defaults keep the stage presets' values
     assert d["rm_facts"].optim.schedule == "constant_with_warmup" and d["rm_facts"].epochs == 1.0
-    assert d["sft"].buckets == DEFAULT_BUCKETS
+    assert d["sft"].buckets == DEFAULT_BUCKETS and d["ppo_facts"].length_score == -10.0
 
 
 # ----------------------------------------------------------------------------------------------- PPO held-out judge

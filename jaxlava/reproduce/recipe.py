@@ -45,6 +45,9 @@ class Recipe:
     ppo_step_batch_size: int = 16
     ppo_lr: float = 1e-3
     ppo_kl_coef: float = 0.1
+    ppo_length_score: float = -10.0
+    """PPO's length term (n / T) · length_bonus · this, T = --ppo-max-new-tokens: the paper's -10 was made for
+    T = 896, so with short responses each token weighs 896 / T times more than there"""
     ppo_max_new_tokens: int = 40
     ppo_rm_seq_len: int = 512
     ppo_eval_every: int = 10  # PPO's held-out greedy evaluation (reward, KL, CHAIR-i ...): the hallucination curve
