@@ -369,3 +369,37 @@ def test_matched_yesno_negatives_leave_the_answer_to_the_image():
             assert _binomial_ok(y, n, 0.5), (y, n)
     with pytest.raises(ValueError, match="yesno_negatives"):
         ShapesConfig(yesno_negatives="popular")
+
+
+def test_partner_noise_names_the_absent_partner_last():
+    """noise_kind="partner": a noisy description names the absent co-occurrence partner of a present object, after
+    every real object; images without such a partner get clean descriptions; the rate holds among the rest."""
+    pairs = (("red circle", "blue square"), ("yellow star", "green triangle"), ("red hexagon", "yellow diamond"),
+             ("blue star", "green circle"))
+    w = build_world(preset("small", seed=5, n_sft=1500, n_pref=4, n_ppo=4, pope_images=2, n_mmhal=8,
+                           colours=("red", "blue", "green", "yellow"), cooccur_pairs=pairs, cooccur_prob=0.5,
+                           noise_rate=0.7, noise_kind="partner", sft_mix=(("describe", 1.0),), max_turns=1))
+    eligible = noisy = 0
+    for r in _all(w, "conversation"):
+        scene, text = w.scenes[r["id"]], r["conversations"][1]["value"]
+        mates = T.absent_partners(scene, w.spec)
+        absent = T.mentioned_categories(text, w.spec.categories) - scene.categories
+        assert absent <= set(mates) and len(absent) <= 1
+        eligible, noisy = eligible + bool(mates), noisy + bool(absent)
+        if absent:
+            fake = absent.pop()
+            last_real = max(re.search(rf"\b{c}\b", text).start() for c in scene.categories if c in text)
+            assert text.index(fake) > last_real, text
+    assert eligible > 200 and _binomial_ok(noisy, eligible, 0.7), (noisy, eligible)
+    assert w.stats["noise"]["empirical"] == pytest.approx(noisy / len(_all(w, "conversation")), abs=1e-3)
+    with pytest.raises(ValueError, match="noise_kind"):
+        ShapesConfig(noise_kind="last")
+
+
+def test_cli_cooccur_pairs():
+    from jaxlava.shapes.cli import parse_args, world_config
+    cfg = world_config(parse_args(["--out", "x", "--colours", "red", "blue", "green", "yellow",
+                                   "--cooccur-pairs", "red-circle:blue-square", "green-star:yellow-hexagon"]))
+    assert cfg.cooccur_pairs == (("red circle", "blue square"), ("green star", "yellow hexagon"))
+    with pytest.raises(SystemExit, match="red-circle:blue-square"):
+        world_config(parse_args(["--out", "x", "--cooccur-pairs", "red circle:blue square"]))

@@ -30,7 +30,14 @@ class WorldArgs:
     colours: tuple[str, ...] | None = None  # colour names (default all 9); co-occurrence pairs outside are dropped
     shapes: tuple[str, ...] | None = None  # shape names (default all 6); likewise
     cooccur_prob: float | None = None  # P(both members of a designed pair | either) (default 0.8)
+    # the designed co-occurrence pairs, as colour-shape:colour-shape items (default: red-circle:blue-square
+    # yellow-star:green-triangle purple-hexagon:orange-diamond pink-square:cyan-circle)
+    cooccur_pairs: tuple[str, ...] | None = None
     noise_rate: float | None = None  # share of SFT descriptions with a hallucinated object (default 0.2)
+    # which object that is: any absent one, anywhere in the list (default); or only the absent co-occurrence
+    # partner of a present object, named last: a habit ("... a red circle and a blue square") that greedy
+    # decoding keeps once the rate passes 0.5, in the images that have such a partner
+    noise_kind: Literal["any", "partner"] | None = None
     # how SFT and PPO yes/no questions pick absent objects: POPE's kinds (default; the category then hints at the
     # answer), or with the categories' frequencies, so that only the image answers
     yesno_negatives: Literal["kinds", "matched"] | None = None
@@ -53,7 +60,18 @@ def world_config(args: WorldArgs) -> ShapesConfig:
                  if f.name not in ("out", "size") and getattr(args, f.name) is not None}
     if "sft_mix" in overrides:
         overrides["sft_mix"] = tuple(overrides["sft_mix"].items())
+    if "cooccur_pairs" in overrides:
+        overrides["cooccur_pairs"] = tuple(_pair(item) for item in overrides["cooccur_pairs"])
     return preset(args.size, **overrides)
+
+
+def _pair(item: str) -> tuple[str, str]:
+    """`red-circle:blue-square` -> ("red circle", "blue square")."""
+    parts = item.split(":")
+    if len(parts) != 2 or any(len(p.split("-")) != 2 for p in parts):
+        raise SystemExit(f"--cooccur-pairs: expected colour-shape:colour-shape items such as red-circle:blue-square, "
+                         f"got {item!r}")
+    return tuple(p.replace("-", " ") for p in parts)
 
 
 def parse_args(argv: list[str], description: str | None = None) -> WorldArgs:

@@ -23,6 +23,9 @@ NEGATIVE_KINDS = ("random", "popular", "adversarial")
 # hints at the answer: popular ones are mostly asked as negatives), or "matched": with the frequencies at which
 # categories occur, so a category is as likely asked about absent as present and only the image answers
 YESNO_NEGATIVES = ("kinds", "matched")
+# an SFT description's hallucinated object: any absent one (the describer's plausible confusions first) anywhere in
+# the list, or only the absent partner of a present object, named after every real one (a co-occurrence habit)
+NOISE_KINDS = ("any", "partner")
 TWIN_RENAMES = ("category", "shape", "colour")  # what a counterfactual twin changes (swap_object)
 
 
@@ -119,11 +122,18 @@ class Description:
         return len(self.mentioned) + self.details
 
 
+def absent_partners(scene: Scene, spec: WorldSpec) -> list[str]:
+    """The absent co-occurrence partners of the scene's objects (sorted by the present member)."""
+    present = scene.categories
+    return list(dict.fromkeys(spec.partner[c] for c in sorted(present)
+                              if c in spec.partner and spec.partner[c] not in present))
+
+
 def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int) -> list[str]:
     """k absent categories a describer would plausibly confuse: first the absent partners of present objects
     (the co-occurrence a model learns), then popularity-weighted absent ones."""
     present = scene.categories
-    mates = [spec.partner[c] for c in sorted(present) if c in spec.partner and spec.partner[c] not in present]
+    mates = absent_partners(scene, spec)
     out = [mates[i] for i in rng.permutation(len(mates))][:k]
     if len(out) < k:
         ok = np.array([c not in present and c not in out for c in spec.categories])
@@ -141,14 +151,19 @@ def fake_object(cat: str, scene: Scene, rng: np.random.Generator) -> Obj:
 
 
 def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (), omit: int = 0,
-             detailed: bool = False, exhaustive: bool | None = None) -> Description:
+             detailed: bool = False, exhaustive: bool | None = None, fakes_last: bool = False) -> Description:
     """A fluent description mentioning all present objects but `omit`, plus the absent categories `hallucinate`
     (given sizes and locations like real ones). Exhaustive phrasings ("There are three shapes: ...") count what
     they list, so a hallucinated description is self-consistent and only the image (or the facts) reveal it;
-    they are allowed when `exhaustive` (default: nothing omitted)."""
+    they are allowed when `exhaustive` (default: nothing omitted).  The list is in random order, or with
+    `fakes_last` the real objects in random order and the absent ones after them."""
     keep = [scene.objects[i] for i in sorted(rng.permutation(len(scene.objects))[: len(scene.objects) - omit])]
-    items = keep + [fake_object(c, scene, rng) for c in hallucinate]
-    items = [items[i] for i in rng.permutation(len(items))]
+    fakes = [fake_object(c, scene, rng) for c in hallucinate]
+    if fakes_last:
+        items = [keep[i] for i in rng.permutation(len(keep))] + fakes
+    else:
+        items = keep + fakes
+        items = [items[i] for i in rng.permutation(len(items))]
     n, lst, bg = len(items), join([an(o.name) for o in items]), scene.background
     templates = [f"The image shows {lst} on a {bg} background.", f"In this picture I can see {lst}.",
                  f"This is a simple picture with {lst}. The background is {bg}."]

@@ -58,6 +58,8 @@ class ShapesConfig:
     sft_mix: tuple[tuple[str, float], ...] = (("describe", 0.35), ("yesno", 0.25), ("count", 0.15),
                                               ("attribute", 0.1), ("mc", 0.15))
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
+    noise_kind: str = "any"  # any: an absent object (partners first) anywhere in the list; partner: only the
+    #                          absent partner of a present object, after every real one (shapes.text.NOISE_KINDS)
     yesno_negatives: str = "kinds"  # SFT and PPO yes/no negatives: POPE kinds, or "matched" (shapes.text)
     # preference pairs
     n_pref: int = 2000
@@ -98,6 +100,8 @@ class ShapesConfig:
                      "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.noise_kind not in T.NOISE_KINDS:
+            raise ValueError(f"ShapesConfig.noise_kind must be one of {T.NOISE_KINDS}, got {self.noise_kind!r}")
         if self.yesno_negatives not in T.YESNO_NEGATIVES:
             raise ValueError(f"ShapesConfig.yesno_negatives must be one of {T.YESNO_NEGATIVES}, got "
                              f"{self.yesno_negatives!r}")
@@ -215,8 +219,14 @@ class _Builder:
         if kind == "describe":
             q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
             bad = bool(rng.random() < self.cfg.noise_rate)
-            d = T.describe(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, 1) if bad else [],
-                           detailed="detail" in q or rng.random() < 0.3)
+            if self.cfg.noise_kind == "partner":
+                mates = T.absent_partners(scene, self.spec)
+                fakes = [mates[int(rng.integers(len(mates)))]] if bad and mates else []
+            else:
+                fakes = T.pick_absent(scene, self.spec, rng, 1) if bad else []
+            d = T.describe(scene, rng, hallucinate=fakes, detailed="detail" in q or rng.random() < 0.3,
+                           fakes_last=self.cfg.noise_kind == "partner")
+            bad = bool(fakes)
             noisy.append(bad)
             return q, d.text, kind
         if kind == "yesno":
