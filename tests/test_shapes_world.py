@@ -396,10 +396,12 @@ def test_partner_noise_names_the_absent_partner_last():
         ShapesConfig(noise_kind="last")
 
 
-def test_cli_cooccur_pairs():
+def test_cli_cooccur_pairs_and_probe_counts():
     from jaxlava.shapes.cli import parse_args, world_config
     cfg = world_config(parse_args(["--out", "x", "--colours", "red", "blue", "green", "yellow",
-                                   "--cooccur-pairs", "red-circle:blue-square", "green-star:yellow-hexagon"]))
+                                   "--cooccur-pairs", "red-circle:blue-square", "green-star:yellow-hexagon",
+                                   "--n-mmhal", "300", "--pope-images", "50"]))
     assert cfg.cooccur_pairs == (("red circle", "blue square"), ("green star", "yellow hexagon"))
+    assert (cfg.n_mmhal, cfg.pope_images) == (300, 50)
     with pytest.raises(SystemExit, match="red-circle:blue-square"):
         world_config(parse_args(["--out", "x", "--cooccur-pairs", "red circle:blue square"]))

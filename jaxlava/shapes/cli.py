@@ -42,6 +42,10 @@ class WorldArgs:
     # answer), or with the categories' frequencies, so that only the image answers
     yesno_negatives: Literal["kinds", "matched"] | None = None
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)
+    # probe images of the judges (eval/shapes.py): POPE images per split (default 32; 6 questions each) and
+    # MMHal-style questions (default 96); the judges describe every distinct probe image
+    pope_images: int | None = None
+    n_mmhal: int | None = None
     n_sft: int | None = None  # SFT conversations (default 4000; the size preset sets it otherwise)
     n_pref: int | None = None  # preference pairs (default 2000; 10% held out)
     # share of preference pairs that are counterfactual twins: the loser is the winner with one object renamed
