@@ -123,10 +123,10 @@ class Description:
 
 
 def absent_partners(scene: Scene, spec: WorldSpec) -> list[str]:
-    """The absent co-occurrence partners of the scene's objects (sorted by the present member)."""
+    """The absent co-occurrence partners of the scene's objects (sorted by the present member; a category has at
+    most one partner, so none repeats)."""
     present = scene.categories
-    return list(dict.fromkeys(spec.partner[c] for c in sorted(present)
-                              if c in spec.partner and spec.partner[c] not in present))
+    return [spec.partner[c] for c in sorted(present) if c in spec.partner and spec.partner[c] not in present]
 
 
 def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int) -> list[str]:

@@ -226,8 +226,7 @@ class _Builder:
                 fakes = T.pick_absent(scene, self.spec, rng, 1) if bad else []
             d = T.describe(scene, rng, hallucinate=fakes, detailed="detail" in q or rng.random() < 0.3,
                            fakes_last=self.cfg.noise_kind == "partner")
-            bad = bool(fakes)
-            noisy.append(bad)
+            noisy.append(bool(fakes))
             return q, d.text, kind
         if kind == "yesno":
             q, a, _ = T.existence_qa(scene, self.counts, rng, answer_yes=bool(rng.random() < 0.5),
