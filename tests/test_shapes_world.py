@@ -405,3 +405,24 @@ def test_cli_cooccur_pairs_and_probe_counts():
     assert (cfg.n_mmhal, cfg.pope_images) == (300, 50)
     with pytest.raises(SystemExit, match="red-circle:blue-square"):
         world_config(parse_args(["--out", "x", "--cooccur-pairs", "red circle:blue square"]))
+
+
+def test_omission_twins_leave_one_present_object_out():
+    """pref_twin_omit_prob: a share of the twins keeps every word but one present object's, so the loser is the less
+    complete description (same hallucinations, no count claimed); off by default, and the rename twins remain."""
+    w = build_world(preset("small", seed=7, n_pref=300, pref_minimal_prob=1.0, pref_twin_omit_prob=0.5))
+    recs = [r for r in _all(w, "preference") if w.meta[r["id"]]["counterfactual"]]
+    omitted = [r for r in recs if w.meta[r["id"]]["decided_by"] == "completeness"]
+    assert _binomial_ok(len(omitted), len(recs), 0.5 * np.mean([len(w.scenes[r["id"]].objects) >= 2 for r in recs]))
+    cats = w.spec.categories
+    for r in omitted:
+        win, lose = r[f"output_{r['preference']}"], r[f"output_{3 - r['preference']}"]
+        named_win, named_lose = T.mentioned_categories(win, cats), T.mentioned_categories(lose, cats)
+        present = set(w.scenes[r["id"]].categories)
+        gone = named_win - named_lose
+        assert len(gone) <= 1 and gone <= present and named_lose <= named_win
+        assert named_win - present == named_lose - present  # the same hallucinations
+        assert not re.search(r"\b(one|two|three|four|five) (shape|object)", win + lose)
+        assert len(lose.split()) < len(win.split())
+    with pytest.raises(ValueError, match="pref_twin_omit_prob"):
+        preset("small", pref_twin_omit_prob=1.5)

@@ -56,6 +56,9 @@ class WorldArgs:
     sft_mix: dict[str, float] | None = None
     # what a twin renames: any absent category, or only the shape (resp. colour) to one the image lacks
     pref_twin_rename: Literal["category", "shape", "colour"] | None = None
+    # share of twins that leave one present object out instead of renaming one (the loser is the less complete
+    # description, every other word kept), so that the reward model also sees completeness (default 0)
+    pref_twin_omit_prob: float | None = None
 
 
 def world_config(args: WorldArgs) -> ShapesConfig:

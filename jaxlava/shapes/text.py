@@ -164,19 +164,45 @@ def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] =
     else:
         items = keep + fakes
         items = [items[i] for i in rng.permutation(len(items))]
+    t = int(rng.integers(5 if ((omit == 0) if exhaustive is None else exhaustive) else 3))
+    text = _phrase(items, scene, t, detailed)
+    details = len(keep) if detailed else 0
+    return Description(text, tuple(hallucinate), tuple(o.category for o in keep), details)
+
+
+def _phrase(items: list[Obj], scene: Scene, template: int, detailed: bool) -> str:
+    """The description of `items` in phrasing `template` (0-2 plain lists, 3-4 exhaustive ones that count the
+    list), with a location sentence per item when `detailed`."""
     n, lst, bg = len(items), join([an(o.name) for o in items]), scene.background
     templates = [f"The image shows {lst} on a {bg} background.", f"In this picture I can see {lst}.",
-                 f"This is a simple picture with {lst}. The background is {bg}."]
-    if (omit == 0) if exhaustive is None else exhaustive:
-        templates += [f"The image shows {num(n)} {plural('object', n)} on a {bg} background: {lst}.",
-                      f"There {be(n)} {num(n)} {plural('shape', n)} in this picture: {lst}."]
-    text = templates[int(rng.integers(len(templates)))]
-    details = 0
+                 f"This is a simple picture with {lst}. The background is {bg}.",
+                 f"The image shows {num(n)} {plural('object', n)} on a {bg} background: {lst}.",
+                 f"There {be(n)} {num(n)} {plural('shape', n)} in this picture: {lst}."]
+    text = templates[template]
     if detailed:
-        for o in items:
-            text += f" The {o.name} is {where(o.region(scene.image_size))}."
-        details = len(keep)
-    return Description(text, tuple(hallucinate), tuple(o.category for o in keep), details)
+        text += "".join(f" The {o.name} is {where(o.region(scene.image_size))}." for o in items)
+    return text
+
+
+def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (),
+                  detailed: bool = False) -> tuple[Description, Description] | None:
+    """A description naming every object of the scene (and the absent `hallucinate`), and its twin with one
+    present object left out, every other word kept; the twin is the less complete one, so the simulated
+    annotator prefers the first.  Only the plain phrasings are used, so that neither claims a count.  None when
+    the scene has a single object."""
+    if len(scene.objects) < 2:
+        return None
+    real = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
+    items = real + [fake_object(c, scene, rng) for c in hallucinate]
+    items = [items[i] for i in rng.permutation(len(items))]
+    t, gone = int(rng.integers(3)), real[int(rng.integers(len(real)))]
+    rest = [o for o in items if o is not gone]
+    kept = [o for o in real if o is not gone]
+    full = Description(_phrase(items, scene, t, detailed), tuple(hallucinate), tuple(o.category for o in real),
+                       len(real) if detailed else 0)
+    twin = Description(_phrase(rest, scene, t, detailed), tuple(hallucinate), tuple(o.category for o in kept),
+                       len(kept) if detailed else 0)
+    return full, twin
 
 
 def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Generator,

@@ -70,6 +70,7 @@ class ShapesConfig:
     pref_substitute_prob: float = 0.5  # P(hallucinated objects replace real ones rather than add to them)
     pref_minimal_prob: float = 0.0  # P(a pair is a counterfactual twin: one object renamed, every other word kept)
     pref_twin_rename: str = "category"  # what a twin changes: category | shape | colour (see shapes_text.swap_object)
+    pref_twin_omit_prob: float = 0.0  # P(a twin leaves one present object out instead: shapes_text.omission_twin)
     # PPO prompts
     n_ppo: int = 1000
     ppo_mix: tuple[tuple[str, float], ...] = (("general", 0.5), ("mc", 0.25), ("yesno", 0.25))
@@ -97,7 +98,8 @@ class ShapesConfig:
         if self.max_objects < 3:
             raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
         for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "ppo_test_frac",
-                     "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob"):
+                     "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob",
+                     "pref_twin_omit_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.noise_kind not in T.NOISE_KINDS:
@@ -252,9 +254,11 @@ class _Builder:
         for i, split in enumerate(self.split(cfg.n_pref, cfg.pref_test_frac)):
             scene, png = self.scene(rng)
             q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
-            d1 = self.pref_response(scene, rng)
-            twin = (T.swap_object(d1, scene, self.spec, rng, cfg.pref_twin_rename)
-                    if cfg.pref_minimal_prob and rng.random() < cfg.pref_minimal_prob else None)
+            d1, twin = self.pref_response(scene, rng), None
+            if cfg.pref_minimal_prob and rng.random() < cfg.pref_minimal_prob:
+                pair = (self.omission_twin(scene, rng)
+                        if cfg.pref_twin_omit_prob and rng.random() < cfg.pref_twin_omit_prob else None)
+                d1, twin = pair or (d1, T.swap_object(d1, scene, self.spec, rng, cfg.pref_twin_rename))
             for _ in range(1000):
                 d2 = twin or self.pref_response(scene, rng)
                 winner = T.annotator_prefers(d1, d2)
@@ -275,6 +279,13 @@ class _Builder:
                       decided_by="hallucination" if len(o1.hallucinated) != len(o2.hallucinated) else "completeness",
                       counterfactual=twin is not None)
         return out
+
+    def omission_twin(self, scene: Scene, rng: np.random.Generator) -> tuple[T.Description, T.Description] | None:
+        """A complete description (hallucinating as often as pref_response does) and its twin with one present
+        object left out."""
+        h = int(rng.choice(3, p=np.asarray(self.cfg.pref_hallucination_probs)))
+        return T.omission_twin(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [],
+                               detailed=bool(rng.random() < self.cfg.pref_detail_prob))
 
     def pref_response(self, scene: Scene, rng: np.random.Generator) -> T.Description:
         cfg, n = self.cfg, len(scene.objects)
