@@ -3,8 +3,9 @@
 It runs the shapes-world reproduction (`train/reproduce.py`) with its `demo` recipe and seed 0 in runs/demo:
 the world, SFT (with stage 0 of the vision tower), RL-init, the reward models with and without facts, PPO
 against each, and the exact shapes judges on SFT and on both policies.  It then prints the three systems side by
-side and checks transformers' logits on the exported SFT model.  The demo recipe takes fewer steps than the
-full reproduction (`python train/reproduce.py`, 3 seeds); the recipe is printed at the start.  Flags are
+side and checks transformers' logits on the exported SFT model.  The demo recipe is the full reproduction's
+world (the co-occurrence habit world of docs/results.md) with fewer steps than `python train/reproduce.py`
+(3 seeds); the recipe is printed at the start and the cut steps at the end.  Flags are
 train/reproduce.py's (`python -m jaxlava.demo --sft-steps 400`); a rerun skips finished stages.
 """
 from __future__ import annotations
@@ -46,6 +47,20 @@ def demo_argv(argv: list[str]) -> list[str]:
     return [x for flag, value in DEFAULTS.items() if flag not in given for x in (flag, value)] + list(argv)
 
 
+def fewer_steps_note(cfg) -> str:
+    """What the demo cut, against the full recipe (empty when it ran the full recipe's steps)."""
+    from jaxlava.reproduce.recipe import RECIPES
+    full = RECIPES["full"]
+    cut = [f"{name} {getattr(cfg, f)} (full: {getattr(full, f)})" for name, f in
+           (("SFT", "sft_steps"), ("RL-init", "rlinit_steps"), ("reward models", "rm_steps"), ("PPO", "ppo_steps"))
+           if getattr(cfg, f) < getattr(full, f)]
+    if not cut:
+        return ""
+    return ("\nThis demo trains fewer steps than the full reproduction (" + ", ".join(cut) + "), so its numbers "
+            "are not docs/results.md's: `python train/reproduce.py` runs the full recipe (about 50 minutes per seed "
+            "on 2 cores).")
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxlava.reproduce import report
     from jaxlava.reproduce.recipe import parse_config
@@ -60,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== the three systems (recipe {cfg.recipe}, seed {', '.join(map(str, cfg.seeds))}; the paper's "
           f"numbers and the acceptance checks are in {os.path.join(cfg.out, report.TABLE)}) ==\n")
     print(report.systems_table(results))
+    print(fewer_steps_note(cfg))
     print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {cfg.out}")
     return 0
 

@@ -90,6 +90,14 @@ def test_demo_defaults_yield_to_given_flags():
                                                           "--sft-steps", "9"]
 
 
+def test_demo_says_which_steps_it_cut():
+    from jaxlava.demo import fewer_steps_note
+    from jaxlava.reproduce.recipe import RECIPES, parse_config
+    note = fewer_steps_note(parse_config(["--recipe", "demo"]))
+    assert f"SFT {RECIPES['demo'].sft_steps} (full: {RECIPES['full'].sft_steps})" in note and "PPO" in note
+    assert fewer_steps_note(parse_config(["--recipe", "full"])) == ""
+
+
 @pytest.mark.slow
 def test_ppo_held_out_eval_logs_hallucination(tiny_run):
     out = tiny_run[0]
@@ -178,6 +186,11 @@ def test_world_flags_and_recipes():
     assert cfg.rm_steps == RECIPES["demo"].rm_steps < RECIPES["full"].rm_steps
     assert all(getattr(RECIPES["demo"], f) < getattr(RECIPES["full"], f)
                for f in ("sft_steps", "rlinit_steps", "rm_steps", "ppo_steps"))
+    # full and demo share the habit world; plain is the generator's default world
+    assert RECIPES["demo"].world == RECIPES["full"].world and RECIPES["plain"].world == ()
+    flags = world_flags(RECIPES["full"].world)
+    assert flags[flags.index("--noise-kind") + 1] == "partner" and len(flags[flags.index("--cooccur-pairs") + 1:
+                                                                               flags.index("--yesno-negatives")]) == 6
 
 
 def test_recipe_buckets_rm_schedule_and_length_score_reach_the_stages(tmp_path):
@@ -190,7 +203,7 @@ def test_recipe_buckets_rm_schedule_and_length_score_reach_the_stages(tmp_path):
     assert all(c[s].buckets == (64, 192, 512) for s in ("sft", "rlinit", "rm_facts", "rm_nofacts"))
     assert all(c[s].optim.schedule == "cosine" and c[s].epochs == 4 for s in ("rm_facts", "rm_nofacts"))
     assert c["ppo_facts"].length_score == c["ppo_nofacts"].length_score == -2.0
-    d = stage_configs(parse_config(["--out", str(tmp_path)]), 0)  # the defaults keep the stage presets' values
+    d = stage_configs(parse_config(["--out", str(tmp_path), "--recipe", "plain"]), 0)  # the stage presets' values
     assert d["rm_facts"].optim.schedule == "constant_with_warmup" and d["rm_facts"].epochs == 1.0
     assert d["sft"].buckets == DEFAULT_BUCKETS and d["ppo_facts"].length_score == -10.0
 

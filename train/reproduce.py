@@ -24,14 +24,19 @@ systems' bars) and ppo_hallucination.png (held-out CHAIR-i over PPO steps for bo
 Acceptance checks: Fact-RLHF lowers CHAIR-i by >= 30% relative to SFT; its object recall falls by at most 5%
 relative; its CHAIR-i is below the no-facts RLHF's.
 
---recipe full|demo|tiny picks the stage steps and key hyper-parameters (full: the shapes presets of each stage;
-demo: fewer steps; tiny: a smoke test of the pipeline on the small world); each value is a flag of its own.
+--recipe picks the world and the stage steps and key hyper-parameters; each value is a flag of its own:
+  full   the co-occurrence habit world (docs/results.md) with the steps its SFT model needs: about 50 minutes per
+         seed on 2 cores
+  demo   the same world and stages with fewer steps (make demo, one seed)
+  plain  the generator's default world with the shapes stage presets (the recipe before the habit world)
+  tiny   a smoke test of the pipeline on the small world
+--world replaces the recipe's world flags as a whole (the recipe's are printed at the start).
 Without JAX_PLATFORMS it runs on an accelerator when one is present.
 
 Examples:
   python train/reproduce.py                                   # full recipe, seeds 0 1 2, runs/reproduce
   python train/reproduce.py --recipe demo --seeds 0 --out runs/reproduce_demo
-  python train/reproduce.py --world size=small pref-minimal-prob=1 --rm-steps 1000 --out runs/repro_twins
+  python train/reproduce.py --recipe plain --world size=small pref-minimal-prob=1 --rm-steps 1000 --out runs/twins
   python train/reproduce.py --recipe tiny --out /tmp/repro_tiny  # the whole pipeline in a few minutes
 """
 import os

@@ -58,12 +58,29 @@ class Recipe:
     judge_batch_size: int = 32
 
 
+# the co-occurrence habit world (docs/decisions.md 20, docs/results.md): a 4 x 4 grid of 16-pixel cells, one
+# object per cell, 4 colours x 6 shapes, up to 3 objects; 6 co-occurrence pairs, each partner present half the
+# time; 70 % of the SFT descriptions of an image with a lone pair member name its absent partner last (the habit
+# the paper blames on its SFT data); yes/no negatives that only the image answers; counterfactual twins as
+# preference pairs (one object renamed, or for 30 % of them one left out); the `compare` reading exercise in SFT
+HABIT_PAIRS = ("red-circle:blue-square yellow-star:green-triangle red-hexagon:yellow-diamond blue-star:green-circle "
+               "green-square:red-triangle yellow-hexagon:blue-diamond")
+HABIT_WORLD = ("cell=16", "cell-jitter=True", "noise-rate=0.7", "noise-kind=partner", "cooccur-prob=0.5",
+               f"cooccur-pairs={HABIT_PAIRS}", "yesno-negatives=matched", "colours=red blue green yellow",
+               "max-objects=3", "n-sft=6000", "pref-minimal-prob=1", "pref-twin-rename=category", "n-pref=6000",
+               "sft-mix=describe 0.3 yesno 0.35 count 0.05 mc 0.1 compare 0.2", "pref-twin-omit-prob=0.3")
+FINE_BUCKETS = (64, 128, 192, 256, 320, 384, 512, 1024, 2048)
+
 RECIPES: dict[str, Recipe] = {
-    # the stage presets of the shapes model, as they are (to be tuned)
-    "full": Recipe(),
-    # the same stages, fewer steps and smaller judge sets (about a third of the time)
-    "demo": Recipe(vision_pretrain_steps=1000, sft_steps=200, rlinit_steps=60, rm_steps=100, ppo_steps=20,
+    # the habit world with the steps that make its SFT model work (about 50 minutes per seed on 2 cores)
+    "full": Recipe(world=HABIT_WORLD, sft_steps=2000, rm_steps=1200, rm_schedule="cosine", rm_epochs=4.0,
+                   buckets=FINE_BUCKETS, eval_every=200),
+    # the same world and stages, fewer steps (make demo: under 20 minutes on 2 cores)
+    "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, sft_steps=800, rlinit_steps=80, rm_steps=300,
+                   rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=25,
                    ppo_eval_every=5, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
+    # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
+    "plain": Recipe(),
     # a smoke test of the whole pipeline (seconds per stage; the numbers mean nothing)
     "tiny": Recipe(world=("size=small",), vision_pretrain_steps=0, sft_steps=3, sft_batch_size=4, rlinit_steps=2,
                    rlinit_batch_size=4, rlinit_rank=4, rlinit_alpha=8.0, rm_steps=2, rm_batch_size=4, rm_rank=4,
@@ -76,7 +93,7 @@ RECIPES: dict[str, Recipe] = {
 @dataclasses.dataclass
 class ReproduceConfig(Recipe):
     """The shapes-world reproduction (see train/reproduce.py --help)."""
-    recipe: Literal["full", "demo", "tiny"] = "full"
+    recipe: Literal["full", "demo", "plain", "tiny"] = "full"
     """the named recipe that gives every stage setting its default (the other flags override single values)"""
     out: str = "runs/reproduce"  # OUT: world/, seed<S>/<stage>/, results.json, results.md, *.png
     seeds: tuple[int, ...] = (0, 1, 2)  # one full pipeline per seed (the world is shared)
