@@ -76,7 +76,7 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe(world=HABIT_WORLD, sft_steps=2000, rm_steps=1200, rm_schedule="cosine", rm_epochs=4.0,
                    buckets=FINE_BUCKETS, eval_every=200),
     # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
-    # reward model and 20 per PPO run took 19.5 minutes; these are cut to about 14, estimated from its stage times).
+    # reward model and 20 per PPO run took 19.5 minutes; these took 11.7).
     # Too few for this world: its SFT model still names a quarter of the objects (docs/results.md)
     "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, sft_steps=450, rlinit_steps=40, rm_steps=150,
                    rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=12,
