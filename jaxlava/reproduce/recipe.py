@@ -77,7 +77,7 @@ RECIPES: dict[str, Recipe] = {
                    buckets=FINE_BUCKETS, eval_every=200),
     # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
     # reward model and 20 per PPO run took 19.5 minutes; these took 11.7).
-    # Too few for this world: its SFT model still names a quarter of the objects (docs/results.md)
+    # Too few for this world: its SFT model names a fifth of the objects (README)
     "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, sft_steps=450, rlinit_steps=40, rm_steps=150,
                    rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=12,
                    ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
