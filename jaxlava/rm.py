@@ -4,6 +4,10 @@ held-out accuracy.  The run itself is `jaxlava.training.run_rm`.
 The score of a sequence is the head applied to the last hidden state at the LAST position;
 sequences are left-padded, so that is the final real token (the end of the reward prompt).
 Loss per pair: BCEWithLogits(r1 - r0, choice) + 1e-3 * |mean(r0 + r1)|.
+
+Image dropout (off by default, not in the paper): in training, each pair's image is blanked with probability p,
+so that on those pairs only the facts can decide; a reward model that sees the image well enough otherwise never
+learns to read them (docs/decisions.md 22).
 """
 from __future__ import annotations
 
@@ -53,34 +57,58 @@ def preference_loss(r: jax.Array, choice: jax.Array, centering_coef: float = CEN
                           "reward_mean": jnp.mean(r), "margin": jnp.mean(preferred - other)}
 
 
-def rm_loss(model, trainable: dict, batch: dict, *, lora_cfg: LoraConfig, rng=None):
-    """trainable = {"lora": adapter params, "head": head params}; dropout applies when `rng` is given."""
-    r = pair_scores(model, trainable["head"], batch, lora=make_lora(trainable["lora"], lora_cfg, rng))
+def blank_images(pixel_values: jax.Array, keep: jax.Array) -> jax.Array:
+    """pixel_values [B, ...] with the images where `keep` [B] is False replaced by a blank one (all zeros: after
+    the processor's normalisation, every pixel at the mean colour)."""
+    return jnp.where(keep.reshape((-1,) + (1,) * (pixel_values.ndim - 1)), pixel_values, 0).astype(pixel_values.dtype)
+
+
+def drop_images(batch: dict, rng: jax.Array, p: float) -> dict:
+    """The batch with each pair's image blanked with probability p (a fresh draw per pair and step)."""
+    px = batch.get("pixel_values")
+    if px is None or p <= 0:
+        return batch
+    keep = jax.random.bernoulli(rng, 1.0 - p, (px.shape[0],))
+    return {**batch, "pixel_values": blank_images(px, keep)}
+
+
+def rm_loss(model, trainable: dict, batch: dict, *, lora_cfg: LoraConfig, rng=None, image_dropout: float = 0.0):
+    """trainable = {"lora": adapter params, "head": head params}; adapter dropout and image dropout apply when
+    `rng` is given."""
+    lora_rng = None
+    if rng is not None:
+        if image_dropout > 0:
+            batch = drop_images(batch, jax.random.fold_in(rng, 1), image_dropout)
+        lora_rng = rng if lora_cfg.dropout > 0 else None
+    r = pair_scores(model, trainable["head"], batch, lora=make_lora(trainable["lora"], lora_cfg, lora_rng))
     return preference_loss(r, batch["choice"])
 
 
-def loss_and_grad(graphdef, base_state, trainable, batch, *, lora_cfg: LoraConfig, rng=None):
+def loss_and_grad(graphdef, base_state, trainable, batch, *, lora_cfg: LoraConfig, rng=None,
+                  image_dropout: float = 0.0):
     """Gradients w.r.t. the adapter and the head only; the base is frozen (and may be shared with other roles)."""
     model = nnx.merge(graphdef, base_state)
 
     def f(tr):
-        return rm_loss(model, tr, batch, lora_cfg=lora_cfg, rng=rng)
+        return rm_loss(model, tr, batch, lora_cfg=lora_cfg, rng=rng, image_dropout=image_dropout)
 
     (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(trainable)
     return loss, metrics, grads
 
 
-def make_step(graphdef, lora_cfg: LoraConfig, tx, grad_accum: int = 1, schedule=None):
+def make_step(graphdef, lora_cfg: LoraConfig, tx, grad_accum: int = 1, schedule=None, image_dropout: float = 0.0):
     """The RM train step `step(state, base, batch) -> (TrainState, StepOutput)` (trainable: adapter + head)."""
     def lag(params, base, batch, rng):
         return loss_and_grad(graphdef, base, params, batch, lora_cfg=lora_cfg,
-                             rng=rng if lora_cfg.dropout > 0 else None)
+                             rng=rng if lora_cfg.dropout > 0 or image_dropout > 0 else None,
+                             image_dropout=image_dropout)
     return make_train_step(lag, tx, grad_accum, schedule)
 
 
 def eval_accuracy(graphdef, base, lora_cfg: LoraConfig, sets: dict[str, list]):
     """`evaluate(state) -> {name: held-out accuracy}` for each named list of device preference batches
-    (`eval_accuracy`; `eval_accuracy_other_facts` when each pair is given another pair's facts)."""
+    (`eval_accuracy`; `eval_accuracy_other_facts` when each pair is given another pair's facts;
+    `eval_accuracy_blank_image` with every image blanked)."""
     @jax.jit
     def accuracy(params, base_, b):
         model = nnx.merge(graphdef, base_)

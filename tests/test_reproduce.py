@@ -193,18 +193,20 @@ def test_world_flags_and_recipes():
                                                                                flags.index("--yesno-negatives")]) == 6
 
 
-def test_recipe_buckets_rm_schedule_and_length_score_reach_the_stages(tmp_path):
+def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tmp_path):
     from jaxlava.data.buckets import DEFAULT_BUCKETS
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import stage_configs
     cfg = parse_config(["--out", str(tmp_path), "--buckets", "64", "192", "512", "--rm-schedule", "cosine",
-                        "--rm-epochs", "4", "--ppo-length-score", "-2"])
+                        "--rm-epochs", "4", "--ppo-length-score", "-2", "--rm-image-dropout", "0.25"])
     c = stage_configs(cfg, 0)
     assert all(c[s].buckets == (64, 192, 512) for s in ("sft", "rlinit", "rm_facts", "rm_nofacts"))
-    assert all(c[s].optim.schedule == "cosine" and c[s].epochs == 4 for s in ("rm_facts", "rm_nofacts"))
+    assert all(c[s].optim.schedule == "cosine" and c[s].epochs == 4 and c[s].image_dropout == 0.25
+               for s in ("rm_facts", "rm_nofacts"))
     assert c["ppo_facts"].length_score == c["ppo_nofacts"].length_score == -2.0
     d = stage_configs(parse_config(["--out", str(tmp_path), "--recipe", "plain"]), 0)  # the stage presets' values
     assert d["rm_facts"].optim.schedule == "constant_with_warmup" and d["rm_facts"].epochs == 1.0
+    assert d["rm_facts"].image_dropout == d["rm_nofacts"].image_dropout == 0.0
     assert d["sft"].buckets == DEFAULT_BUCKETS and d["ppo_facts"].length_score == -10.0
 
 

@@ -65,3 +65,42 @@ def test_score_is_the_head_on_the_last_hidden_state():
         h = forward(model, ids[row:row + 1, real], px[row:row + 1], mask[row:row + 1, real])
         assert abs(got[row] - (np.asarray(h, np.float64)[0, -1] @ w + b)) <= 1e-4, row
     assert np.abs(got - (hidden[:, -2] @ w + b)).max() > 1e-3  # the test tells the last position from others
+
+
+def test_image_dropout_blanks_whole_images_at_rate_p_and_is_off_by_default():
+    from jaxlava.rm import drop_images
+    px = np.arange(1, 1 + 4000 * 3 * 2 * 2, dtype=np.float32).reshape(4000, 3, 2, 2)
+    batch = {"pixel_values": jnp.asarray(px), "choice": np.zeros(4000, np.int32)}
+    assert drop_images(batch, jax.random.key(0), 0.0) is batch
+    out = np.asarray(drop_images(batch, jax.random.key(0), 0.3)["pixel_values"])
+    blank = (out == 0).all(axis=(1, 2, 3))
+    kept = (out == px).all(axis=(1, 2, 3))
+    assert (blank | kept).all()  # each image is kept whole or blanked whole
+    assert abs(blank.mean() - 0.3) < 0.03
+    other = np.asarray(drop_images(batch, jax.random.key(1), 0.3)["pixel_values"])
+    assert not np.array_equal((other == 0).all(axis=(1, 2, 3)), blank)  # a fresh draw per key
+
+
+def test_rm_loss_with_image_dropout_scores_the_blanked_batch():
+    """With p near 1 every image is blanked: the loss is the loss of the batch with zero pixels, and it differs
+    from the loss with the images (so the model did look at them); without an rng nothing is dropped."""
+    from jaxlava.config import LlavaConfig, TextConfig, VisionConfig
+    from jaxlava.lora import LoraConfig, init_lora
+    from jaxlava.rm import rm_loss
+    cfg = LlavaConfig(vision=VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=16, patch_size=8),
+                      text=TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2), image_token_index=63)
+    model = LlavaModel(cfg, rngs=nnx.Rngs(0))
+    lcfg = LoraConfig(r=4, alpha=8, dropout=0.0)
+    tr = {"lora": init_lora(cfg, lcfg, jax.random.key(1)),
+          "head": {"w": jax.random.normal(jax.random.key(2), (32,)), "b": jnp.asarray(0.0)}}
+    ids = np.array([[[63, 63, 63, 63, 5, 6], [63, 63, 63, 63, 7, 8]]] * 2)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "choice": np.array([0, 1]),
+             "pixel_values": np.asarray(jax.random.normal(jax.random.key(3), (2, 3, 16, 16)))}
+    blank = {**batch, "pixel_values": np.zeros_like(batch["pixel_values"])}
+    with_images = float(rm_loss(model, tr, batch, lora_cfg=lcfg)[0])
+    dropped = float(rm_loss(model, tr, batch, lora_cfg=lcfg, rng=jax.random.key(4), image_dropout=0.999999)[0])
+    assert abs(dropped - float(rm_loss(model, tr, blank, lora_cfg=lcfg)[0])) < 1e-6
+    assert abs(dropped - with_images) > 1e-6
+    assert float(rm_loss(model, tr, batch, lora_cfg=lcfg, image_dropout=0.999999)[0]) == with_images

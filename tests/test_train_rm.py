@@ -1,5 +1,5 @@
 """`train/rm.py` end to end on a small shapes world: metrics (held-out accuracy with the pair's own facts and
-with another pair's), the PEFT adapter plus head it writes, and the --no-facts ablation."""
+with another pair's), the PEFT adapter plus head it writes, and the --no-facts ablation (with image dropout)."""
 import json
 import os
 import subprocess
@@ -86,7 +86,9 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     assert abs(np.mean(accs) - evals[-1]["eval_accuracy"]) < 1e-6
     ablation = str(tmp_path / "rm_nf")
     _run("rm.py", "--data", world, "--init", init, "--out", ablation, "--no-facts", "--steps", "2",
-         "--batch-size", "4", "--eval-every", "2")
+         "--batch-size", "4", "--eval-every", "2", "--image-dropout", "0.5")
     last = read_metrics(ablation)[-1]
     assert "eval_accuracy" in last and "eval_accuracy_other_facts" not in last
-    assert json.load(open(os.path.join(ablation, "config.json")))["no_facts"] is True
+    assert 0 <= last["eval_accuracy_blank_image"] <= 1  # image dropout adds the held-out set with blank images
+    saved = json.load(open(os.path.join(ablation, "config.json")))
+    assert saved["no_facts"] is True and saved["image_dropout"] == 0.5

@@ -35,6 +35,8 @@ class Recipe:
     rm_alpha: float = 128.0
     rm_schedule: Literal["constant_with_warmup", "cosine"] = "constant_with_warmup"
     rm_epochs: float = 1.0  # passes over the preference pairs the reward models may take (steps end them first)
+    rm_image_dropout: float = 0.0
+    """both reward models train with each pair's image blanked with this probability (0: the paper; decisions 22)"""
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     """sequence-length buckets of SFT, RL-init and the reward models (finer ones waste less padding, e.g.
     64 128 192 256 320 384 512 1024 2048)"""

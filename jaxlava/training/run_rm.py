@@ -8,6 +8,7 @@ import dataclasses
 import os
 
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxlava import distributed, rm, sharding
@@ -24,7 +25,6 @@ from jaxlava.training.optim import OptimConfig, make_schedule
 from jaxlava.training.step import init_state
 
 
-
 @dataclasses.dataclass
 class RMConfig(runs.RunConfig):
     """Reward model training."""
@@ -32,6 +32,9 @@ class RMConfig(runs.RunConfig):
     out: str = "runs/rm"
     no_facts: bool = False  # ablation: the reward prompt without the image's facts
     epochs: float = 1.0
+    image_dropout: float = 0.0
+    """blank each training pair's image with this probability, so that on those pairs only the facts decide
+    (0: off, the paper); the held-out accuracy is then also reported with every image blanked"""
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
 
@@ -53,19 +56,24 @@ def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
     """Held-out preference batches: with each pair's own facts, and (with facts) with another pair's."""
     source = open_source(cfg.data, "preference", "test")
 
-    def batches(src):
+    def batches(src, blank=False):
         it = preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
                                 with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1, buckets=cfg.buckets,
                                 shard_index=jax.process_index(), shard_count=jax.process_count())
-        return [put(b) for b in it]
+        return [put({**b, "pixel_values": np.zeros_like(b["pixel_values"])} if blank and "pixel_values" in b else b)
+                for b in it]
     sets = {"eval_accuracy": batches(source)}
     if not cfg.no_facts and len(source) >= 2:
         sets["eval_accuracy_other_facts"] = batches(OtherFacts(source))
+    if cfg.image_dropout > 0:
+        sets["eval_accuracy_blank_image"] = batches(source, blank=True)
     return sets
 
 
 def run(cfg: RMConfig) -> dict:
     """Train the adapter and head; write RUN_DIR/adapter (PEFT + reward_head).  Returns the last metrics row."""
+    if not 0.0 <= cfg.image_dropout < 1.0:
+        raise SystemExit(f"--image-dropout must be in [0, 1); got {cfg.image_dropout}")
     distributed.maybe_initialize()
     run_sft.ensure_sft(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
@@ -76,8 +84,8 @@ def run(cfg: RMConfig) -> dict:
         trainable = {"lora": init_lora(model.config, cfg.lora, key),
                      "head": init_scalar_head(jax.random.fold_in(key, 1), model.config.text.hidden_size)}
         state = init_state(trainable, tx, cfg.seed)
-        step = jax.jit(rm.make_step(graphdef, cfg.lora, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total)),
-                       donate_argnums=0)
+        step = jax.jit(rm.make_step(graphdef, cfg.lora, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total),
+                                    image_dropout=cfg.image_dropout), donate_argnums=0)
         data = preference_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
                                   with_facts=not cfg.no_facts, seed=cfg.seed, num_workers=cfg.num_workers,
                                   buckets=cfg.buckets)
