@@ -241,3 +241,22 @@ def test_describe_prompts_are_judged_against_the_records_objects():
     assert scores["chair_i"] == pytest.approx(0.5) and scores["chair_s"] == 1.0
     objects = [caption_objects(r["facts"]) for r in describe]
     assert scores["recall"] == pytest.approx(sum(o.count(o[0]) for o in objects) / sum(map(len, objects)))
+
+
+def test_rm_numbers_add_blank_image_accuracy_only_where_logged(tmp_path):
+    from jaxlava.reproduce.report import RM, rm_numbers
+    def write(folder, rows):
+        d = tmp_path / "seed0" / folder
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write(RM["facts"], [{"step": 1, "eval_accuracy": 0.5, "eval_accuracy_other_facts": 0.4},
+                        {"step": 2, "eval_accuracy": 0.8, "eval_accuracy_other_facts": 0.6}])
+    write(RM["nofacts"], [{"step": 2, "eval_accuracy": 0.7}])
+    assert rm_numbers(str(tmp_path), 0) == {"facts": 0.8, "other_facts": 0.6, "no_facts": 0.7}
+    (tmp_path / "seed0" / RM["facts"] / "metrics.jsonl").write_text(
+        json.dumps({"step": 2, "eval_accuracy": 0.8, "eval_accuracy_other_facts": 0.6,
+                    "eval_accuracy_blank_image": 0.75}) + "\n")
+    (tmp_path / "seed0" / RM["nofacts"] / "metrics.jsonl").write_text(
+        json.dumps({"step": 2, "eval_accuracy": 0.7, "eval_accuracy_blank_image": 0.5}) + "\n")
+    got = rm_numbers(str(tmp_path), 0)
+    assert got["facts_blank_image"] == 0.75 and got["no_facts_blank_image"] == 0.5

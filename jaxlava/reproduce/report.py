@@ -32,6 +32,9 @@ PAPER = {  # the paper's published numbers (Sun et al. 2023, 7B policy), beside 
 RM_ROWS = (("facts", "RM with facts (each pair's own)", "high: the facts expose the hallucinated response"),
            ("other_facts", "RM with facts, another pair's", "falls toward chance (the RM reads the facts)"),
            ("no_facts", "RM without facts", "lower than with facts"))
+# logged only by reward models trained with image dropout (--rm-image-dropout): every held-out image blanked
+BLANK_RM_ROWS = (("facts_blank_image", "RM with facts, blank image", "the facts alone (ours; not in the paper)"),
+                 ("no_facts_blank_image", "RM without facts, blank image", "near chance: nothing left to judge by"))
 
 
 def seed_dir(out: str, seed: int) -> str:
@@ -69,8 +72,11 @@ def ppo_numbers(run_dir: str) -> dict:
 
 def rm_numbers(out: str, seed: int) -> dict:
     facts, none = (read_metrics(os.path.join(seed_dir(out, seed), RM[k])) for k in ("facts", "nofacts"))
-    return {"facts": _last(facts, "eval_accuracy"), "other_facts": _last(facts, "eval_accuracy_other_facts"),
-            "no_facts": _last(none, "eval_accuracy")}
+    out = {"facts": _last(facts, "eval_accuracy"), "other_facts": _last(facts, "eval_accuracy_other_facts"),
+           "no_facts": _last(none, "eval_accuracy")}
+    blank = {"facts_blank_image": _last(facts, "eval_accuracy_blank_image"),
+             "no_facts_blank_image": _last(none, "eval_accuracy_blank_image")}
+    return out | {k: v for k, v in blank.items() if v is not None}
 
 
 def seed_numbers(out: str, seed: int) -> dict:
@@ -178,7 +184,7 @@ def markdown(results: dict) -> str:
                      *[_cell(n[f"pope_{s}_f1"]) for s in SPLITS], *[_cell(n[f"pope_{s}_yes_ratio"]) for s in SPLITS],
                      _cell(n["rating"], pct=False, digits=2), _cell(ppo.get("kl"), pct=False, digits=2),
                      _cell(ppo.get("response_length"), pct=False), PAPER[key]])
-    rm = [[label, _cell(summ["rm"][k]), claim] for k, label, claim in RM_ROWS]
+    rm = [[label, _cell(summ["rm"][k]), claim] for k, label, claim in RM_ROWS + BLANK_RM_ROWS if k in summ["rm"]]
     names = list(results["checks"]["per_seed"])
     checks = []
     for i, c in enumerate(results["checks"]["overall"]):
