@@ -99,9 +99,7 @@ def loss_and_grad(graphdef, base_state, trainable, batch, *, lora_cfg: LoraConfi
 def make_step(graphdef, lora_cfg: LoraConfig, tx, grad_accum: int = 1, schedule=None, image_dropout: float = 0.0):
     """The RM train step `step(state, base, batch) -> (TrainState, StepOutput)` (trainable: adapter + head)."""
     def lag(params, base, batch, rng):
-        return loss_and_grad(graphdef, base, params, batch, lora_cfg=lora_cfg,
-                             rng=rng if lora_cfg.dropout > 0 or image_dropout > 0 else None,
-                             image_dropout=image_dropout)
+        return loss_and_grad(graphdef, base, params, batch, lora_cfg=lora_cfg, rng=rng, image_dropout=image_dropout)
     return make_train_step(lag, tx, grad_accum, schedule)
 
 

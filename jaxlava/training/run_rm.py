@@ -53,20 +53,22 @@ RUN_PRESETS["llava-7b-224"] = dataclasses.replace(RUN_PRESETS["llava-13b-336"], 
 
 
 def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
-    """Held-out preference batches: with each pair's own facts, and (with facts) with another pair's."""
+    """Held-out preference batches: with each pair's own facts, (with facts) with another pair's, and (with image
+    dropout) with every image blanked."""
     source = open_source(cfg.data, "preference", "test")
 
-    def batches(src, blank=False):
-        it = preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
-                                with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1, buckets=cfg.buckets,
-                                shard_index=jax.process_index(), shard_count=jax.process_count())
-        return [put({**b, "pixel_values": np.zeros_like(b["pixel_values"])} if blank and "pixel_values" in b else b)
-                for b in it]
-    sets = {"eval_accuracy": batches(source)}
+    def batches(src):
+        return list(preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
+                                       with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1,
+                                       buckets=cfg.buckets, shard_index=jax.process_index(),
+                                       shard_count=jax.process_count()))
+    own = batches(source)
+    sets = {"eval_accuracy": [put(b) for b in own]}
     if not cfg.no_facts and len(source) >= 2:
-        sets["eval_accuracy_other_facts"] = batches(OtherFacts(source))
-    if cfg.image_dropout > 0:
-        sets["eval_accuracy_blank_image"] = batches(source, blank=True)
+        sets["eval_accuracy_other_facts"] = [put(b) for b in batches(OtherFacts(source))]
+    if cfg.image_dropout > 0:  # the same batches, every image blanked
+        sets["eval_accuracy_blank_image"] = [
+            put({**b, "pixel_values": np.zeros_like(b["pixel_values"])} if "pixel_values" in b else b) for b in own]
     return sets
 
 
