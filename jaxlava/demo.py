@@ -52,7 +52,8 @@ def fewer_steps_note(cfg) -> str:
     from jaxlava.reproduce.recipe import RECIPES
     full = RECIPES["full"]
     cut = [f"{name} {getattr(cfg, f)} (full: {getattr(full, f)})" for name, f in
-           (("SFT", "sft_steps"), ("RL-init", "rlinit_steps"), ("reward models", "rm_steps"), ("PPO", "ppo_steps"))
+           (("grounding", "ground_steps"), ("SFT", "sft_steps"), ("RL-init", "rlinit_steps"),
+            ("reward models", "rm_steps"), ("PPO", "ppo_steps"))
            if getattr(cfg, f) < getattr(full, f)]
     if not cut:
         return ""

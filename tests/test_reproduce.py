@@ -195,7 +195,7 @@ def test_world_flags_and_recipes():
 
 def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tmp_path):
     from jaxlava.data.buckets import DEFAULT_BUCKETS
-    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.recipe import RECIPES, parse_config
     from jaxlava.reproduce.stages import stage_configs
     cfg = parse_config(["--out", str(tmp_path), "--buckets", "64", "192", "512", "--rm-schedule", "cosine",
                         "--rm-epochs", "4", "--ppo-length-score", "-2", "--rm-image-dropout", "0.25"])
@@ -260,3 +260,19 @@ def test_rm_numbers_add_blank_image_accuracy_only_where_logged(tmp_path):
         json.dumps({"step": 2, "eval_accuracy": 0.7, "eval_accuracy_blank_image": 0.5}) + "\n")
     got = rm_numbers(str(tmp_path), 0)
     assert got["facts_blank_image"] == 0.75 and got["no_facts_blank_image"] == 0.5
+
+
+def test_grounding_stage_comes_first_and_sft_starts_from_it():
+    """With ground_steps the seed runs the grounding stage (SFT on the world's `ground` split) and SFT starts from
+    its model; without, there is no such stage and SFT starts from scratch."""
+    from jaxlava.reproduce.recipe import RECIPES, parse_config
+    from jaxlava.reproduce.stages import stage_configs
+    from jaxlava.training.run_sft import held_out_split
+    with_ground = stage_configs(parse_config(["--recipe", "full", "--out", "o"]), 1)
+    g, sft = with_ground["ground"], with_ground["sft"]
+    assert (g.split, g.steps, g.init) == ("ground", RECIPES["full"].ground_steps, None)
+    assert sft.split == "train" and sft.init == f"{g.out}/hf" and g.out.endswith("seed1/ground")
+    without = stage_configs(parse_config(["--recipe", "full", "--out", "o", "--ground-steps", "0"]), 1)
+    assert "ground" not in without and without["sft"].init is None
+    assert list(with_ground)[:2] == ["ground", "sft"] and set(with_ground) <= set(STAGES)
+    assert (held_out_split("train"), held_out_split("ground")) == ("test", "ground_test")

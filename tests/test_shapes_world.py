@@ -16,10 +16,10 @@ from PIL import Image
 
 from jaxlava.shapes import text as T
 from jaxlava.data import templates
-from jaxlava.shapes.world import (WORLD_SIZES as PRESETS, ShapesConfig, build_world, generate_world, preset, template_texts,
-                                  world_texts)
+from jaxlava.shapes.world import WORLD_SIZES as PRESETS, ShapesConfig, build_world, generate_world, preset
 from jaxlava.shapes.scene import COLOURS, make_spec, sample_scene
-from jaxlava.shapes.tokenizer import IMAGE_TOKEN, image_token_id, load_tokenizer, save_tokenizer, train_tokenizer
+from jaxlava.shapes.tokenizer import (IMAGE_TOKEN, image_token_id, load_tokenizer, save_tokenizer, template_texts,
+                                     train_tokenizer, world_texts)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -426,3 +426,31 @@ def test_omission_twins_leave_one_present_object_out():
         assert len(lose.split()) < len(win.split())
     with pytest.raises(ValueError, match="pref_twin_omit_prob"):
         preset("small", pref_twin_omit_prob=1.5)
+
+
+def test_checklist_verdicts_and_the_grounding_splits():
+    """`checklist` questions name k distinct objects and the answer gives each name its true verdict, in the
+    question's order; n_ground adds checklist-only conversations on scenes of their own in the splits "ground" and
+    "ground_test" and leaves the SFT conversations as they were."""
+    cfg = dict(seed=6, n_sft=300, n_pref=4, n_ppo=4, pope_images=2, n_mmhal=8, checklist_items=5,
+               sft_mix=(("checklist", 1.0),))
+    plain = build_world(preset("small", **cfg))
+    w = build_world(preset("small", n_ground=200, **cfg))
+    assert set(plain.records["conversation"]) == {"train", "test"}
+    assert set(w.records["conversation"]) == {"train", "test", "ground", "ground_test"}
+    assert _digest(w.records["conversation"]["train"]) == _digest(plain.records["conversation"]["train"])
+    assert [len(w.records["conversation"][s]) for s in ("ground", "ground_test")] == [190, 10]
+    yes = total = 0
+    for r in _all(w, "conversation"):
+        present = w.scenes[r["id"]].categories
+        for q, a in zip(r["conversations"][::2], r["conversations"][1::2]):
+            names = q["value"].split("in the image? ")[1].rstrip(".").split(", ")
+            assert len(names) == 5 == len(set(names))
+            verdicts = [item.rsplit(" ", 1) for item in a["value"].rstrip(".").split("; ")]
+            assert [n for n, _ in verdicts] == names
+            assert [v for _, v in verdicts] == ["yes" if n in present else "no" for n in names]
+            yes, total = yes + sum(v == "yes" for _, v in verdicts), total + len(names)
+    assert 0.2 < yes / total < 0.5, yes / total  # each draw is present with p 1/2; repeats are drawn again
+    assert all(r["id"].startswith("shapes-ground-") for r in w.records["conversation"]["ground"])
+    with pytest.raises(ValueError, match="checklist_items"):
+        preset("small", checklist_items=0)

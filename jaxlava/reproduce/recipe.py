@@ -20,6 +20,9 @@ class Recipe:
     """extra data/shapes.py flags of the world, as flag=value items: `size=small "colours=red blue green"
     pref-minimal-prob=1` (a value of several words gives the flag several values)"""
     vision_pretrain_steps: int = 3000  # stage 0 of the vision tower (made once per world, on the first SFT run)
+    ground_steps: int = 0
+    """steps of the grounding stage before SFT (checklist questions, the world's `n-ground` conversations; SFT then
+    starts from its model, decisions 24); 0: none, SFT starts from scratch"""
     sft_steps: int = 400
     sft_batch_size: int = 16
     sft_lr: float = 2e-3
@@ -64,19 +67,20 @@ class Recipe:
 # object per cell, 4 colours x 6 shapes, up to 3 objects; 6 co-occurrence pairs, each partner present half the
 # time; 70 % of the SFT descriptions of an image with a lone pair member name its absent partner last (the habit
 # the paper blames on its SFT data); yes/no negatives that only the image answers; counterfactual twins as
-# preference pairs (one object renamed to an absent one); the `compare` reading exercise in SFT
+# preference pairs (one object renamed to an absent one); the `compare` reading exercise in SFT; 6000 grounding
+# conversations (checklist questions) for the stage before SFT, and checklist questions in SFT too (decisions 24)
 HABIT_PAIRS = ("red-circle:blue-square yellow-star:green-triangle red-hexagon:yellow-diamond blue-star:green-circle "
                "green-square:red-triangle yellow-hexagon:blue-diamond")
 HABIT_WORLD = ("cell=16", "cell-jitter=True", "noise-rate=0.7", "noise-kind=partner", "cooccur-prob=0.5",
                f"cooccur-pairs={HABIT_PAIRS}", "yesno-negatives=matched", "colours=red blue green yellow",
                "max-objects=3", "n-sft=6000", "pref-minimal-prob=1", "pref-twin-rename=category", "n-pref=6000",
-               "sft-mix=describe 0.3 yesno 0.35 count 0.05 mc 0.1 compare 0.2")
+               "n-ground=6000", "sft-mix=describe 0.3 yesno 0.35 count 0.05 mc 0.1 compare 0.2 checklist 0.15")
 FINE_BUCKETS = (64, 128, 192, 256, 320, 384, 512, 1024, 2048)
 
 RECIPES: dict[str, Recipe] = {
     # the habit world with the steps that make its SFT model work (about 50 minutes per seed on 2 cores)
-    "full": Recipe(world=HABIT_WORLD, sft_steps=2000, rm_steps=1200, rm_schedule="cosine", rm_epochs=4.0,
-                   buckets=FINE_BUCKETS, eval_every=200),
+    "full": Recipe(world=HABIT_WORLD, ground_steps=2500, sft_steps=2000, rm_steps=1200, rm_schedule="cosine",
+                   rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200),
     # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
     # reward model and 20 per PPO run took 19.5 minutes; these took 11.7).
     # Too few for this world: its SFT model names a fifth of the objects (README)
@@ -86,8 +90,9 @@ RECIPES: dict[str, Recipe] = {
     # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
     "plain": Recipe(),
     # a smoke test of the whole pipeline (seconds per stage; the numbers mean nothing)
-    "tiny": Recipe(world=("size=small",), vision_pretrain_steps=0, sft_steps=3, sft_batch_size=4, rlinit_steps=2,
-                   rlinit_batch_size=4, rlinit_rank=4, rlinit_alpha=8.0, rm_steps=2, rm_batch_size=4, rm_rank=4,
+    "tiny": Recipe(world=("size=small", "n-ground=16"), vision_pretrain_steps=0, ground_steps=2, sft_steps=3,
+                   sft_batch_size=4, rlinit_steps=2, rlinit_batch_size=4, rlinit_rank=4, rlinit_alpha=8.0,
+                   rm_steps=2, rm_batch_size=4, rm_rank=4,
                    rm_alpha=8.0, eval_every=100, checkpoint_every=100, ppo_steps=2, ppo_rollout_batch_size=8,
                    ppo_step_batch_size=8, ppo_max_new_tokens=12, ppo_eval_every=1, ppo_eval_prompts=8,
                    ppo_checkpoint_every=100, judge_pope_images=1, judge_descriptions=4, judge_batch_size=8),

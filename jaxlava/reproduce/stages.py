@@ -1,5 +1,6 @@
-"""The reproduction's stages: one shapes world, then per seed SFT, RL-init, the reward models with and without
-facts, PPO with each, and the shapes judges on SFT and both PPO policies; then the report (`report.py`).
+"""The reproduction's stages: one shapes world, then per seed the grounding stage (when the recipe has one), SFT,
+RL-init, the reward models with and without facts, PPO with each, and the shapes judges on SFT and both PPO
+policies; then the report (`report.py`).
 
 Every stage runs the library's own entry point (`run_sft.run`, `run_rm.run`, `run_ppo.run`,
 `jaxlava.eval.shapes.run`) on its folder OUT/seed<S>/<stage>.  A stage that finished leaves `stage.json` there
@@ -23,7 +24,7 @@ from jaxlava.shapes.cli import parse_args, world_config
 from jaxlava.shapes.world import ShapesConfig, load_world_info, write_world
 from jaxlava.training import run_ppo, run_rm, run_sft
 
-STAGES = ("sft", "rlinit", "rm_facts", "rm_nofacts", "ppo_facts", "ppo_nofacts",
+STAGES = ("ground", "sft", "rlinit", "rm_facts", "rm_nofacts", "ppo_facts", "ppo_nofacts",
           *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
 # fields of a stage config that do not change its result, or that the layout of OUT fixes (paths: OUT may move):
 # a cached stage is reused whatever they are
@@ -33,6 +34,9 @@ OPERATIONAL = ("mesh", "num_workers", "stop_after", "build_missing", "keep_check
 
 class StageMismatch(RuntimeError):
     """A cached stage was made with other settings than the ones asked for now."""
+
+
+GROUND = "ground"  # OUT/seed<S>/ground: the grounding stage's run
 
 
 def world_dir(out: str) -> str:
@@ -113,10 +117,16 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     sft_hf = os.path.join(d, report.SFT, "hf")
     sft_p, lora_p, rm_p, ppo_p = (run_sft.RUN_PRESETS["shapes"], run_sft.LORA_PRESETS["shapes"],
                                   run_rm.RUN_PRESETS["shapes"], run_ppo.RUN_PRESETS["shapes"])
-    out = {
+    sft_optim = dataclasses.replace(sft_p.optim, lr=cfg.sft_lr)
+    out = {}
+    if cfg.ground_steps:  # the grounding stage: checklist conversations first, then SFT starts from its model
+        out["ground"] = dataclasses.replace(sft_p, out=os.path.join(d, GROUND), split="ground",
+                                            steps=cfg.ground_steps, batch_size=cfg.sft_batch_size, optim=sft_optim,
+                                            **common)
+    out |= {
         "sft": dataclasses.replace(sft_p, out=os.path.join(d, report.SFT), steps=cfg.sft_steps,
-                                   batch_size=cfg.sft_batch_size,
-                                   optim=dataclasses.replace(sft_p.optim, lr=cfg.sft_lr), **common),
+                                   batch_size=cfg.sft_batch_size, optim=sft_optim,
+                                   init=os.path.join(d, GROUND, "hf") if cfg.ground_steps else None, **common),
         "rlinit": dataclasses.replace(lora_p, init=sft_hf, out=os.path.join(d, report.RLINIT), steps=cfg.rlinit_steps,
                                       batch_size=cfg.rlinit_batch_size,
                                       adapter=dataclasses.replace(lora_p.adapter, r=cfg.rlinit_rank,
@@ -151,8 +161,9 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
 def _what(name: str, c) -> str:
     if name.startswith("judge_"):
         return f"shapes judges on {c.model}"
-    kind = {"sft": "SFT", "rlinit": "RL-init (LoRA SFT)", "rm_facts": "reward model with facts",
-            "rm_nofacts": "reward model without facts", "ppo_facts": "PPO with the facts RM",
+    kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT", "rlinit": "RL-init (LoRA SFT)",
+            "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
+            "ppo_facts": "PPO with the facts RM",
             "ppo_nofacts": "PPO with the no-facts RM"}[name]
     return f"{kind}, {c.steps} steps"
 
@@ -160,7 +171,8 @@ def _what(name: str, c) -> str:
 def _run_fn(name: str, c):
     if name.startswith("judge_"):
         return lambda: _judge(c)
-    train = run_sft.run if name in ("sft", "rlinit") else run_rm.run if name.startswith("rm_") else run_ppo.run
+    train = (run_sft.run if name in ("ground", "sft", "rlinit") else run_rm.run if name.startswith("rm_")
+             else run_ppo.run)
     return lambda: train(c)
 
 
@@ -174,10 +186,13 @@ def _judge(c) -> dict:
 def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
     configs = stage_configs(cfg, seed)
+    names = [n for n in STAGES if n in configs]
     seconds = {}
-    for i, name in enumerate(STAGES, 1):
+    for i, name in enumerate(names, 1):
         c = configs[name]
-        rec = run_stage(f"[seed {seed}, {i}/{len(STAGES)}] {name}", c.out, settings_of(c), _run_fn(name, c),
+        # SFT's start (`init`, an operational path) is the grounding stage's model when there is one
+        settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {})
+        rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", c.out, settings, _run_fn(name, c),
                         _what(name, c))
         seconds[name] = rec["seconds"]
     return seconds

@@ -52,8 +52,13 @@ class WorldArgs:
     # to an absent one, every other word kept (default 0; docs/decisions.md 10)
     pref_minimal_prob: float | None = None
     # SFT question kinds and their shares, e.g. `--sft-mix describe 0.25 yesno 0.15 count 0.1 attribute 0.05 mc 0.1
-    # compare 0.35` (compare: the text-only reading exercise, off by default; docs/decisions.md 10)
+    # compare 0.35` (compare: the text-only reading exercise, off by default; docs/decisions.md 10; checklist: a
+    # yes/no verdict after each of several names, docs/decisions.md 24)
     sft_mix: dict[str, float] | None = None
+    checklist_items: int | None = None  # objects per `checklist` question (default 6; docs/decisions.md 24)
+    # grounding conversations (checklist questions on scenes of their own) in the conversation splits "ground" and
+    # "ground_test", for the stage before SFT (`train/sft.py --split ground`; default 0: none)
+    n_ground: int | None = None
     # what a twin renames: any absent category, or only the shape (resp. colour) to one the image lacks
     pref_twin_rename: Literal["category", "shape", "colour"] | None = None
     # share of twins that leave one present object out instead of renaming one (the loser is the less complete

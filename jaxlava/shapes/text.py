@@ -307,6 +307,21 @@ def existence_qa(scene: Scene, counts: Counts, rng: np.random.Generator, *, answ
     return q, ans, {"object": cat, "negative_kind": kind}
 
 
+def checklist_qa(scene: Scene, counts: Counts, rng: np.random.Generator, k: int) -> tuple[str, str]:
+    """Which of k objects are in the image?  Each item is a present category with probability 1/2, else an absent
+    one drawn like the matched yes/no negatives (no repeats).  The answer repeats each name and gives its verdict
+    right after it ("red circle yes; blue square no."), so every decision sits next to the object it is about:
+    the grounding exercise of docs/decisions.md 24."""
+    present = [o.category for o in scene.objects]
+    items: list[str] = []
+    while len(items) < k:
+        c = present[int(rng.integers(len(present)))] if rng.random() < 0.5 else matched_negative(scene, counts, rng)
+        if c not in items:
+            items.append(c)
+    q = "Which of these objects are in the image? " + ", ".join(items) + "."
+    return q, "; ".join(f"{c} {'yes' if c in present else 'no'}" for c in items) + "."
+
+
 def counting_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator) -> tuple[str, str, str]:
     """(question, answer, kind) for counting all objects, objects of a shape (maybe absent) or of a colour."""
     kind = ("all", "shape", "colour")[int(rng.integers(3))]

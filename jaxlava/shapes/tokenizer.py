@@ -18,7 +18,7 @@ UNK, BOS, EOS, PAD, IMAGE_TOKEN = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500):
-    """Train on `texts` (include the chat templates' text: see `jaxlava.shapes.world.template_texts`) and return a
+    """Train on `texts` (include the chat templates' text: see `template_texts` below) and return a
     transformers `PreTrainedTokenizerFast` of at most `vocab_size` ids (fewer if the corpus has fewer pieces)."""
     from transformers import PreTrainedTokenizerFast
 
@@ -82,3 +82,28 @@ def tokenizer_info(tokenizer) -> dict:
     return {"vocab_size": len(tokenizer), "image_token_index": image_token_id(tokenizer),
             "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "unk_token_id": tokenizer.unk_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+def world_texts(records: dict[str, dict[str, list[dict]]]):
+    """Every string of the world (turns, responses, facts, questions, answers): the tokenizer's corpus."""
+    for splits in records.values():
+        for recs in splits.values():
+            for r in recs:
+                for t in r.get("conversations", ()):
+                    yield t["value"]
+                for key in ("output_1", "output_2", "question", "answer"):
+                    if key in r:
+                        yield r[key]
+                yield from r.get("facts", ())
+
+
+def template_texts(records: dict[str, dict[str, list[dict]]], copies: int = 200) -> list[str]:
+    """The chat templates and the reward-model prompt (jaxlava.data.templates) rendered around one of the world's
+    preference pairs, repeated so that the tokenizer learns their words as whole pieces: they are in every
+    training sequence."""
+    from jaxlava.data import templates
+
+    r = records["preference"]["train"][0]
+    texts = [templates.render(r["conversations"], name) for name in templates.TEMPLATES]
+    texts += [templates.reward_text(r["conversations"], r["output_1"], r["facts"], with_facts=w) for w in (True, False)]
+    return texts * copies

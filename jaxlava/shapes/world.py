@@ -24,10 +24,11 @@ from jaxlava.shapes.scene import (BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, Wo
 
 KINDS = ("conversation", "preference", "ppo_prompt", "probe")
 SOURCE = "shapes"
-SFT_KINDS = ("describe", "yesno", "count", "attribute", "mc", "compare")  # question kinds of the SFT mix
+SFT_KINDS = ("describe", "yesno", "count", "attribute", "mc", "compare", "checklist")  # question kinds of the SFT mix
 # caption_type values (spec §4.5 AnswerType)
 GENERAL, A_IN_ABCD, NO_IN_YESNO, YES_IN_YESNO = 1, 2, 6, 7
-_STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5}
+_STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5, "ground": 6}
+GROUND_SPLITS = ("ground", "ground_test")  # conversation splits of the grounding stage (n_ground > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +56,13 @@ class ShapesConfig:
     sft_test_frac: float = 0.05
     max_turns: int = 3
     # kinds: describe | yesno | count | attribute | mc | compare (text-only reading; opt-in, see docs/decisions.md)
+    #        | checklist (k objects, a yes/no verdict after each name; docs/decisions.md 24)
     sft_mix: tuple[tuple[str, float], ...] = (("describe", 0.35), ("yesno", 0.25), ("count", 0.15),
                                               ("attribute", 0.1), ("mc", 0.15))
+    checklist_items: int = 6  # objects per checklist question
+    # grounding conversations (checklist questions only, on scenes of their own) in the conversation splits
+    # "ground" and "ground_test": the data of the stage before SFT that teaches the yes/no lookup (decisions 24)
+    n_ground: int = 0
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
     noise_kind: str = "any"  # any: an absent object (partners first) anywhere in the list; partner: only the
     #                          absent partner of a present object, after every real one (shapes.text.NOISE_KINDS)
@@ -111,6 +117,9 @@ class ShapesConfig:
                 or sum(w for _, w in self.sft_mix) <= 0):
             raise ValueError(f"ShapesConfig.sft_mix: (kind, weight) pairs with kinds from {SFT_KINDS} and "
                              f"non-negative weights of positive sum, got {self.sft_mix!r}")
+        if not 1 <= self.checklist_items <= len(self.colours) * len(self.shapes) or self.n_ground < 0:
+            raise ValueError(f"ShapesConfig: checklist_items must be in 1..{len(self.colours) * len(self.shapes)} "
+                             f"and n_ground >= 0, got {self.checklist_items}, {self.n_ground}")
         if self.max_turns > 1 and not any(k != "describe" and w > 0 for k, w in self.sft_mix):
             raise ValueError("ShapesConfig.sft_mix: a conversation describes its image once, so with max_turns > 1 "
                              "the mix needs a kind other than describe")
@@ -234,6 +243,8 @@ class _Builder:
             q, a, _ = T.existence_qa(scene, self.counts, rng, answer_yes=bool(rng.random() < 0.5),
                                      short=bool(rng.random() < 0.5), negatives_from=self.cfg.yesno_negatives)
             return q, a, kind
+        if kind == "checklist":
+            return (*T.checklist_qa(scene, self.counts, rng, self.cfg.checklist_items), kind)
         if kind == "count":
             q, a, _ = T.counting_qa(scene, self.spec, rng)
             return q, a, kind
@@ -246,6 +257,23 @@ class _Builder:
             return (*T.compare_qa(scene, self.spec, rng, self.cfg.pref_hallucination_probs, self.cfg.pref_omit_prob),
                     kind)
         raise ValueError(f"ShapesConfig.sft_mix: unknown question kind {kind!r}")
+
+    def grounding(self) -> list[dict]:
+        """n_ground conversations of 1..max_turns checklist questions about scenes of their own."""
+        cfg, rng = self.cfg, self.rng("ground")
+        out = []
+        for i, split in enumerate(self.split(cfg.n_ground, cfg.sft_test_frac)):
+            scene, png = self.scene(rng)
+            turns = []
+            for _ in range(int(rng.integers(1, cfg.max_turns + 1))):
+                q, a = T.checklist_qa(scene, self.counts, rng, cfg.checklist_items)
+                turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+            turns[0]["value"] = "<image>\n" + turns[0]["value"]
+            rid = f"shapes-ground-{i:06d}"
+            out.append({"id": rid, "image": png, "conversations": turns, "source": SOURCE,
+                        "_split": GROUND_SPLITS[split == "test"]})
+            self.keep(rid, scene, noisy_descriptions=[])
+        return out
 
     # ------------------------------------------------------------------------------------------- preference pairs
     def preferences(self) -> list[dict]:
@@ -406,13 +434,14 @@ def world_stats(cfg: ShapesConfig, counts: T.Counts, records, scenes: dict[str, 
 
 
 def n_scenes(cfg: ShapesConfig) -> int:
-    return cfg.n_sft + cfg.n_pref + cfg.n_ppo + cfg.pope_images + cfg.n_mmhal
+    return cfg.n_sft + cfg.n_ground + cfg.n_pref + cfg.n_ppo + cfg.pope_images + cfg.n_mmhal
 
 
 def build_world(cfg: ShapesConfig, progress: Callable[[int], None] | None = None) -> World:
     b = _Builder(cfg, progress)
     sft, sft_scenes = b.conversations()
-    flat = {"conversation": sft, "preference": b.preferences(), "ppo_prompt": b.ppo_prompts(), "probe": b.probes()}
+    flat = {"conversation": sft + b.grounding(), "preference": b.preferences(), "ppo_prompt": b.ppo_prompts(),
+            "probe": b.probes()}
     records: dict[str, dict[str, list[dict]]] = {}
     for kind, recs in flat.items():
         records[kind] = {}
@@ -426,36 +455,11 @@ def generate_world(cfg: ShapesConfig | None = None) -> dict[str, dict[str, list[
     return build_world(cfg or ShapesConfig()).records
 
 
-def world_texts(records: dict[str, dict[str, list[dict]]]):
-    """Every string of the world (turns, responses, facts, questions, answers): the tokenizer's corpus."""
-    for splits in records.values():
-        for recs in splits.values():
-            for r in recs:
-                for t in r.get("conversations", ()):
-                    yield t["value"]
-                for key in ("output_1", "output_2", "question", "answer"):
-                    if key in r:
-                        yield r[key]
-                yield from r.get("facts", ())
-
-
-def template_texts(records: dict[str, dict[str, list[dict]]], copies: int = 200) -> list[str]:
-    """The chat templates and the reward-model prompt (jaxlava.data.templates) rendered around one of the world's
-    preference pairs, repeated so that the tokenizer learns their words as whole pieces: they are in every
-    training sequence."""
-    from jaxlava.data import templates
-
-    r = records["preference"]["train"][0]
-    texts = [templates.render(r["conversations"], name) for name in templates.TEMPLATES]
-    texts += [templates.reward_text(r["conversations"], r["output_1"], r["facts"], with_facts=w) for w in (True, False)]
-    return texts * copies
-
-
 def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = True) -> dict:
     """Generate and write the world; returns the world.json content."""
     from tqdm import tqdm
 
-    from jaxlava.shapes.tokenizer import save_tokenizer, tokenizer_info, train_tokenizer
+    from jaxlava.shapes.tokenizer import save_tokenizer, template_texts, tokenizer_info, train_tokenizer, world_texts
     from jaxlava.data.storage import write_records
 
     cfg = cfg or ShapesConfig()

@@ -32,6 +32,9 @@ class SFTConfig(runs.RunConfig):
     out: str = "runs/sft"
     epochs: float = 3.0  # used when --steps is not given
     template: str = "v1"
+    split: str = "train"
+    """conversation split to train on; the held-out one is `test` for `train`, else SPLIT_test (the shapes
+    world's grounding stage: `--split ground`, docs/decisions.md 24)"""
     # train a LoRA adapter on the frozen --init model instead of the full model (the RL-init policy that PPO
     # starts from, spec §4.10); writes RUN_DIR/adapter in PEFT format instead of RUN_DIR/hf
     lora: bool = False
@@ -77,11 +80,16 @@ def ensure_sft(cfg) -> None:
                             build_missing=cfg.build_missing, mesh=cfg.mesh))
 
 
+def held_out_split(split: str) -> str:
+    return "test" if split == "train" else f"{split}_test"
+
+
 def held_out_batches(cfg: SFTConfig, processor, put, n_batches: int = 2) -> list:
-    """The first `n_batches` batches of the conversation test split (none when the data has no test split)."""
-    if not os.path.exists(os.path.join(cfg.data, "conversation", "test")):
+    """The first `n_batches` batches of the held-out split of `cfg.split` (none when the data has none)."""
+    held = held_out_split(cfg.split)
+    if not os.path.exists(os.path.join(cfg.data, "conversation", held)):
         return []
-    it = sft_batches(open_source(cfg.data, "conversation", "test"), processor, batch_size=cfg.batch_size,
+    it = sft_batches(open_source(cfg.data, "conversation", held), processor, batch_size=cfg.batch_size,
                      template=cfg.template, seed=0, shuffle=False, num_epochs=1, shard_index=jax.process_index(),
                      shard_count=jax.process_count(), buckets=cfg.buckets)
     out = []
@@ -117,7 +125,7 @@ def run(cfg: SFTConfig) -> dict:
         ensure_sft(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     with sharding.use_mesh(mesh):
-        model, processor, source, total, tx = runs.setup(cfg, mesh, "conversation", cfg.epochs)
+        model, processor, source, total, tx = runs.setup(cfg, mesh, "conversation", cfg.epochs, cfg.split)
         lora_cfg = cfg.adapter if cfg.lora else None
         if cfg.lora:
             graphdef, frozen = nnx.split(model)

@@ -127,14 +127,15 @@ def resolve_steps(cfg: RunConfig, n_records: int, epochs: float) -> int:
     return max(1, int(epochs * n_records // cfg.batch_size))
 
 
-def setup(cfg, mesh, kind: str, epochs: float):
-    """What every trainer builds inside its mesh: (model, processor, train source of `kind`, total steps, optimizer)."""
+def setup(cfg, mesh, kind: str, epochs: float, split: str = "train"):
+    """What every trainer builds inside its mesh: (model, processor, `split` source of `kind`, total steps,
+    optimizer)."""
     from jaxlava.data.storage import open_source
     from jaxlava.training.optim import make_optimizer
     world = world_for(cfg)
     model = build_model(cfg, mesh, world)
     processor = processor_for(cfg, model.config, world)
-    source = open_source(cfg.data, kind, "train")
+    source = open_source(cfg.data, kind, split)
     total = resolve_steps(cfg, len(source), epochs)
     return model, processor, source, total, make_optimizer(cfg.optim, total)
 
