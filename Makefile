@@ -34,7 +34,7 @@ test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -m "not slow and not long" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # opt-in quality runs (marker `long`): the reward model's 0.9 bar (about 110 minutes on 2 cores, estimate) and one
-# seed of the full reproduction against the claim's three inequalities (about 50 minutes)
+# seed of the full reproduction against the claim's three inequalities (about 35 minutes)
 test-long: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -s -m long $(PYTEST_ARGS)
 

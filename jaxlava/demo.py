@@ -58,7 +58,7 @@ def fewer_steps_note(cfg) -> str:
     if not cut:
         return ""
     return ("\nThis demo trains fewer steps than the full reproduction (" + ", ".join(cut) + "), so its numbers "
-            "are not docs/results.md's: `python train/reproduce.py` runs the full recipe (about 50 minutes per seed "
+            "are not docs/results.md's: `python train/reproduce.py` runs the full recipe (about 35 minutes per seed "
             "on 2 cores).")
 
 

@@ -1,7 +1,7 @@
 """The paper's claim on the shapes world, one seed from scratch (issue: the shapes reproduction).
 
-Opt-in (`make test-long`, marker `long`): `python train/reproduce.py --recipe full --seeds 0` takes about 50
-minutes on 2 cores.  It builds the default reproduction world, trains SFT, RL-init, the reward models with and
+Opt-in (`make test-long`, marker `long`): `python train/reproduce.py --recipe full --seeds 0` takes about 35
+minutes on 2 cores.  It builds the default reproduction world, trains the grounding stage, SFT, RL-init, the reward models with and
 without facts and PPO against each, judges the three systems exactly, and checks the three inequalities of the
 claim on that seed:
   * Fact-RLHF lowers the object-hallucination rate (CHAIR-i) by at least 30 % relative to SFT;

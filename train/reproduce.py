@@ -3,7 +3,9 @@ facts) hallucinates less than SFT and than RLHF whose reward model never sees th
 
 One shapes world is built in OUT/world (flags: --world flag=value ..., the data/shapes.py flags), then for each
 seed (--seeds, default 0 1 2), in OUT/seed<S>/:
-  sft/          SFT of the shapes model (train/sft.py; stage 0 of the vision tower once per world)
+  ground/       the grounding stage (train/sft.py --split ground: the world's checklist conversations; stage 0 of
+                the vision tower once per world), when the recipe has --ground-steps
+  sft/          SFT of the shapes model (train/sft.py), from the grounding stage's model when there is one
   rlinit/       RL-init: a LoRA adapter trained by SFT on the frozen SFT model (train/sft.py --lora)
   rm_facts/     the reward model with the facts in its prompt (train/rm.py)
   rm_nofacts/   the reward model without them (train/rm.py --no-facts)
@@ -25,8 +27,9 @@ Acceptance checks: Fact-RLHF lowers CHAIR-i by >= 30% relative to SFT; its objec
 relative; its CHAIR-i is below the no-facts RLHF's.
 
 --recipe picks the world and the stage steps and key hyper-parameters; each value is a flag of its own:
-  full   the co-occurrence habit world (docs/results.md) with the steps its SFT model needs: about 50 minutes per
-         seed on 2 cores
+  full   the co-occurrence habit world (docs/results.md) with the grounding stage before SFT (checklist
+         questions; --ground-steps 0 leaves it out) and the steps its SFT model needs: about 35 minutes per seed
+         on 2 cores
   demo   the same world and stages with fewer steps (make demo, one seed)
   plain  the generator's default world with the shapes stage presets (the recipe before the habit world)
   tiny   a smoke test of the pipeline on the small world

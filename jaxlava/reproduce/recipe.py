@@ -78,13 +78,14 @@ HABIT_WORLD = ("cell=16", "cell-jitter=True", "noise-rate=0.7", "noise-kind=part
 FINE_BUCKETS = (64, 128, 192, 256, 320, 384, 512, 1024, 2048)
 
 RECIPES: dict[str, Recipe] = {
-    # the habit world with the steps that make its SFT model work (about 50 minutes per seed on 2 cores)
+    # the habit world with the grounding stage and the steps that make its SFT model answer yes/no (33 minutes per
+    # seed on 2 cores; decisions 24)
     "full": Recipe(world=HABIT_WORLD, ground_steps=2500, sft_steps=2000, rm_steps=1200, rm_schedule="cosine",
                    rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200),
     # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
     # reward model and 20 per PPO run took 19.5 minutes; these took 11.7).
     # Too few for this world: its SFT model names a fifth of the objects (README)
-    "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, sft_steps=450, rlinit_steps=40, rm_steps=150,
+    "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, ground_steps=800, sft_steps=450, rlinit_steps=40, rm_steps=150,
                    rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=12,
                    ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
     # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
