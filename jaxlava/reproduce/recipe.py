@@ -83,8 +83,8 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe(world=HABIT_WORLD, ground_steps=2500, sft_steps=2000, rm_steps=1200, rm_schedule="cosine",
                    rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200),
     # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
-    # reward model and 20 per PPO run took 19.5 minutes; these took 11.7).
-    # Too few for this world: its SFT model names a fifth of the objects (README)
+    # reward model and 20 per PPO run took 19.5 minutes; these less the grounding stage took 11.7, and with it 8.2
+    # on a faster 2-core machine). Too few for this world: its SFT model names a fifth of the objects (README)
     "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, ground_steps=800, sft_steps=450, rlinit_steps=40, rm_steps=150,
                    rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=12,
                    ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
