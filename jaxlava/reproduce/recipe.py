@@ -68,13 +68,14 @@ class Recipe:
 # time; 70 % of the SFT descriptions of an image with a lone pair member name its absent partner last (the habit
 # the paper blames on its SFT data); yes/no negatives that only the image answers; counterfactual twins as
 # preference pairs (one object renamed to an absent one); the `compare` reading exercise in SFT; 6000 grounding
-# conversations (checklist questions) for the stage before SFT, and checklist questions in SFT too (decisions 24)
+# conversations (checklist questions) for the stage before SFT, and 5 % checklist questions in SFT, which keep the
+# yes/no lookup (0: it fades) without the repeated objects of 15 % (decisions 24)
 HABIT_PAIRS = ("red-circle:blue-square yellow-star:green-triangle red-hexagon:yellow-diamond blue-star:green-circle "
                "green-square:red-triangle yellow-hexagon:blue-diamond")
 HABIT_WORLD = ("cell=16", "cell-jitter=True", "noise-rate=0.7", "noise-kind=partner", "cooccur-prob=0.5",
                f"cooccur-pairs={HABIT_PAIRS}", "yesno-negatives=matched", "colours=red blue green yellow",
                "max-objects=3", "n-sft=6000", "pref-minimal-prob=1", "pref-twin-rename=category", "n-pref=6000",
-               "n-ground=6000", "sft-mix=describe 0.3 yesno 0.35 count 0.05 mc 0.1 compare 0.2 checklist 0.15")
+               "n-ground=6000", "sft-mix=describe 0.3 yesno 0.35 count 0.05 mc 0.1 compare 0.2 checklist 0.05")
 FINE_BUCKETS = (64, 128, 192, 256, 320, 384, 512, 1024, 2048)
 
 RECIPES: dict[str, Recipe] = {
