@@ -267,6 +267,7 @@ def test_grounding_stage_comes_first_and_sft_starts_from_it():
     its model; without, there is no such stage and SFT starts from scratch."""
     from jaxlava.reproduce.recipe import RECIPES, parse_config
     from jaxlava.reproduce.stages import stage_configs
+    from jaxlava.shapes.world import GROUND_SPLITS
     from jaxlava.training.run_sft import held_out_split
     with_ground = stage_configs(parse_config(["--recipe", "full", "--out", "o"]), 1)
     g, sft = with_ground["ground"], with_ground["sft"]
@@ -276,3 +277,4 @@ def test_grounding_stage_comes_first_and_sft_starts_from_it():
     assert "ground" not in without and without["sft"].init is None
     assert list(with_ground)[:2] == ["ground", "sft"] and set(with_ground) <= set(STAGES)
     assert (held_out_split("train"), held_out_split("ground")) == ("test", "ground_test")
+    assert (g.split, held_out_split(g.split)) == GROUND_SPLITS  # the splits the world writes

@@ -86,18 +86,18 @@ RECIPES: dict[str, Recipe] = {
     # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
     # reward model and 20 per PPO run took 19.5 minutes; these less the grounding stage took 11.7, and with it 8.2
     # on a faster 2-core machine). Too few for this world: its SFT model names a fifth of the objects (README)
-    "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, ground_steps=800, sft_steps=450, rlinit_steps=40, rm_steps=150,
-                   rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=12,
-                   ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
+    "demo": Recipe(world=HABIT_WORLD, vision_pretrain_steps=1500, ground_steps=800, sft_steps=450, rlinit_steps=40,
+                   rm_steps=150, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200,
+                   ppo_steps=12, ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
     # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
     "plain": Recipe(),
     # a smoke test of the whole pipeline (seconds per stage; the numbers mean nothing)
     "tiny": Recipe(world=("size=small", "n-ground=16"), vision_pretrain_steps=0, ground_steps=2, sft_steps=3,
                    sft_batch_size=4, rlinit_steps=2, rlinit_batch_size=4, rlinit_rank=4, rlinit_alpha=8.0,
-                   rm_steps=2, rm_batch_size=4, rm_rank=4,
-                   rm_alpha=8.0, eval_every=100, checkpoint_every=100, ppo_steps=2, ppo_rollout_batch_size=8,
-                   ppo_step_batch_size=8, ppo_max_new_tokens=12, ppo_eval_every=1, ppo_eval_prompts=8,
-                   ppo_checkpoint_every=100, judge_pope_images=1, judge_descriptions=4, judge_batch_size=8),
+                   rm_steps=2, rm_batch_size=4, rm_rank=4, rm_alpha=8.0, eval_every=100, checkpoint_every=100,
+                   ppo_steps=2, ppo_rollout_batch_size=8, ppo_step_batch_size=8, ppo_max_new_tokens=12,
+                   ppo_eval_every=1, ppo_eval_prompts=8, ppo_checkpoint_every=100, judge_pope_images=1,
+                   judge_descriptions=4, judge_batch_size=8),
 }
 
 

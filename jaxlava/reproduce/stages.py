@@ -21,7 +21,7 @@ from jaxlava.reproduce import report
 from jaxlava.reproduce.recipe import ReproduceConfig, parse_config, recipe_of
 from jaxlava.shapes.assets import world_exists
 from jaxlava.shapes.cli import parse_args, world_config
-from jaxlava.shapes.world import ShapesConfig, load_world_info, write_world
+from jaxlava.shapes.world import GROUND_SPLITS, ShapesConfig, load_world_info, write_world
 from jaxlava.training import run_ppo, run_rm, run_sft
 
 STAGES = ("ground", "sft", "rlinit", "rm_facts", "rm_nofacts", "ppo_facts", "ppo_nofacts",
@@ -120,7 +120,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     sft_optim = dataclasses.replace(sft_p.optim, lr=cfg.sft_lr)
     out = {}
     if cfg.ground_steps:  # the grounding stage: checklist conversations first, then SFT starts from its model
-        out["ground"] = dataclasses.replace(sft_p, out=os.path.join(d, GROUND), split="ground",
+        out["ground"] = dataclasses.replace(sft_p, out=os.path.join(d, GROUND), split=GROUND_SPLITS[0],
                                             steps=cfg.ground_steps, batch_size=cfg.sft_batch_size, optim=sft_optim,
                                             **common)
     out |= {
@@ -163,8 +163,7 @@ def _what(name: str, c) -> str:
         return f"shapes judges on {c.model}"
     kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
-            "ppo_facts": "PPO with the facts RM",
-            "ppo_nofacts": "PPO with the no-facts RM"}[name]
+            "ppo_facts": "PPO with the facts RM", "ppo_nofacts": "PPO with the no-facts RM"}[name]
     return f"{kind}, {c.steps} steps"
 
 

@@ -28,7 +28,9 @@ SFT_KINDS = ("describe", "yesno", "count", "attribute", "mc", "compare", "checkl
 # caption_type values (spec §4.5 AnswerType)
 GENERAL, A_IN_ABCD, NO_IN_YESNO, YES_IN_YESNO = 1, 2, 6, 7
 _STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5, "ground": 6}
-GROUND_SPLITS = ("ground", "ground_test")  # conversation splits of the grounding stage (n_ground > 0)
+# conversation splits of the grounding stage (n_ground > 0): training, and held out under the name
+# jaxlava.training.run_sft.held_out_split gives it
+GROUND_SPLITS = ("ground", "ground_test")
 
 
 @dataclasses.dataclass(frozen=True)
