@@ -9,6 +9,7 @@ from PIL import Image
 from jaxlava.data import pipeline as P
 from jaxlava.data import storage
 from jaxlava.data.processor import ImagePrep, LlavaProcessor
+from jaxlava.data import templates
 from jaxlava.data.templates import IGNORE_INDEX, encode_conversation
 from tok_fixtures import load
 
@@ -127,6 +128,13 @@ def test_preference_and_ppo_formats(data, proc):
     assert b["pixel_values"].shape == (4, 3, 16, 16)
     tail = proc.tokenizer.decode(b["input_ids"][0, 0][-8:])
     assert tail.endswith("response is")
+    first = next(P.preference_batches(storage.open_source(d, "preference"), proc, batch_size=4, buckets=BUCKETS,
+                                      shuffle=False, shard_index=0, shard_count=1, facts_first=True))
+    tails = [proc.tokenizer.decode(x["input_ids"][0, 0][x["attention_mask"][0, 0] == 1]).replace(" ", "")
+             for x in (b, first)]
+    header = templates.FACTS_HEADER.replace(" ", "").strip()
+    assert header in tails[0] and header not in tails[1]  # facts_first: the reward prompt carries no facts
+    assert tails[1].endswith("response is".replace(" ", ""))
     p = next(P.ppo_prompt_batches(storage.open_source(d, "ppo_prompt"), proc, batch_size=4, buckets=BUCKETS,
                                   shuffle=False, shard_index=0, shard_count=1))
     assert p["input_ids"].shape[0] == 4 and (p["attention_mask"][:, -1] == 1).all()

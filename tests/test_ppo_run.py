@@ -182,3 +182,15 @@ def test_one_ppo_step_is_the_same_on_three_meshes(stack, tmp_path):
         for k, v in ref["adapter"].items():
             np.testing.assert_allclose(np.asarray(got["adapter"][k]), np.asarray(v), rtol=1e-5, atol=1e-7,
                                        err_msg=f"{mesh}: {k}")
+
+
+def test_reward_prompt_layout_comes_from_the_rm_run(tmp_path):
+    """PPO builds the reward prompt as the RM run did: facts or none, and where (its config.json)."""
+    from jaxlava.training import ppo_roles
+    for rec, want in [({}, (True, False)), ({"no_facts": True}, (False, False)),
+                      ({"facts_first": True}, (True, True))]:
+        run = tmp_path / str(len(rec)) / ("x" if rec.get("no_facts") else "y")
+        (run / "adapter").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"stage": "rm", **rec}))
+        assert ppo_roles._reward_prompt_layout(str(run / "adapter"), True) == want
+    assert ppo_roles._reward_prompt_layout(str(tmp_path / "none" / "adapter"), False) == (False, False)

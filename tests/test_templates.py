@@ -157,6 +157,26 @@ def test_reward_prompt_golden_and_facts():
     assert facts == ["A dog runs.", "The grass is green.", "A ball is in the air."]  # caller's list untouched
 
 
+def test_reward_prompt_facts_first():
+    facts = ["A dog runs.", "The grass is green."]
+    paper = T.reward_text(CONV, "A brown dog.", facts, rng=None)
+    first = T.reward_text(CONV, "A brown dog.", facts, rng=None, facts_first=True)
+    block = T.FACTS_HEADER + "  - A dog runs.\n  - The grass is green.\n"
+    # the block opens the first user turn (after the image, which the template moves to the front), ahead of
+    # the question; the reward prompt has none
+    assert "USER: <image>\n" + block + "What is the dog doing?" in first
+    assert first.index(block) < first.index("A brown dog.")
+    assert first.count(T.FACTS_HEADER) == 1
+    assert first.endswith(T.reward_text(CONV, "A brown dog.", facts, with_facts=False).split("</s>")[-1])
+    # the same words as the paper's layout, moved
+    assert sorted(first.split()) == sorted(paper.split())
+    # without facts the flag changes nothing
+    assert T.reward_text(CONV, "x", facts, with_facts=False, facts_first=True) == \
+        T.reward_text(CONV, "x", facts, with_facts=False)
+    with pytest.raises(T.TemplateError, match="needs a user turn"):
+        T.reward_text([], "x", facts, facts_first=True)
+
+
 @pytest.mark.parametrize("kind", ["sp", "bpe"])
 def test_reward_input_ids(kind):
     tok = load(kind)

@@ -86,15 +86,16 @@ class CollateSFT:
 class EncodePreference:
     """Both candidates with the reward prompt; the facts are shuffled by the record's own RNG at each use."""
 
-    def __init__(self, processor, with_facts: bool = True):
-        self.processor, self.with_facts = processor, with_facts
+    def __init__(self, processor, with_facts: bool = True, facts_first: bool = False):
+        self.processor, self.with_facts, self.facts_first = processor, with_facts, facts_first
 
     def __call__(self, rec: dict, rng: np.random.Generator) -> dict:
         p = self.processor
         r = random.Random(int(rng.integers(2 ** 31)))
         ids = [encode_reward_input(p.tokenizer, rec["conversations"], rec[k], rec["facts"], rng=r,
                                    image_token_id=p.image_token_id, num_image_tokens=p.num_image_tokens,
-                                   with_facts=self.with_facts) for k in ("output_1", "output_2")]
+                                   with_facts=self.with_facts, facts_first=self.facts_first)
+               for k in ("output_1", "output_2")]
         return {"candidates": ids, "pixel_values": _pixels(p, rec["image"]),
                 "choice": np.int32(0 if rec["preference"] == 1 else 1)}
 
@@ -251,12 +252,12 @@ def sft_batches(source, processor, *, batch_size: int, template: str = "v1", buc
                      shard_index=shard_index, shard_count=shard_count, num_workers=num_workers)
 
 
-def preference_batches(source, processor, *, batch_size: int, with_facts: bool = True, buckets=DEFAULT_BUCKETS,
-                       seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, shard_index=None,
-                       shard_count=None, num_workers: int = 0):
+def preference_batches(source, processor, *, batch_size: int, with_facts: bool = True, facts_first: bool = False,
+                       buckets=DEFAULT_BUCKETS, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                       shard_index=None, shard_count=None, num_workers: int = 0):
     """Reward-model pairs (left padded to a bucket).  Convert with `--max-tokens` so that every pair fits the
     largest bucket (a filter here could spin forever on a dataset where nothing fits)."""
-    return _pipeline(source, EncodePreference(processor, with_facts), CollatePreference(_pad_id(processor), buckets),
+    return _pipeline(source, EncodePreference(processor, with_facts, facts_first), CollatePreference(_pad_id(processor), buckets),
                      batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      shard_index=shard_index, shard_count=shard_count, num_workers=num_workers, random_encode=True)
 

@@ -210,23 +210,32 @@ def factual_block(facts: Sequence[str], rng: random.Random | None) -> str:
 
 
 def reward_text(turns: Sequence[dict], response: str, facts: Sequence[str] | None, *,
-                rng: random.Random | None = None, with_facts: bool = True) -> str:
+                rng: random.Random | None = None, with_facts: bool = True, facts_first: bool = False) -> str:
     """The reward model's input: the conversation with its last gpt turn replaced by `response` (v1 template),
     then the reward prompt with the image's facts (shuffled by `rng` at each use).  The score is read at the
-    final token of the returned text."""
+    final token of the returned text.
+
+    `facts_first` (not the paper's layout) moves the facts block to the start of the first user turn, before the
+    response: causal attention then lets each object the response names be checked against the facts where it is
+    named, as it is checked against the image, instead of in one step at the score token (docs/decisions.md 25)."""
     turns = [dict(t) for t in turns]
     if not turns or turns[-1].get("from") != "gpt":
         turns.append({"from": "gpt", "value": response})
     else:
         turns[-1]["value"] = response
     block = factual_block(facts or [], rng) if with_facts else ""
-    prompt = REWARD_PROMPT.format(factual_prompt=block) if with_facts else REWARD_PROMPT.replace(
-        " {factual_prompt}", "")
+    if with_facts and facts_first:
+        first = next((t for t in turns if t.get("from") == "human"), None)
+        if first is None:
+            raise TemplateError("reward_text: facts_first needs a user turn to carry the facts")
+        first["value"] = block + first["value"]
+    inline = with_facts and not facts_first
+    prompt = REWARD_PROMPT.format(factual_prompt=block) if inline else REWARD_PROMPT.replace(" {factual_prompt}", "")
     return render(turns, "v1") + " " + prompt.strip()
 
 
 def encode_reward_input(tokenizer, turns, response, facts, *, image_token_id: int, num_image_tokens: int,
-                        rng=None, with_facts=True) -> np.ndarray:
-    text = reward_text(turns, response, facts, rng=rng, with_facts=with_facts)
+                        rng=None, with_facts=True, facts_first=False) -> np.ndarray:
+    text = reward_text(turns, response, facts, rng=rng, with_facts=with_facts, facts_first=facts_first)
     ids, _ = tokenize_with_spans(tokenizer, text, [], image_token_id=image_token_id, num_image_tokens=num_image_tokens)
     return np.asarray(ids, np.int32)

@@ -40,6 +40,9 @@ class Recipe:
     rm_epochs: float = 1.0  # passes over the preference pairs the reward models may take (steps end them first)
     rm_image_dropout: float = 0.0
     """both reward models train with each pair's image blanked with this probability (0: the paper; decisions 22)"""
+    rm_facts_first: bool = False
+    """the facts reward model reads the facts before the response, at the start of the first user turn, not
+    after it in the reward prompt (False: the paper; train/rm.py --facts-first, decisions 25)"""
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     """sequence-length buckets of SFT, RL-init and the reward models (finer ones waste less padding, e.g.
     64 128 192 256 320 384 512 1024 2048)"""

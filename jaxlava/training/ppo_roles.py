@@ -39,6 +39,7 @@ class Roles:
     reward_lora: dict
     reward_head: dict
     reward_facts: bool  # the RM was trained with facts in its prompt: the prompts must carry them
+    reward_facts_first: bool = False  # ... at the start of the first user turn (RMConfig.facts_first)
 
     def bases(self) -> list:
         """The distinct base models held in memory."""
@@ -76,13 +77,15 @@ def reward_base_of(adapter_dir: str, given: str | None) -> str:
     return given
 
 
-def _reward_used_facts(adapter_dir: str, default: bool) -> bool:
-    """Whether the RM run behind `adapter_dir` put facts in its prompt (its config.json), else `default`."""
+def _reward_prompt_layout(adapter_dir: str, default: bool) -> tuple[bool, bool]:
+    """Whether the RM run behind `adapter_dir` put facts in its prompt, and whether before the response (its
+    config.json), else (`default`, False)."""
     cfg = os.path.join(os.path.dirname(os.path.abspath(adapter_dir.rstrip("/"))), "config.json")
     if os.path.exists(cfg):
         with open(cfg) as f:
-            return not json.load(f).get("no_facts", False)
-    return default
+            rec = json.load(f)
+        return not rec.get("no_facts", False), bool(rec.get("facts_first", False))
+    return default, False
 
 
 def _place(tree, mesh):
@@ -117,7 +120,7 @@ def load_roles(cfg, mesh, build_model) -> Roles:
         raise RoleError(f"the policy ({cfg.init}) and the reward model ({reward_base_path}) use different "
                         "tokenizers; the value model reads the policy's tokens, so they must share one")
     return Roles(policy_base, value_base, processor, reward_processor, pcfg, rcfg, _place(init, mesh), reference,
-                 _place(rlora, mesh), jax.device_put(rhead), _reward_used_facts(cfg.reward_adapter, True))
+                 _place(rlora, mesh), jax.device_put(rhead), *_reward_prompt_layout(cfg.reward_adapter, True))
 
 
 def batch_shards(mesh) -> int:

@@ -70,7 +70,7 @@ def reward_inputs(roles, host: dict, texts: list[str], step: int, cfg: RolloutCo
         turn = [t for t in host["conversations"][i] if t["from"] == "human"][:1]
         seq = encode_reward_input(p.tokenizer, turn, text, facts, image_token_id=p.image_token_id,
                                   num_image_tokens=p.num_image_tokens, rng=_row_rng(cfg.seed, step, rid),
-                                  with_facts=roles.reward_facts)
+                                  with_facts=roles.reward_facts, facts_first=roles.reward_facts_first)
         if len(seq) > cfg.rm_seq_len:
             raise ValueError(f"PPO prompt {rid!r}: the reward-model input has {len(seq)} tokens, more than "
                              f"--rm-seq-len {cfg.rm_seq_len}; raise it")

@@ -31,6 +31,9 @@ class RMConfig(runs.RunConfig):
     init: str | None = run_sft.DEFAULT_MODEL
     out: str = "runs/rm"
     no_facts: bool = False  # ablation: the reward prompt without the image's facts
+    facts_first: bool = False
+    """put the facts at the start of the first user turn, before the response, instead of in the reward prompt
+    after it (the paper); PPO reads this from the run's config.json (docs/decisions.md 25)"""
     epochs: float = 1.0
     image_dropout: float = 0.0
     """blank each training pair's image with this probability, so that on those pairs only the facts decide
@@ -59,7 +62,8 @@ def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
 
     def batches(src):
         return list(preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
-                                       with_facts=not cfg.no_facts, seed=0, shuffle=False, num_epochs=1,
+                                       with_facts=not cfg.no_facts, facts_first=cfg.facts_first, seed=0,
+                                       shuffle=False, num_epochs=1,
                                        buckets=cfg.buckets, shard_index=jax.process_index(),
                                        shard_count=jax.process_count()))
     own = batches(source)
@@ -89,7 +93,8 @@ def run(cfg: RMConfig) -> dict:
         step = jax.jit(rm.make_step(graphdef, cfg.lora, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total),
                                     image_dropout=cfg.image_dropout), donate_argnums=0)
         data = preference_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
-                                  with_facts=not cfg.no_facts, seed=cfg.seed, num_workers=cfg.num_workers,
+                                  with_facts=not cfg.no_facts, facts_first=cfg.facts_first, seed=cfg.seed,
+                                  num_workers=cfg.num_workers,
                                   buckets=cfg.buckets)
         put = runs.batch_putter(mesh, preference_padding(processor))
         evaluate = rm.eval_accuracy(graphdef, base, cfg.lora, held_out_sets(cfg, processor, put))
