@@ -208,6 +208,9 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert d["rm_facts"].optim.schedule == "constant_with_warmup" and d["rm_facts"].epochs == 1.0
     assert d["rm_facts"].image_dropout == d["rm_nofacts"].image_dropout == 0.0
     assert d["sft"].buckets == DEFAULT_BUCKETS and d["ppo_facts"].length_score == -10.0
+    assert not d["rm_facts"].facts_first  # the paper's layout unless asked
+    f = stage_configs(parse_config(["--out", str(tmp_path), "--rm-facts-first"]), 0)
+    assert f["rm_facts"].facts_first and not f["rm_nofacts"].facts_first
 
 
 # ----------------------------------------------------------------------------------------------- PPO held-out judge
