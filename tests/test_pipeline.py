@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 
 from jaxlava.data import pipeline as P
-from jaxlava.data import storage
+from jaxlava.data import storage, templates
 from jaxlava.data.processor import ImagePrep, LlavaProcessor
-from jaxlava.data import templates
 from jaxlava.data.templates import IGNORE_INDEX, encode_conversation
 from tok_fixtures import load
 

@@ -257,7 +257,8 @@ def preference_batches(source, processor, *, batch_size: int, with_facts: bool =
                        shard_index=None, shard_count=None, num_workers: int = 0):
     """Reward-model pairs (left padded to a bucket).  Convert with `--max-tokens` so that every pair fits the
     largest bucket (a filter here could spin forever on a dataset where nothing fits)."""
-    return _pipeline(source, EncodePreference(processor, with_facts, facts_first), CollatePreference(_pad_id(processor), buckets),
+    return _pipeline(source, EncodePreference(processor, with_facts, facts_first),
+                     CollatePreference(_pad_id(processor), buckets),
                      batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      shard_index=shard_index, shard_count=shard_count, num_workers=num_workers, random_encode=True)
 

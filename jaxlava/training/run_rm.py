@@ -55,17 +55,21 @@ RUN_PRESETS = {
 RUN_PRESETS["llava-7b-224"] = dataclasses.replace(RUN_PRESETS["llava-13b-336"], preset="llava-7b-224")
 
 
+def prompt_layout(cfg: RMConfig) -> dict:
+    """The reward prompt's facts settings of this run, as `preference_batches` keywords."""
+    return {"with_facts": not cfg.no_facts, "facts_first": cfg.facts_first}
+
+
 def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
     """Held-out preference batches: with each pair's own facts, (with facts) with another pair's, and (with image
     dropout) with every image blanked."""
     source = open_source(cfg.data, "preference", "test")
 
     def batches(src):
-        return list(preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)),
-                                       with_facts=not cfg.no_facts, facts_first=cfg.facts_first, seed=0,
-                                       shuffle=False, num_epochs=1,
-                                       buckets=cfg.buckets, shard_index=jax.process_index(),
-                                       shard_count=jax.process_count()))
+        return list(preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)), seed=0,
+                                       shuffle=False, num_epochs=1, buckets=cfg.buckets,
+                                       shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                       **prompt_layout(cfg)))
     own = batches(source)
     sets = {"eval_accuracy": [put(b) for b in own]}
     if not cfg.no_facts and len(source) >= 2:
@@ -93,9 +97,8 @@ def run(cfg: RMConfig) -> dict:
         step = jax.jit(rm.make_step(graphdef, cfg.lora, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total),
                                     image_dropout=cfg.image_dropout), donate_argnums=0)
         data = preference_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
-                                  with_facts=not cfg.no_facts, facts_first=cfg.facts_first, seed=cfg.seed,
-                                  num_workers=cfg.num_workers,
-                                  buckets=cfg.buckets)
+                                  seed=cfg.seed, num_workers=cfg.num_workers, buckets=cfg.buckets,
+                                  **prompt_layout(cfg))
         put = runs.batch_putter(mesh, preference_padding(processor))
         evaluate = rm.eval_accuracy(graphdef, base, cfg.lora, held_out_sets(cfg, processor, put))
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=base, data=data, total_steps=total,
