@@ -428,6 +428,38 @@ def test_omission_twins_leave_one_present_object_out():
         preset("small", pref_twin_omit_prob=1.5)
 
 
+def test_addition_twins_add_one_absent_object_and_balance_the_lengths():
+    """pref_twin_add_prob: a share of the twins adds one absent object to a complete description, so the loser is
+    the longer one; with as many omission twins, the longer list wins about half of the pairs that differ in
+    length, and only the image or the facts tell which.  pref_twin_counted lets both kinds claim a count, the
+    loser's wrong by one."""
+    w = build_world(preset("small", seed=8, n_pref=400, pref_minimal_prob=1.0, pref_twin_omit_prob=0.4,
+                           pref_twin_add_prob=0.4, pref_twin_counted=True))
+    cats, longer_wins, counted = w.spec.categories, [], 0
+    for r in (r for r in _all(w, "preference") if w.meta[r["id"]]["counterfactual"]):
+        win, lose = r[f"output_{r['preference']}"], r[f"output_{3 - r['preference']}"]
+        named_win, named_lose = T.mentioned_categories(win, cats), T.mentioned_categories(lose, cats)
+        present = set(w.scenes[r["id"]].categories)
+        if len(named_win) == len(named_lose):
+            continue  # a rename twin
+        longer_wins.append(len(named_win) > len(named_lose))
+        assert present <= named_win  # both kinds: the winner names every object of the image
+        if not longer_wins[-1]:  # an addition twin
+            added = named_lose - named_win
+            assert named_win <= named_lose and len(added) == 1 and not added & present
+            assert w.meta[r["id"]]["decided_by"] == "hallucination"
+        claims = [re.search(rf"\b({'|'.join(T.NUM)}) (shape|object)", t) for t in (win, lose)]
+        assert bool(claims[0]) == bool(claims[1])  # the same phrasing
+        if claims[0]:  # the counts differ by one, as the lists do
+            counted += 1
+            n_win, n_lose = (T.NUM.index(c.group(1)) for c in claims)
+            assert n_lose - n_win == (-1 if longer_wins[-1] else 1)
+    assert len(longer_wins) > 100 and _binomial_ok(sum(longer_wins), len(longer_wins), 0.5)
+    assert counted > 20
+    with pytest.raises(ValueError, match="pref_twin_add_prob"):
+        preset("small", pref_twin_omit_prob=0.6, pref_twin_add_prob=0.6)
+
+
 def test_checklist_verdicts_and_the_grounding_splits():
     """`checklist` questions name k distinct objects and the answer gives each name its true verdict, in the
     question's order; n_ground adds checklist-only conversations on scenes of their own in the splits "ground" and

@@ -64,6 +64,12 @@ class WorldArgs:
     # share of twins that leave one present object out instead of renaming one (the loser is the less complete
     # description, every other word kept), so that the reward model also sees completeness (default 0)
     pref_twin_omit_prob: float | None = None
+    # share of twins that add one absent object instead (the loser names one object more, a hallucinated one), so
+    # that a longer list is not better by itself: only the image or the facts decide (default 0; decisions 26)
+    pref_twin_add_prob: float | None = None
+    # omission and addition twins may also use the phrasings that count the list ("three shapes: ..."), the
+    # twin's count then wrong by one (default off: plain lists only)
+    pref_twin_counted: bool | None = None
 
 
 def world_config(args: WorldArgs) -> ShapesConfig:

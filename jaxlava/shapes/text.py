@@ -185,17 +185,18 @@ def _phrase(items: list[Obj], scene: Scene, template: int, detailed: bool) -> st
 
 
 def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (),
-                  detailed: bool = False) -> tuple[Description, Description] | None:
+                  detailed: bool = False, counted: bool = False) -> tuple[Description, Description] | None:
     """A description naming every object of the scene (and the absent `hallucinate`), and its twin with one
     present object left out, every other word kept; the twin is the less complete one, so the simulated
-    annotator prefers the first.  Only the plain phrasings are used, so that neither claims a count.  None when
+    annotator prefers the first.  Only the plain phrasings are used, so that neither claims a count, unless
+    `counted` (then also the phrasings that count the list: the twin's count is one less, and wrong).  None when
     the scene has a single object."""
     if len(scene.objects) < 2:
         return None
     real = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
     items = real + [fake_object(c, scene, rng) for c in hallucinate]
     items = [items[i] for i in rng.permutation(len(items))]
-    t, gone = int(rng.integers(3)), real[int(rng.integers(len(real)))]
+    t, gone = int(rng.integers(5 if counted else 3)), real[int(rng.integers(len(real)))]
     rest = [o for o in items if o is not gone]
     kept = [o for o in real if o is not gone]
     full = Description(_phrase(items, scene, t, detailed), tuple(hallucinate), tuple(o.category for o in real),
@@ -203,6 +204,23 @@ def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[s
     twin = Description(_phrase(rest, scene, t, detailed), tuple(hallucinate), tuple(o.category for o in kept),
                        len(kept) if detailed else 0)
     return full, twin
+
+
+def addition_twin(scene: Scene, rng: np.random.Generator, extra: str, *, hallucinate: list[str] = (),
+                  detailed: bool = False, counted: bool = False) -> tuple[Description, Description]:
+    """The mirror of `omission_twin`: a description naming every object of the scene (and the absent
+    `hallucinate`), and its twin with the absent category `extra` added at a random place in the list, every
+    other word kept.  The twin names one object more and is the one the annotator rejects (one hallucination
+    more), so that across both kinds of twin the longer list wins half the time and only the image (or the
+    facts) tell which half.  `counted` as in `omission_twin`."""
+    real = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
+    items = real + [fake_object(c, scene, rng) for c in hallucinate]
+    items = [items[i] for i in rng.permutation(len(items))]
+    t, at = int(rng.integers(5 if counted else 3)), int(rng.integers(len(items) + 1))
+    more = items[:at] + [fake_object(extra, scene, rng)] + items[at:]
+    mentioned, details = tuple(o.category for o in real), len(real) if detailed else 0
+    return (Description(_phrase(items, scene, t, detailed), tuple(hallucinate), mentioned, details),
+            Description(_phrase(more, scene, t, detailed), (*hallucinate, extra), mentioned, details))
 
 
 def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Generator,

@@ -79,6 +79,8 @@ class ShapesConfig:
     pref_minimal_prob: float = 0.0  # P(a pair is a counterfactual twin: one object renamed, every other word kept)
     pref_twin_rename: str = "category"  # what a twin changes: category | shape | colour (see shapes_text.swap_object)
     pref_twin_omit_prob: float = 0.0  # P(a twin leaves one present object out instead: shapes_text.omission_twin)
+    pref_twin_add_prob: float = 0.0  # P(a twin adds one absent object instead: shapes_text.addition_twin)
+    pref_twin_counted: bool = False  # omission and addition twins may also use the phrasings that count the list
     # PPO prompts
     n_ppo: int = 1000
     ppo_mix: tuple[tuple[str, float], ...] = (("general", 0.5), ("mc", 0.25), ("yesno", 0.25))
@@ -107,7 +109,7 @@ class ShapesConfig:
             raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
         for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "ppo_test_frac",
                      "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob",
-                     "pref_twin_omit_prob"):
+                     "pref_twin_omit_prob", "pref_twin_add_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.noise_kind not in T.NOISE_KINDS:
@@ -128,6 +130,9 @@ class ShapesConfig:
         if self.pref_twin_rename not in T.TWIN_RENAMES:
             raise ValueError(f"ShapesConfig.pref_twin_rename must be one of {T.TWIN_RENAMES}, got "
                              f"{self.pref_twin_rename!r}")
+        if self.pref_twin_omit_prob + self.pref_twin_add_prob > 1:
+            raise ValueError(f"ShapesConfig: pref_twin_omit_prob + pref_twin_add_prob must be at most 1 (shares of "
+                             f"the twins), got {self.pref_twin_omit_prob} + {self.pref_twin_add_prob}")
         if len(self.pref_hallucination_probs) != 3 or abs(sum(self.pref_hallucination_probs) - 1) > 1e-6:
             raise ValueError("ShapesConfig.pref_hallucination_probs: 3 probabilities (0, 1, 2 objects) summing to 1")
 
@@ -286,8 +291,7 @@ class _Builder:
             q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
             d1, twin = self.pref_response(scene, rng), None
             if cfg.pref_minimal_prob and rng.random() < cfg.pref_minimal_prob:
-                pair = (self.omission_twin(scene, rng)
-                        if cfg.pref_twin_omit_prob and rng.random() < cfg.pref_twin_omit_prob else None)
+                pair = self.count_twin(scene, rng)
                 d1, twin = pair or (d1, T.swap_object(d1, scene, self.spec, rng, cfg.pref_twin_rename))
             for _ in range(1000):
                 d2 = twin or self.pref_response(scene, rng)
@@ -310,12 +314,26 @@ class _Builder:
                       counterfactual=twin is not None)
         return out
 
-    def omission_twin(self, scene: Scene, rng: np.random.Generator) -> tuple[T.Description, T.Description] | None:
-        """A complete description (hallucinating as often as pref_response does) and its twin with one present
-        object left out."""
-        h = int(rng.choice(3, p=np.asarray(self.cfg.pref_hallucination_probs)))
-        return T.omission_twin(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [],
-                               detailed=bool(rng.random() < self.cfg.pref_detail_prob))
+    def count_twin(self, scene: Scene, rng: np.random.Generator) -> tuple[T.Description, T.Description] | None:
+        """With probability pref_twin_omit_prob an omission twin, with pref_twin_add_prob an addition twin (a
+        complete description, hallucinating as often as pref_response does, and its twin with one present object
+        left out, resp. one absent object added; the winner first); otherwise, or when the scene does not allow
+        the pair, None (the caller renames an object instead)."""
+        cfg = self.cfg
+        if not (cfg.pref_twin_omit_prob or cfg.pref_twin_add_prob):
+            return None
+        u = rng.random()
+        if u >= cfg.pref_twin_omit_prob + cfg.pref_twin_add_prob:
+            return None
+        h = int(rng.choice(3, p=np.asarray(cfg.pref_hallucination_probs)))
+        if u < cfg.pref_twin_omit_prob:
+            return T.omission_twin(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [],
+                                   detailed=bool(rng.random() < cfg.pref_detail_prob), counted=cfg.pref_twin_counted)
+        absent = T.pick_absent(scene, self.spec, rng, h + 1)
+        if len(absent) < h + 1:
+            return None
+        return T.addition_twin(scene, rng, absent[-1], hallucinate=absent[:-1],
+                               detailed=bool(rng.random() < cfg.pref_detail_prob), counted=cfg.pref_twin_counted)
 
     def pref_response(self, scene: Scene, rng: np.random.Generator) -> T.Description:
         cfg, n = self.cfg, len(scene.objects)
