@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import time
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -315,25 +316,18 @@ class _Builder:
         return out
 
     def count_twin(self, scene: Scene, rng: np.random.Generator) -> tuple[T.Description, T.Description] | None:
-        """With probability pref_twin_omit_prob an omission twin, with pref_twin_add_prob an addition twin (a
-        complete description, hallucinating as often as pref_response does, and its twin with one present object
-        left out, resp. one absent object added; the winner first); otherwise, or when the scene does not allow
-        the pair, None (the caller renames an object instead)."""
+        """An omission twin (pref_twin_omit_prob) or an addition twin (pref_twin_add_prob), winner first, each
+        hallucinating as often as pref_response does; else or where the scene forbids it None (rename instead)."""
         cfg = self.cfg
-        if not (cfg.pref_twin_omit_prob or cfg.pref_twin_add_prob):
-            return None
-        u = rng.random()
+        u = rng.random() if cfg.pref_twin_omit_prob or cfg.pref_twin_add_prob else 1.0
         if u >= cfg.pref_twin_omit_prob + cfg.pref_twin_add_prob:
             return None
         h = int(rng.choice(3, p=np.asarray(cfg.pref_hallucination_probs)))
-        if u < cfg.pref_twin_omit_prob:
-            return T.omission_twin(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [],
-                                   detailed=bool(rng.random() < cfg.pref_detail_prob), counted=cfg.pref_twin_counted)
-        absent = T.pick_absent(scene, self.spec, rng, h + 1)
-        if len(absent) < h + 1:
-            return None
-        return T.addition_twin(scene, rng, absent[-1], hallucinate=absent[:-1],
-                               detailed=bool(rng.random() < cfg.pref_detail_prob), counted=cfg.pref_twin_counted)
+        k = h + (u >= cfg.pref_twin_omit_prob)  # an addition twin picks its extra object too
+        absent = T.pick_absent(scene, self.spec, rng, k) if k else []
+        make = T.omission_twin if u < cfg.pref_twin_omit_prob else partial(T.addition_twin, extra=absent.pop())
+        return make(scene, rng, hallucinate=absent, detailed=bool(rng.random() < cfg.pref_detail_prob),
+                    counted=cfg.pref_twin_counted)
 
     def pref_response(self, scene: Scene, rng: np.random.Generator) -> T.Description:
         cfg, n = self.cfg, len(scene.objects)
