@@ -184,6 +184,13 @@ def _phrase(items: list[Obj], scene: Scene, template: int, detailed: bool) -> st
     return text
 
 
+def _shuffled_list(scene: Scene, rng: np.random.Generator, hallucinate) -> tuple[list[Obj], list[Obj]]:
+    """The scene's objects in random order, and a random-order list of them with the absent `hallucinate`."""
+    real = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
+    items = real + [fake_object(c, scene, rng) for c in hallucinate]
+    return real, [items[i] for i in rng.permutation(len(items))]
+
+
 def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (),
                   detailed: bool = False, counted: bool = False) -> tuple[Description, Description] | None:
     """A description naming every object of the scene (and the absent `hallucinate`), and its twin with one
@@ -193,9 +200,7 @@ def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[s
     the scene has a single object."""
     if len(scene.objects) < 2:
         return None
-    real = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
-    items = real + [fake_object(c, scene, rng) for c in hallucinate]
-    items = [items[i] for i in rng.permutation(len(items))]
+    real, items = _shuffled_list(scene, rng, hallucinate)
     t, gone = int(rng.integers(5 if counted else 3)), real[int(rng.integers(len(real)))]
     rest = [o for o in items if o is not gone]
     kept = [o for o in real if o is not gone]
@@ -213,9 +218,7 @@ def addition_twin(scene: Scene, rng: np.random.Generator, extra: str, *, halluci
     other word kept.  The twin names one object more and is the one the annotator rejects (one hallucination
     more), so that across both kinds of twin the longer list wins half the time and only the image (or the
     facts) tell which half.  `counted` as in `omission_twin`."""
-    real = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
-    items = real + [fake_object(c, scene, rng) for c in hallucinate]
-    items = [items[i] for i in rng.permutation(len(items))]
+    real, items = _shuffled_list(scene, rng, hallucinate)
     t, at = int(rng.integers(5 if counted else 3)), int(rng.integers(len(items) + 1))
     more = items[:at] + [fake_object(extra, scene, rng)] + items[at:]
     mentioned, details = tuple(o.category for o in real), len(real) if detailed else 0
