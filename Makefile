@@ -10,8 +10,9 @@ export JAX_PLATFORMS
 GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 export GLIBC_TUNABLES
 PYTEST_ARGS ?=
-# pytest-xdist workers; a test module stays on one worker (its module fixtures are built once). 0: no workers
-PYTEST_WORKERS ?= 2
+# pytest-xdist workers; a test module stays on one worker (its module fixtures are built once). 0: no workers.
+# Three on 2 cores: one worker compiles (single-threaded) while the others compute (docs/decisions.md 18, 27)
+PYTEST_WORKERS ?= 3
 
 .PHONY: demo test test-fast test-long install clean-venv
 
@@ -33,8 +34,9 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -m "not slow and not long" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# opt-in quality runs (marker `long`): the reward model's 0.9 bar (about 110 minutes on 2 cores, estimate) and one
-# seed of the full reproduction against the claim's three inequalities (about 35 minutes)
+# opt-in runs (marker `long`): the reward model's 0.9 bar (about 110 minutes on 2 cores, estimate), one seed of the
+# full reproduction against the claim's three inequalities (about 35-100 minutes), vision stage 0's shape bar and the
+# SFT step on the one-axis meshes (a few minutes)
 test-long: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -s -m long $(PYTEST_ARGS)
 

@@ -29,7 +29,7 @@ flags.FLAGS.mark_as_parsed()
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests first: with `-n 2 --dist loadfile` (make test) the long modules then start at once
+    """Modules with slow tests first: with `-n 3 --dist loadfile` (make test) the long modules then start at once
     instead of finishing last on one worker while the other idles.  The order within a module is kept."""
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in slow)

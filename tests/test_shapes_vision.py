@@ -101,10 +101,12 @@ def test_shape_and_size_heads_ignore_background_patches(world):
     assert abs(float(c) - float(a)) > 1e-3
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_stage0_learns_shape_not_only_colour(world):
     """Held-out shape accuracy leaves chance (1 in 6). With the shape loss averaged over background patches
-    too, it stayed at 0.21 after 1500 steps; with object patches only it is 0.34 (docs/decisions.md, 9)."""
+    too, it stayed at 0.21 after 1500 steps; with object patches only it is 0.34 (docs/decisions.md, 9).
+    A learning bar of about 3 minutes, so opt-in (`make test-long`) like the other quality bars; that stage 0 trains,
+    caches and reloads stays in `make test`."""
     metrics = sv.pretrain(_model(world), _world_cfg(world), sv.VisionPretrainConfig(steps=1500), progress=False)
     assert metrics["colour_accuracy"] > 0.95
     assert metrics["shape_accuracy"] > 0.28
