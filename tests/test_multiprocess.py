@@ -218,7 +218,9 @@ def assert_leaves_close(got, want, rel: float, what: str):
     while its moments agree to 5e-6 and every leaf agrees to 2.4e-6 in norm.  A wrong batch or a wrong reduction
     moves whole leaves (Adam's +-lr per element, or moments off by the missing share) and fails this at once."""
     import jax
-    for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)):
+    paths, leaves = jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)
+    assert len(leaves) == len(paths), (what, len(leaves), len(paths))
+    for (path, w), g in zip(paths, leaves):
         w, g, key = np.asarray(w), np.asarray(g), what + jax.tree_util.keystr(path)
         assert g.shape == w.shape, key
         if w.dtype.kind != "f":
@@ -240,7 +242,7 @@ def test_two_process_sft_matches_one_process(sft_runs):
     got, want = restore_state(out, STEPS), restore_state(sft_runs["one"], STEPS)
     assert int(got["step"]) == int(want["step"]) == STEPS
     assert_leaves_close(got["params"], want["params"], 1e-4, "params")
-    # Adam's moments: every step's (clipped) gradients, element by element in effect, without the eps amplification
+    # Adam's moments hold every step's (clipped) gradients, without the division by sqrt(nu) + eps
     assert_leaves_close(got["opt_state"], want["opt_state"], 1e-4, "opt_state")
 
 
