@@ -12,6 +12,7 @@ import os
 
 from jaxlava.eval.pope import SPLITS
 from jaxlava.fileio import write_json, write_text
+from jaxlava.reproduce.uncertainty import seed_intervals
 from jaxlava.training.metrics import read_metrics
 
 # the stage folders of one seed (OUT/seed<S>/...)
@@ -132,11 +133,15 @@ def acceptance(sft: dict, nofacts: dict, fact: dict) -> list[dict]:
     return [{"check": c, "text": t, "value": v, "pass": bool(p)} for c, t, v, p in zip(names, texts, values, passed)]
 
 
-def all_checks(per_seed: dict, overall: dict) -> dict:
-    """{"per_seed": {seed: checks}, "overall": checks on the means over seeds, "passed": every overall check}."""
+def all_checks(per_seed: dict, overall: dict, intervals: dict | None = None) -> dict:
+    """{"per_seed": {seed: checks}, "overall": checks on the means over seeds, "passed": every overall check}.
+    `intervals` ({seed: `uncertainty.bootstrap_checks` or None}) adds each per-seed check's sampling interval."""
     def on(systems):
         return acceptance(systems["sft"], systems["rlhf_nofacts"], systems["fact_rlhf"])
     out = {"per_seed": {s: on(n["systems"]) for s, n in per_seed.items()}, "overall": on(overall["systems"])}
+    for s, checks in out["per_seed"].items():
+        for c, iv in zip(checks, (intervals or {}).get(s) or ()):
+            c["interval"] = {k: iv[k] for k in ("se", "low", "high")}
     out["passed"] = all(c["pass"] for c in out["overall"])
     return out
 
@@ -204,7 +209,10 @@ def markdown(results: dict) -> str:
         _table(["reward model", "accuracy %", "paper's claim"], rm),
         f"## Acceptance checks: {overall}",
         "Per seed, and on the means over seeds (overall); the number is the relative CHAIR-i drop, the relative "
-        "recall fall and the CHAIR-i difference (Fact-RLHF − no facts).",
+        "recall fall and the CHAIR-i difference (Fact-RLHF − no facts). In brackets, per seed: the 95 % interval "
+        "of a paired bootstrap over the judged images (jaxlava/reproduce/uncertainty.py), the spread that the "
+        "judge set's size alone allows; an interval across the threshold means this many images do not decide "
+        "the check.",
         _table(["check", *[f"seed {s}" for s in names], "overall"], checks),
         "## Wall time",
         _table(["seed", *results["stage_names"], "all"],
@@ -230,7 +238,10 @@ def _verdict(c: dict) -> str:
     v = c["value"]
     if v is None:
         return "FAIL (no numbers)"
-    shown = f"{100 * v:+.1f}%" if c["check"] != "facts_beat_no_facts" else f"{100 * v:+.2f} pt"
+    pt = c["check"] == "facts_beat_no_facts"
+    fmt = (lambda x: f"{100 * x:+.2f} pt") if pt else (lambda x: f"{100 * x:+.1f}%")
+    iv = c.get("interval")
+    shown = fmt(v) + (f" [{fmt(iv['low'])}, {fmt(iv['high'])}]" if iv else "")
     return f"{'pass' if c['pass'] else 'FAIL'} ({shown})"
 
 
@@ -288,8 +299,10 @@ def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str]
     """Collect, check and write results.json, results.md and the plots for the finished seeds."""
     per_seed = {str(s): seed_numbers(out, s) for s in seeds}
     summary = summarize(per_seed)
+    intervals = {str(s): seed_intervals({k: judge_dir(out, s, k) for k, _, _ in SYSTEMS}) for s in seeds}
     results = {"recipe": recipe, "seeds": per_seed, "summary": summary,
-               "checks": all_checks(per_seed, means(summary)), "stage_names": stage_names, "seconds": seconds}
+               "checks": all_checks(per_seed, means(summary), intervals), "stage_names": stage_names,
+               "seconds": seconds}
     curves = {w: {str(s): ppo_curve(out, s, w) for s in seeds} for w in PPO}
     results["ppo_curves"] = {w: {s: [list(p) for p in pts] for s, pts in c.items()} for w, c in curves.items()}
     plot_systems(summary, os.path.join(out, SYSTEMS_PLOT))

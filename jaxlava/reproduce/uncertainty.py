@@ -1,0 +1,84 @@
+"""How much of a seed's acceptance numbers is the judge set's sampling noise: a paired bootstrap over images.
+
+The three systems of a seed describe the same held-out images, so a difference between them is estimated on
+paired data. Resampling the images with replacement (the same draw for every system) and recomputing each check's
+number gives its sampling spread: a check whose interval straddles its threshold is not decided by this many
+images, whatever its point value says. The checks themselves (`report.acceptance`) are unchanged; this only adds
+an interval beside each per-seed number.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from jaxlava.eval.shapes import JUDGEMENTS
+
+RESAMPLES = 2000
+LEVEL = 0.95
+COUNTS = ("mentioned", "hallucinated", "present", "recalled")  # the per-image counts CHAIR-i and recall are made of
+
+
+def image_counts(path: str) -> dict[str, np.ndarray]:
+    """A judge's judgements.jsonl -> {"ids": ids, count: per-image counts} in the file's order."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise ValueError(f"{path}: no judged descriptions")
+    out = {"ids": np.array([r["id"] for r in rows])}
+    for k in COUNTS:
+        out[k] = np.array([len(r[k]) for r in rows], dtype=np.float64)
+    return out
+
+
+def _align(systems: dict[str, dict]) -> dict[str, dict]:
+    """Put every system's rows in the first system's image order; the image sets must be the same."""
+    first = next(iter(systems.values()))["ids"]
+    order = {i: n for n, i in enumerate(first)}
+    out = {}
+    for name, c in systems.items():
+        if set(c["ids"]) != set(first) or len(c["ids"]) != len(first):
+            raise ValueError(f"the judges of {name} described other images than the others: no paired comparison")
+        idx = np.argsort([order[i] for i in c["ids"]])
+        out[name] = {k: v[idx] for k, v in c.items()}
+    return out
+
+
+def check_values(sft: dict, nofacts: dict, fact: dict, weights: np.ndarray) -> np.ndarray:
+    """The three checks' numbers (relative CHAIR-i drop, relative recall fall, CHAIR-i of Fact-RLHF minus no facts)
+    for each row of `weights` (resample x image: how often each image is drawn) -> (resamples, 3)."""
+    def rate(c, num, den):
+        d = weights @ c[den]
+        return np.divide(weights @ c[num], d, out=np.zeros_like(d), where=d > 0)
+    ci = {k: rate(c, "hallucinated", "mentioned") for k, c in (("s", sft), ("n", nofacts), ("f", fact))}
+    rs, rf = rate(sft, "recalled", "present"), rate(fact, "recalled", "present")
+    drop = np.divide(ci["s"] - ci["f"], ci["s"], out=np.zeros_like(ci["s"]), where=ci["s"] > 0)
+    fall = np.divide(rs - rf, rs, out=np.zeros_like(rs), where=rs > 0)
+    return np.stack([drop, fall, ci["f"] - ci["n"]], axis=1)
+
+
+def bootstrap_checks(sft: dict, nofacts: dict, fact: dict, resamples: int = RESAMPLES, level: float = LEVEL,
+                     seed: int = 0) -> list[dict]:
+    """Per check: {"value" (on every image once), "se", "low", "high"} (percentile interval at `level`)."""
+    sys = _align({"SFT": sft, "RLHF (no facts)": nofacts, "Fact-RLHF": fact})
+    sft, nofacts, fact = sys["SFT"], sys["RLHF (no facts)"], sys["Fact-RLHF"]
+    n = len(sft["ids"])
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
+    point = check_values(sft, nofacts, fact, np.ones((1, n)))[0]
+    draws = check_values(sft, nofacts, fact, weights)
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
+    return [{"value": float(v), "se": float(s), "low": float(lo), "high": float(hi)}
+            for v, s, lo, hi in zip(point, draws.std(axis=0, ddof=1), low, high)]
+
+
+def seed_intervals(judge_dirs: dict[str, str]) -> list[dict] | None:
+    """`{"sft"|"rlhf_nofacts"|"fact_rlhf": judge folder}` -> `bootstrap_checks`, or None where a judge wrote no
+    judgements (a run made before they were written)."""
+    paths = {k: os.path.join(d, JUDGEMENTS) for k, d in judge_dirs.items()}
+    if not all(os.path.exists(p) for p in paths.values()):
+        return None
+    c = {k: image_counts(p) for k, p in paths.items()}
+    return bootstrap_checks(c["sft"], c["rlhf_nofacts"], c["fact_rlhf"])
