@@ -35,7 +35,7 @@ test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -m "not slow and not long" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # opt-in runs (marker `long`): the reward model's 0.9 bar (about 110 minutes on 2 cores, estimate), one seed of the
-# full reproduction against the claim's three inequalities (about 35-100 minutes), vision stage 0's shape bar and the
+# full reproduction against the claim's three inequalities (about 45-100 minutes), vision stage 0's shape bar and the
 # SFT step on the one-axis meshes (a few minutes)
 test-long: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -rfE -s -m long $(PYTEST_ARGS)

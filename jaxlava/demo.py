@@ -58,8 +58,8 @@ def fewer_steps_note(cfg) -> str:
     if not cut:
         return ""
     return ("\nThis demo trains fewer steps than the full reproduction (" + ", ".join(cut) + "), so its numbers "
-            "are not docs/results.md's: `python train/reproduce.py` runs the full recipe (about 35 minutes per seed "
-            "on 2 cores).")
+            "are not docs/results.md's: `python train/reproduce.py` runs the full recipe (45 to 100 minutes per "
+            "seed on 2 cores).")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,8 +186,10 @@ def test_world_flags_and_recipes():
     assert cfg.rm_steps == RECIPES["demo"].rm_steps < RECIPES["full"].rm_steps
     assert all(getattr(RECIPES["demo"], f) < getattr(RECIPES["full"], f)
                for f in ("sft_steps", "rlinit_steps", "rm_steps", "ppo_steps"))
-    # full and demo share the habit world; plain is the generator's default world
+    # full and demo share the habit world with the twins of decisions 26; plain is the generator's default world
     assert RECIPES["demo"].world == RECIPES["full"].world and RECIPES["plain"].world == ()
+    assert {"pref-twin-omit-prob=0.25", "pref-twin-add-prob=0.25", "n-mmhal=480"} <= set(RECIPES["full"].world)
+    assert RECIPES["full"].ppo_steps == 10
     flags = world_flags(RECIPES["full"].world)
     assert flags[flags.index("--noise-kind") + 1] == "partner" and len(flags[flags.index("--cooccur-pairs") + 1:
                                                                                flags.index("--yesno-negatives")]) == 6

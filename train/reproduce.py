@@ -27,9 +27,10 @@ Acceptance checks: Fact-RLHF lowers CHAIR-i by >= 30% relative to SFT; its objec
 relative; its CHAIR-i is below the no-facts RLHF's.
 
 --recipe picks the world and the stage steps and key hyper-parameters; each value is a flag of its own:
-  full   the co-occurrence habit world (docs/results.md) with the grounding stage before SFT (checklist
-         questions; --ground-steps 0 leaves it out) and the steps its SFT model needs: about 35 minutes per seed
-         on 2 cores
+  full   the co-occurrence habit world (docs/results.md) with omission and addition twins as preference pairs,
+         the grounding stage before SFT (checklist questions; --ground-steps 0 leaves it out), the steps its SFT
+         model needs and 10 PPO steps: 45 to 100 minutes per seed on 2 cores. The recipe before the twins:
+         --world <the items it prints, less the last four> --ppo-steps 40 --ppo-eval-every 10
   demo   the same world and stages with fewer steps (make demo, one seed)
   plain  the generator's default world with the shapes stage presets (the recipe before the habit world)
   tiny   a smoke test of the pipeline on the small world
