@@ -22,7 +22,7 @@ def _system(rng, n, p_halluc, p_recall, mentions=3, present=3):
 def test_point_values_are_the_acceptance_checks_numbers():
     rng = np.random.default_rng(1)
     sft, nofacts, fact = (_system(rng, 300, p, r) for p, r in ((0.10, 0.8), (0.08, 0.75), (0.05, 0.78)))
-    got = uncertainty.bootstrap_checks(sft, nofacts, fact, resamples=200)
+    got = uncertainty.bootstrap_checks(sft, nofacts, fact, report.acceptance, resamples=200)
 
     def rates(c):
         return {"chair_i": c["hallucinated"].sum() / c["mentioned"].sum(),
@@ -36,7 +36,7 @@ def test_point_values_are_the_acceptance_checks_numbers():
 def test_identical_systems_differ_by_exactly_zero_in_every_resample():
     rng = np.random.default_rng(2)
     a = _system(rng, 200, 0.1, 0.8)
-    drop, fall, diff = uncertainty.bootstrap_checks(a, a, a, resamples=100)
+    drop, fall, diff = uncertainty.bootstrap_checks(a, a, a, report.acceptance, resamples=100)
     for c in (drop, fall, diff):
         assert c["value"] == c["low"] == c["high"] == 0.0 and c["se"] == 0.0
 
@@ -46,7 +46,7 @@ def test_spread_matches_the_binomial_standard_error():
     rng = np.random.default_rng(3)
     n, k = 4000, 3
     sft, nofacts = _system(rng, n, 0.10, 0.8, k), _system(rng, n, 0.05, 0.8, k)
-    _, _, diff = uncertainty.bootstrap_checks(sft, sft, nofacts, resamples=1000)
+    _, _, diff = uncertainty.bootstrap_checks(sft, sft, nofacts, report.acceptance, resamples=1000)
     p1, p2 = sft["hallucinated"].sum() / (n * k), nofacts["hallucinated"].sum() / (n * k)
     want = np.sqrt(p1 * (1 - p1) / (n * k) + p2 * (1 - p2) / (n * k))
     assert diff["se"] == pytest.approx(want, rel=0.1)
@@ -59,11 +59,11 @@ def test_rows_are_paired_by_image_id_whatever_their_order():
     a, b = _system(rng, 100, 0.1, 0.8), _system(rng, 100, 0.05, 0.8)
     perm = rng.permutation(100)
     shuffled = {k: v[perm] for k, v in b.items()}
-    assert uncertainty.bootstrap_checks(a, a, b, resamples=300) == uncertainty.bootstrap_checks(
-        a, a, shuffled, resamples=300)
+    assert uncertainty.bootstrap_checks(a, a, b, report.acceptance, resamples=300) == uncertainty.bootstrap_checks(
+        a, a, shuffled, report.acceptance, resamples=300)
     other = dict(b, ids=np.array([f"x{i}" for i in range(100)]))
     with pytest.raises(ValueError, match="Fact-RLHF described other images"):
-        uncertainty.bootstrap_checks(a, a, other)
+        uncertainty.bootstrap_checks(a, a, other, report.acceptance)
 
 
 def test_seed_intervals_reads_the_judges_files(tmp_path):
@@ -76,13 +76,14 @@ def test_seed_intervals_reads_the_judges_files(tmp_path):
         (tmp_path / key).mkdir()
         (tmp_path / key / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         dirs[key] = str(tmp_path / key)
-    got = uncertainty.seed_intervals(dirs)
+    got = uncertainty.seed_intervals(dirs, report.acceptance)
     assert [c["value"] for c in got] == [0.0, 0.0, 0.0]
     (tmp_path / "sft" / "judgements.jsonl").unlink()
-    assert uncertainty.seed_intervals(dirs) is None  # a judge without judgements: no interval, not an error
+    # a judge without judgements: no interval, not an error
+    assert uncertainty.seed_intervals(dirs, report.acceptance) is None
     (tmp_path / "sft" / "judgements.jsonl").write_text("")
     with pytest.raises(ValueError, match="no judged descriptions"):
-        uncertainty.seed_intervals(dirs)
+        uncertainty.seed_intervals(dirs, report.acceptance)
 
 
 def test_checks_carry_the_intervals_and_the_table_shows_them():

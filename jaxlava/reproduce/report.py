@@ -299,7 +299,7 @@ def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str]
     """Collect, check and write results.json, results.md and the plots for the finished seeds."""
     per_seed = {str(s): seed_numbers(out, s) for s in seeds}
     summary = summarize(per_seed)
-    intervals = {str(s): seed_intervals({k: judge_dir(out, s, k) for k, _, _ in SYSTEMS}) for s in seeds}
+    intervals = {str(s): seed_intervals({k: judge_dir(out, s, k) for k, _, _ in SYSTEMS}, acceptance) for s in seeds}
     results = {"recipe": recipe, "seeds": per_seed, "summary": summary,
                "checks": all_checks(per_seed, means(summary), intervals), "stage_names": stage_names,
                "seconds": seconds}

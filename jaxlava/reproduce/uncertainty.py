@@ -45,40 +45,42 @@ def _align(systems: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def check_values(sft: dict, nofacts: dict, fact: dict, weights: np.ndarray) -> np.ndarray:
-    """The three checks' numbers (relative CHAIR-i drop, relative recall fall, CHAIR-i of Fact-RLHF minus no facts)
-    for each row of `weights` (resample x image: how often each image is drawn) -> (resamples, 3)."""
-    def rate(c, num, den):
-        d = weights @ c[den]
-        return np.divide(weights @ c[num], d, out=np.zeros_like(d), where=d > 0)
-    ci = {k: rate(c, "hallucinated", "mentioned") for k, c in (("s", sft), ("n", nofacts), ("f", fact))}
-    rs, rf = rate(sft, "recalled", "present"), rate(fact, "recalled", "present")
-    drop = np.divide(ci["s"] - ci["f"], ci["s"], out=np.zeros_like(ci["s"]), where=ci["s"] > 0)
-    fall = np.divide(rs - rf, rs, out=np.zeros_like(rs), where=rs > 0)
-    return np.stack([drop, fall, ci["f"] - ci["n"]], axis=1)
+def check_values(sft: dict, nofacts: dict, fact: dict, weights: np.ndarray, checks) -> np.ndarray:
+    """`checks` (`report.acceptance`: three systems' {"chair_i", "recall"} -> the checks) on the rates of each row
+    of `weights` (resample x image: how often each image is drawn) -> (resamples, number of checks)."""
+    def rates(c):
+        def rate(num, den):
+            d = weights @ c[den]
+            return np.divide(weights @ c[num], d, out=np.zeros_like(d), where=d > 0)
+        return rate("hallucinated", "mentioned"), rate("recalled", "present")
+    systems = [rates(c) for c in (sft, nofacts, fact)]
+    return np.array([[c["value"] for c in checks(*({"chair_i": float(ci[i]), "recall": float(rc[i])}
+                                                   for ci, rc in systems))]
+                     for i in range(len(weights))])
 
 
-def bootstrap_checks(sft: dict, nofacts: dict, fact: dict, resamples: int = RESAMPLES, level: float = LEVEL,
-                     seed: int = 0) -> list[dict]:
-    """Per check: {"value" (on every image once), "se", "low", "high"} (percentile interval at `level`)."""
+def bootstrap_checks(sft: dict, nofacts: dict, fact: dict, checks, resamples: int = RESAMPLES,
+                     level: float = LEVEL, seed: int = 0) -> list[dict]:
+    """Per check of `checks` (`report.acceptance`): {"value" (on every image once), "se", "low", "high"}
+    (percentile interval at `level`)."""
     sys = _align({"SFT": sft, "RLHF (no facts)": nofacts, "Fact-RLHF": fact})
     sft, nofacts, fact = sys["SFT"], sys["RLHF (no facts)"], sys["Fact-RLHF"]
     n = len(sft["ids"])
     rng = np.random.default_rng(seed)
     weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
-    point = check_values(sft, nofacts, fact, np.ones((1, n)))[0]
-    draws = check_values(sft, nofacts, fact, weights)
+    point = check_values(sft, nofacts, fact, np.ones((1, n)), checks)[0]
+    draws = check_values(sft, nofacts, fact, weights, checks)
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
     return [{"value": float(v), "se": float(s), "low": float(lo), "high": float(hi)}
             for v, s, lo, hi in zip(point, draws.std(axis=0, ddof=1), low, high)]
 
 
-def seed_intervals(judge_dirs: dict[str, str]) -> list[dict] | None:
-    """`{"sft"|"rlhf_nofacts"|"fact_rlhf": judge folder}` -> `bootstrap_checks`, or None where a judge wrote no
-    judgements (a run made before they were written)."""
+def seed_intervals(judge_dirs: dict[str, str], checks) -> list[dict] | None:
+    """`{"sft"|"rlhf_nofacts"|"fact_rlhf": judge folder}` -> `bootstrap_checks` of `checks`, or None where a judge
+    wrote no judgements (a run made before they were written)."""
     paths = {k: os.path.join(d, JUDGEMENTS) for k, d in judge_dirs.items()}
     if not all(os.path.exists(p) for p in paths.values()):
         return None
     c = {k: image_counts(p) for k, p in paths.items()}
-    return bootstrap_checks(c["sft"], c["rlhf_nofacts"], c["fact_rlhf"])
+    return bootstrap_checks(c["sft"], c["rlhf_nofacts"], c["fact_rlhf"], checks)
