@@ -32,6 +32,8 @@ COMMANDS = {
     "bench/decode.py": ("--out", "--models", "--batches", "--new-tokens", "--repeats", "--dtype"),
     "bench/train_step.py": ("--out", "--cases", "--steps", "--no-torch"),
     "bench/ppo_step.py": ("--out", "--work", "--steps"),
+    "eval/rm_audit.py": ("--reward-adapters", "--init", "--policy-adapter", "--data", "--split", "--prompts",
+                         "--samples", "--temperature", "--out", "hallucination pair"),
 }
 
 

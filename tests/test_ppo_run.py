@@ -194,3 +194,53 @@ def test_reward_prompt_layout_comes_from_the_rm_run(tmp_path):
         (run / "config.json").write_text(json.dumps({"stage": "rm", **rec}))
         assert ppo_roles._reward_prompt_layout(str(run / "adapter"), True) == want
     assert ppo_roles._reward_prompt_layout(str(tmp_path / "none" / "adapter"), False) == (False, False)
+
+
+def test_rm_audit_judges_and_scores_each_sample_as_the_judges_and_reward_model_do(stack, tmp_path):
+    """eval/rm_audit.py on the stack: every written judgement is the shapes judges' verdict on the written text,
+    one sample's score equals the reward model's score of that text computed by hand (its own facts, the
+    rollout's fact order), and the table's pair numbers are `pair_accuracy` of the written samples."""
+    from jaxlava import rm
+    from jaxlava.data.pipeline import EncodePrompt
+    from jaxlava.data.storage import open_source
+    from jaxlava.data.templates import encode_reward_input
+    from jaxlava.eval.shapes import prompt_judgement
+    from jaxlava.hf import from_pretrained
+    from jaxlava.lora import make_lora
+    from jaxlava.data.processor import LlavaProcessor
+    from jaxlava.peft_io import load_reward_model_adapter
+    from jaxlava.training.rm_audit import pair_accuracy
+    from jaxlava.training.rollout import _row_rng
+    out = tmp_path / "audit.json"
+    r = subprocess.run([sys.executable, "eval/rm_audit.py", "--init", stack["init"], "--policy-adapter",
+                        stack["rlinit"], "--data", stack["world"], "--reward-adapters", stack["rm"], "--prompts", "4",
+                        "--samples", "3", "--batch-size", "8", "--max-new-tokens", "12", "--split", "train",
+                        "--out", str(out)],
+                       cwd=ROOT, env=cli_env(None), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fewer absent objects wins" in r.stdout and "another prompt's" in r.stdout
+    rec = json.loads(out.read_text())
+    assert rec["prompts"] == len(rec["responses"]) > 0
+    src = open_source(stack["world"], "ppo_prompt", "train")
+    prompts = {src[i]["id"]: src[i] for i in range(len(src))}
+    groups = []
+    for resp in rec["responses"]:
+        p = prompts[resp["id"]]
+        judged = [prompt_judgement(p["conversations"], t, p["facts"]) for t in resp["texts"]]
+        assert [list(j.hallucinated) for j in judged] == resp["hallucinated"]
+        assert [list(j.recalled) for j in judged] == resp["recalled"]
+        groups.append([(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(resp["scores"][stack["rm"]], judged)])
+    assert rec["reward_models"][stack["rm"]]["own"] == pair_accuracy(groups)
+    # one sample by hand: the second sample (k = 1, the rollout's fact order for step 1) of the first prompt
+    resp, k = rec["responses"][0], 1
+    p = prompts[resp["id"]]
+    proc = LlavaProcessor.from_pretrained(stack["init"])
+    model = from_pretrained(stack["init"], dtype="float32", compute_dtype="float32")
+    lora, lcfg, head = load_reward_model_adapter(stack["rm"], model.config)
+    turn = [t for t in p["conversations"] if t["from"] == "human"][:1]
+    ids = encode_reward_input(proc.tokenizer, turn, resp["texts"][k], p["facts"], image_token_id=proc.image_token_id,
+                              num_image_tokens=proc.num_image_tokens, rng=_row_rng(0, k, resp["id"]))
+    pixels = EncodePrompt(proc, "v1")(p)["pixel_values"][None]
+    s = rm.scores(model, jax.tree.map(np.asarray, head), ids[None], pixels, np.ones_like(ids)[None],
+                  lora=make_lora(lora, lcfg))
+    assert float(s[0]) == pytest.approx(resp["scores"][stack["rm"]][k], abs=1e-4)

@@ -1,0 +1,221 @@
+"""Does a reward model punish hallucination in the responses PPO will show it?  An on-policy audit.
+
+Held-out pair accuracy (train/rm.py) measures a reward model on the preference pairs it was trained for. PPO
+shows it something else: the starting policy's own samples. This module samples `samples` responses to each of
+the world's held-out describe prompts from the policy PPO starts from (the SFT base with its RL-init adapter, at
+PPO's temperature), judges every response exactly against the image's objects (`jaxlava.eval.shapes`), scores
+all of them with each reward model, and compares responses to the same prompt two by two:
+
+- hallucination pairs: the two name a different number of absent objects; the reward model is right when it
+  scores the one with fewer higher (a tie in score counts one half);
+- recall pairs: as many absent objects, a different number of present ones; right when it prefers more.
+
+The within-prompt comparison is the one PPO's advantages make (one image, several responses). A reward model
+with facts is also scored with each prompt's facts swapped for another prompt's (the next one in the batch): if
+it reads the facts, that costs it accuracy. Shapes worlds only (the judges need each image's objects).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from jaxlava import ppo, rm, sharding
+from jaxlava.data.pipeline import ppo_prompt_batches
+from jaxlava.data.storage import open_source
+from jaxlava.eval import shapes as shapes_eval
+from jaxlava.fileio import write_json
+from jaxlava.generate import generate
+from jaxlava.lora import make_lora
+from jaxlava.training import ppo_roles, rollout, run_ppo, runs
+
+
+@dataclasses.dataclass
+class AuditConfig:
+    """Score the starting policy's sampled descriptions with reward models, against the exact judges."""
+    reward_adapters: tuple[str, ...]  # reward-model adapters (train/rm.py RUN_DIR/adapter), each audited
+    init: str = "runs/sft/hf"  # the policy's base: the SFT model PPO starts from
+    policy_adapter: str | None = run_ppo.DEFAULT_RLINIT  # the RL-init adapter ('None': the bare base)
+    data: str = "runs/shapes_world"  # a shapes world folder (its ppo_prompt split and the images' facts)
+    split: str = "test"  # ppo_prompt split whose describe prompts are sampled
+    prompts: int = 128  # describe prompts to audit (fewer when the split has fewer)
+    samples: int = 8  # sampled responses per prompt
+    temperature: float = 1.0  # PPO's sampling temperature
+    max_new_tokens: int = 40  # as the PPO run's
+    max_prompt_len: int = 128
+    rm_seq_len: int = 512
+    batch_size: int = 32  # prompts per generation and scoring pass
+    seed: int = 0
+    out: str | None = None  # write the numbers and every judged sample here (a JSON file)
+
+
+def pair_accuracy(groups: list[list[tuple[float, int, int]]]) -> dict:
+    """`groups`: per prompt, its samples as (score, hallucinated, recalled) -> {"hallucination", "recall"}, each
+    {"pairs", "accuracy", "se"} (accuracy None without pairs; se: the binomial standard error)."""
+    won = {"hallucination": [], "recall": []}
+    for samples in groups:
+        for (sa, ha, ra), (sb, hb, rb) in itertools.combinations(samples, 2):
+            if ha != hb:
+                kind, better_a = "hallucination", ha < hb
+            elif ra != rb:
+                kind, better_a = "recall", ra > rb
+            else:
+                continue
+            won[kind].append(0.5 if sa == sb else float((sa > sb) == better_a))
+    out = {}
+    for kind, w in won.items():
+        acc = float(np.mean(w)) if w else None
+        out[kind] = {"pairs": len(w), "accuracy": acc,
+                     "se": None if acc is None else math.sqrt(acc * (1 - acc) / len(w))}
+    return out
+
+
+def _ppo_config(cfg: AuditConfig, reward_adapter: str) -> run_ppo.PPOConfig:
+    return dataclasses.replace(run_ppo.RUN_PRESETS["shapes"], data=cfg.data, init=cfg.init,
+                               policy_adapter=cfg.policy_adapter, reward_adapter=reward_adapter,
+                               max_new_tokens=cfg.max_new_tokens, max_prompt_len=cfg.max_prompt_len,
+                               rm_seq_len=cfg.rm_seq_len, temperature=cfg.temperature, seed=cfg.seed)
+
+
+def sample_describe(cfg: AuditConfig, roles, mesh) -> list[dict]:
+    """Per describe prompt: {"id", "host": its metadata, "batch": its batch, "row", "texts", "judged"}."""
+    pcfg = _ppo_config(cfg, cfg.reward_adapters[0])
+    width = run_ppo.query_width(pcfg, roles)
+    source = open_source(cfg.data, "ppo_prompt", cfg.split)
+    batches = ppo_prompt_batches(source, roles.processor, batch_size=cfg.batch_size, shuffle=False, num_epochs=1,
+                                 buckets=(width,), max_prompt_len=width, reward_processor=run_ppo._reward_proc(roles))
+    put, tok = run_ppo.prompt_putter(mesh), roles.processor.tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id or 0
+    lora = make_lora(roles.init_policy, roles.policy_lora)
+    rows, bar = [], tqdm(total=cfg.prompts, desc="sampling describe prompts", unit="prompt")
+    for b_idx, raw in enumerate(batches):
+        b = put(raw)
+        host, dev = b["host"], b["device"]
+        texts = []
+        for k in range(cfg.samples):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), b_idx), k)
+            out = generate(roles.policy_base, dev["input_ids"], dev["pixel_values"], dev["attention_mask"],
+                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, top_k=0,
+                           eos_token_id=eos, pad_token_id=pad, rng=key, lora=lora)
+            response, _, _ = ppo.truncate_after_stop(np.asarray(out.tokens), eos, pad)
+            texts.append(tok.batch_decode(response, skip_special_tokens=True))
+        for i, rid in enumerate(host["id"]):
+            judged = [shapes_eval.prompt_judgement(host["conversations"][i], t[i], host["facts"][i]) for t in texts]
+            if judged[0] is not None and len(rows) < cfg.prompts:
+                rows.append({"id": rid, "batch": b, "row": i, "texts": [t[i] for t in texts], "judged": judged})
+                bar.update(1)
+        if len(rows) >= cfg.prompts:
+            break
+    bar.close()
+    if not rows:
+        raise ValueError(f"{cfg.data}: no describe prompt in the full batches of --batch-size {cfg.batch_size} of its "
+                         f"ppo_prompt {cfg.split} split ({len(source)} prompts; a shapes world?)")
+    return rows
+
+
+def _scorer(roles):
+    graphdef, state = nnx.split(roles.value_base)
+
+    @jax.jit
+    def score(state, lora, head, ids, pixels, mask):
+        return rm.scores(nnx.merge(graphdef, state), head, ids, pixels, mask, lora=make_lora(lora, roles.value_lora))
+    return lambda ids, pixels, mask: score(state, roles.reward_lora, roles.reward_head, ids, pixels, mask)
+
+
+def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = False) -> list[list[float]]:
+    """Each row's samples scored by the roles' reward model (with another row's facts when `other_facts`)."""
+    rcfg = run_ppo.rollout_config(_ppo_config(cfg, ""))
+    score = _scorer(roles)
+    out = [[0.0] * cfg.samples for _ in rows]
+    by_batch: dict[int, list[int]] = {}
+    for n, r in enumerate(rows):
+        by_batch.setdefault(id(r["batch"]), []).append(n)
+    for members in by_batch.values():
+        b = rows[members[0]]["batch"]
+        host = dict(b["host"])
+        size = len(host["id"])
+        if other_facts:
+            host["facts"] = [host["facts"][(i + 1) % size] for i in range(size)]
+        for k in range(cfg.samples):
+            texts = [""] * size
+            for n in members:
+                texts[rows[n]["row"]] = rows[n]["texts"][k]
+            ids, mask = rollout.reward_inputs(roles, host, texts, k, rcfg)
+            pixels = b["device"].get("reward_pixel_values", b["device"]["pixel_values"])
+            s = np.asarray(score(ids, pixels, mask))
+            for n in members:
+                out[n][k] = float(s[rows[n]["row"]])
+    return out
+
+
+def audit(cfg: AuditConfig) -> dict:
+    """Sample once, score with every reward model; returns (and writes to `cfg.out`) the numbers."""
+    if not cfg.reward_adapters:
+        raise ValueError("give at least one reward adapter (--reward-adapters RUN_DIR/adapter ...)")
+    mesh = sharding.make_mesh(None)
+    models: dict = {}
+
+    def build(path):
+        if path not in models:
+            models[path] = runs.build_model(runs.RunConfig(init=path), mesh)
+        return models[path]
+    results, rows = {}, None
+    with sharding.use_mesh(mesh):
+        for path in cfg.reward_adapters:
+            roles = ppo_roles.load_roles(_ppo_config(cfg, path), mesh, build)
+            rows = rows or sample_describe(cfg, roles, mesh)
+            variants = {"own": False, **({"other": True} if roles.reward_facts else {})}
+            res = {"facts": roles.reward_facts}
+            for name, other in variants.items():
+                scores = score_rows(cfg, roles, rows, other_facts=other)
+                groups = [[(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(ss, r["judged"])]
+                          for ss, r in zip(scores, rows)]
+                res[name] = pair_accuracy(groups)
+                if name == "own":
+                    for r, ss in zip(rows, scores):
+                        r.setdefault("scores", {})[path] = ss
+            results[path] = res
+    judged = [j for r in rows for j in r["judged"]]
+    summary = {"prompts": len(rows), "samples": cfg.samples, **{
+        k: float(v) for k, v in shapes_eval.description_scores(judged).items() if k in ("chair_i", "recall")},
+        "reward_models": results, "config": dataclasses.asdict(cfg)}
+    if cfg.out:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+        write_json(cfg.out, summary | {"responses": [
+            {"id": r["id"], "texts": r["texts"], "scores": r["scores"],
+             "hallucinated": [list(j.hallucinated) for j in r["judged"]],
+             "recalled": [list(j.recalled) for j in r["judged"]]} for r in rows]}, indent=1)
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The audit as a markdown table (accuracy ± standard error, pairs)."""
+    def cell(p):
+        return "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.1f} ± {100 * p['se']:.1f} ({p['pairs']})"
+    lines = [f"{summary['prompts']} describe prompts x {summary['samples']} samples; samples' CHAIR-i "
+             f"{100 * summary['chair_i']:.1f} %, recall {100 * summary['recall']:.1f} %", "",
+             "| reward model | facts | fewer absent objects wins (%) | more present objects wins (%) |",
+             "|---|---|---|---|"]
+    for path, res in summary["reward_models"].items():
+        for name in ("own", "other"):
+            if name in res:
+                label = ("its own" if res["facts"] else "none") if name == "own" else "another prompt's"
+                lines.append(f"| {path} | {label} | {cell(res[name]['hallucination'])} | {cell(res[name]['recall'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str], description: str | None = None) -> dict:
+    from jaxlava.training.cli import parse
+    cfg = parse(AuditConfig, argv, description)
+    summary = audit(cfg)
+    print("\n" + table(summary))
+    if cfg.out:
+        print(f"\nnumbers and every judged sample: {cfg.out}")
+    return summary

@@ -1,0 +1,46 @@
+"""The on-policy reward-model audit: its pair rule against a brute-force count, and (slow) the command on a small
+stack, whose samples it judges as the shapes judges do."""
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxlava.training.rm_audit import pair_accuracy
+
+
+def test_pair_rule_on_hand_made_groups():
+    # (score, hallucinated, recalled)
+    groups = [[(2.0, 0, 2), (1.0, 1, 2), (0.5, 0, 1)],  # h-pairs: (a,b) right, (b,c) wrong; r-pair (a,c) right
+              [(1.0, 0, 1), (1.0, 2, 1)],  # an h-pair with tied scores: one half
+              [(3.0, 1, 1)]]  # a single sample makes no pair
+    acc = pair_accuracy(groups)
+    assert acc["hallucination"]["pairs"] == 3 and acc["hallucination"]["accuracy"] == pytest.approx(1.5 / 3)
+    assert acc["recall"]["pairs"] == 1 and acc["recall"]["accuracy"] == 1.0
+    assert acc["hallucination"]["se"] == pytest.approx(np.sqrt(0.25 / 3))
+    assert pair_accuracy([[(1.0, 0, 1), (2.0, 0, 1)]])["hallucination"] == {"pairs": 0, "accuracy": None,
+                                                                            "se": None}
+
+
+def test_pair_rule_matches_brute_force_and_flips_with_the_scores():
+    rng = np.random.default_rng(0)
+    groups = [[(float(rng.normal()), int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(6)]
+              for _ in range(20)]
+    right = {"hallucination": 0.0, "recall": 0.0}
+    count = {"hallucination": 0, "recall": 0}
+    for g in groups:
+        for a, b in itertools.permutations(g, 2):  # each unordered pair twice: count the winner's side once
+            kind = "hallucination" if a[1] != b[1] else "recall" if a[2] != b[2] else None
+            better = a[1] < b[1] if kind == "hallucination" else a[2] > b[2]
+            if kind and better:
+                count[kind] += 1
+                right[kind] += a[0] > b[0]
+    acc = pair_accuracy(groups)
+    for kind in right:
+        assert acc[kind]["pairs"] == count[kind]
+        assert acc[kind]["accuracy"] == pytest.approx(right[kind] / count[kind])
+    negated = pair_accuracy([[(-s, h, r) for s, h, r in g] for g in groups])
+    for kind in right:
+        assert negated[kind]["accuracy"] == pytest.approx(1 - acc[kind]["accuracy"])
