@@ -19,6 +19,8 @@ def test_pair_rule_on_hand_made_groups():
     acc = pair_accuracy(groups)
     assert acc["hallucination"]["pairs"] == 3 and acc["hallucination"]["accuracy"] == pytest.approx(1.5 / 3)
     assert acc["recall"]["pairs"] == 1 and acc["recall"]["accuracy"] == 1.0
+    # dominant: (a,b) (a names as many present objects) and the tie; (b,c) is not (b names more present ones)
+    assert acc["dominant"]["pairs"] == 2 and acc["dominant"]["accuracy"] == pytest.approx(1.5 / 2)
     assert acc["hallucination"]["se"] == pytest.approx(np.sqrt(0.25 / 3))
     assert pair_accuracy([[(1.0, 0, 1), (2.0, 0, 1)]])["hallucination"] == {"pairs": 0, "accuracy": None,
                                                                             "se": None}
@@ -28,15 +30,17 @@ def test_pair_rule_matches_brute_force_and_flips_with_the_scores():
     rng = np.random.default_rng(0)
     groups = [[(float(rng.normal()), int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(6)]
               for _ in range(20)]
-    right = {"hallucination": 0.0, "recall": 0.0}
-    count = {"hallucination": 0, "recall": 0}
+    right = {"hallucination": 0.0, "dominant": 0.0, "recall": 0.0}
+    count = {"hallucination": 0, "dominant": 0, "recall": 0}
     for g in groups:
         for a, b in itertools.permutations(g, 2):  # each unordered pair twice: count the winner's side once
             kind = "hallucination" if a[1] != b[1] else "recall" if a[2] != b[2] else None
             better = a[1] < b[1] if kind == "hallucination" else a[2] > b[2]
+            kinds = [kind] + (["dominant"] if kind == "hallucination" and a[2] >= b[2] else [])
             if kind and better:
-                count[kind] += 1
-                right[kind] += a[0] > b[0]
+                for k in kinds:
+                    count[k] += 1
+                    right[k] += a[0] > b[0]
     acc = pair_accuracy(groups)
     for kind in right:
         assert acc[kind]["pairs"] == count[kind]

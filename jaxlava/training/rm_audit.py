@@ -8,6 +8,8 @@ all of them with each reward model, and compares responses to the same prompt tw
 
 - hallucination pairs: the two name a different number of absent objects; the reward model is right when it
   scores the one with fewer higher (a tie in score counts one half);
+- dominant pairs: the hallucination pairs whose response with fewer absent objects also names no fewer present
+  ones (so preferring the other cannot be a taste for completeness);
 - recall pairs: as many absent objects, a different number of present ones; right when it prefers more.
 
 The within-prompt comparison is the one PPO's advantages make (one image, several responses). A reward model
@@ -57,18 +59,23 @@ class AuditConfig:
 
 
 def pair_accuracy(groups: list[list[tuple[float, int, int]]]) -> dict:
-    """`groups`: per prompt, its samples as (score, hallucinated, recalled) -> {"hallucination", "recall"}, each
-    {"pairs", "accuracy", "se"} (accuracy None without pairs; se: the binomial standard error)."""
-    won = {"hallucination": [], "recall": []}
+    """`groups`: per prompt, its samples as (score, hallucinated, recalled) -> {"hallucination", "dominant",
+    "recall"}, each {"pairs", "accuracy", "se"} (accuracy None without pairs; se: the binomial standard error).
+    "dominant" is the subset of hallucination pairs whose better response also names no fewer present objects:
+    there, preferring the other one cannot be a preference for completeness."""
+    won = {"hallucination": [], "dominant": [], "recall": []}
     for samples in groups:
         for (sa, ha, ra), (sb, hb, rb) in itertools.combinations(samples, 2):
             if ha != hb:
-                kind, better_a = "hallucination", ha < hb
+                kinds, better_a = ["hallucination"], ha < hb
+                if (ra - rb) * (hb - ha) >= 0:  # the one with fewer absent objects names no fewer present ones
+                    kinds.append("dominant")
             elif ra != rb:
-                kind, better_a = "recall", ra > rb
+                kinds, better_a = ["recall"], ra > rb
             else:
                 continue
-            won[kind].append(0.5 if sa == sb else float((sa > sb) == better_a))
+            for kind in kinds:
+                won[kind].append(0.5 if sa == sb else float((sa > sb) == better_a))
     out = {}
     for kind, w in won.items():
         acc = float(np.mean(w)) if w else None
@@ -201,13 +208,13 @@ def table(summary: dict) -> str:
         return "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.1f} ± {100 * p['se']:.1f} ({p['pairs']})"
     lines = [f"{summary['prompts']} describe prompts x {summary['samples']} samples; samples' CHAIR-i "
              f"{100 * summary['chair_i']:.1f} %, recall {100 * summary['recall']:.1f} %", "",
-             "| reward model | facts | fewer absent objects wins (%) | more present objects wins (%) |",
-             "|---|---|---|---|"]
+             "| reward model | facts | fewer absent objects wins (%) | ... and no fewer present (%) "
+             "| more present objects wins (%) |", "|---|---|---|---|---|"]
     for path, res in summary["reward_models"].items():
         for name in ("own", "other"):
             if name in res:
                 label = ("its own" if res["facts"] else "none") if name == "own" else "another prompt's"
-                lines.append(f"| {path} | {label} | {cell(res[name]['hallucination'])} | {cell(res[name]['recall'])} |")
+                lines.append(f"| {path} | {label} | {' | '.join(cell(res[name][k]) for k in ('hallucination', 'dominant', 'recall'))} |")
     return "\n".join(lines)
 
 
