@@ -51,7 +51,10 @@ def test_tiny_recipe_end_to_end(tiny_run):
     for system in ("sft", "rlhf_nofacts", "fact_rlhf"):
         assert {"chair_i", "chair_s", "recall", "rating"} | pope <= set(seed["systems"][system]), system
         assert seed["systems"][system]["chair_i"] is not None
-    assert set(seed["rm"]) == {"facts", "other_facts", "no_facts"} and None not in seed["rm"].values()
+    assert set(seed["rm"]) == {"facts", "other_facts", "no_facts", "audit_facts", "audit_other_facts",
+                               "audit_no_facts"} and None not in seed["rm"].values()
+    audit = json.loads((out / "seed0" / "rm_audit" / "audit.json").read_text())
+    assert audit["prompts"] == 4 and all(len(x["texts"]) == 8 for x in audit["responses"])
     for which in ("facts", "nofacts"):
         assert seed["ppo"][which]["kl"] is not None and seed["ppo"][which]["response_length"] is not None
         assert [p[0] for p in r["ppo_curves"][which]["0"]] == [0, 1, 2]  # before PPO, then every step (tiny)
@@ -62,7 +65,8 @@ def test_tiny_recipe_end_to_end(tiny_run):
 
     md = (out / "results.md").read_text()
     for text in ("| SFT |", "| RLHF (no facts) |", "| Fact-RLHF |", "CHAIR-i", "POPE F1 adv", "yes pop",
-                 "RM with facts, another pair's", "RM without facts", "## Acceptance checks", "paper's claim"):
+                 "RM with facts, another pair's", "RM without facts", "RM without facts, on the policy's samples",
+                 "## Acceptance checks", "paper's claim"):
         assert text in md, text
     assert "| system |" in stdout  # the final table is printed
 
@@ -265,6 +269,15 @@ def test_rm_numbers_add_blank_image_accuracy_only_where_logged(tmp_path):
         json.dumps({"step": 2, "eval_accuracy": 0.7, "eval_accuracy_blank_image": 0.5}) + "\n")
     got = rm_numbers(str(tmp_path), 0)
     assert got["facts_blank_image"] == 0.75 and got["no_facts_blank_image"] == 0.5
+    # the audit stage's dominant-pair accuracies, each model found by its folder, whatever the order
+    from jaxlava.reproduce.report import AUDIT, MARKER
+    (tmp_path / "seed0" / AUDIT).mkdir()
+    pairs = lambda a: {"hallucination": {"accuracy": 0.1}, "dominant": {"accuracy": a}}  # noqa: E731
+    models = {f"x/seed0/{RM['nofacts']}/adapter": {"facts": False, "own": pairs(0.65)},
+              f"x/seed0/{RM['facts']}/adapter": {"facts": True, "own": pairs(0.6), "other": pairs(0.55)}}
+    (tmp_path / "seed0" / AUDIT / MARKER).write_text(json.dumps({"result": {"reward_models": models}}))
+    got = rm_numbers(str(tmp_path), 0)
+    assert (got["audit_facts"], got["audit_other_facts"], got["audit_no_facts"]) == (0.6, 0.55, 0.65)
 
 
 def test_grounding_stage_comes_first_and_sft_starts_from_it():

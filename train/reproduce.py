@@ -9,6 +9,8 @@ seed (--seeds, default 0 1 2), in OUT/seed<S>/:
   rlinit/       RL-init: a LoRA adapter trained by SFT on the frozen SFT model (train/sft.py --lora)
   rm_facts/     the reward model with the facts in its prompt (train/rm.py)
   rm_nofacts/   the reward model without them (train/rm.py --no-facts)
+  rm_audit/     both reward models on the RL-init policy's own sampled descriptions, judged exactly
+                (eval/rm_audit.py): which one ranks the hallucination pairs right; --audit-prompts 0 leaves it out
   ppo_facts/    PPO from RL-init against rm_facts (train/ppo.py; its held-out evaluation logs CHAIR-i)
   ppo_nofacts/  PPO against rm_nofacts (the reward prompt is built without facts, as that RM was trained)
   judge_sft/, judge_rlhf_nofacts/, judge_fact_rlhf/   the shapes judges (eval/shapes.py) on SFT and both policies
@@ -20,7 +22,7 @@ settings is an error that names them.
 Outputs in OUT: results.json (every number per seed, mean / std / min / max over seeds, the acceptance checks,
 wall time per stage), results.md (the three systems beside the paper's claims: CHAIR-i, CHAIR-s, recall,
 POPE F1 and yes-ratio per split, the 0-6 rating, PPO's KL and length; the reward-model accuracies with facts,
-another pair's facts and without; the acceptance checks, per seed and on the means), systems.png (the three
+another pair's facts and without, and on the policy's samples; the acceptance checks, per seed and on the means), systems.png (the three
 systems' bars) and ppo_hallucination.png (held-out CHAIR-i over PPO steps for both reward models).
 
 Acceptance checks: Fact-RLHF lowers CHAIR-i by >= 30% relative to SFT; its object recall falls by at most 5%

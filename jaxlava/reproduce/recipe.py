@@ -64,6 +64,10 @@ class Recipe:
     judge_pope_images: int | None = None  # shapes judges: POPE on the first N images per split (None: all)
     judge_descriptions: int | None = None  # shapes judges: describe the first N probe images (None: all)
     judge_batch_size: int = 32
+    audit_prompts: int = 0
+    """the on-policy reward-model audit before PPO (eval/rm_audit.py): this many describe prompts of the world's
+    ppo_prompt train split, 8 samples each from the RL-init policy, judged exactly and scored by both reward
+    models (the share of hallucination pairs each ranks right); 0: off"""
 
 
 # the co-occurrence habit world (docs/decisions.md 20, docs/results.md): a 4 x 4 grid of 16-pixel cells, one
@@ -91,7 +95,8 @@ RECIPES: dict[str, Recipe] = {
     # (decisions 24), and 10 PPO steps (held-out hallucination was lowest near step 10; 40 drift into a template,
     # decisions 26): run j10 of docs/results.md, 45 to 100 minutes per seed on 2 cores (machines differ)
     "full": Recipe(world=TWINS_WORLD, ground_steps=2500, sft_steps=2000, rm_steps=1200, rm_schedule="cosine",
-                   rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=10, ppo_eval_every=5),
+                   rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=10, ppo_eval_every=5,
+                   audit_prompts=128),
     # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
     # reward model and 20 per PPO run took 19.5 minutes; these less the grounding stage took 11.7, and with it 8.2
     # on a faster 2-core machine). Too few for this world: its SFT model names a fifth of the objects (README)
@@ -106,7 +111,7 @@ RECIPES: dict[str, Recipe] = {
                    rm_steps=2, rm_batch_size=4, rm_rank=4, rm_alpha=8.0, eval_every=100, checkpoint_every=100,
                    ppo_steps=2, ppo_rollout_batch_size=8, ppo_step_batch_size=8, ppo_max_new_tokens=12,
                    ppo_eval_every=1, ppo_eval_prompts=8, ppo_checkpoint_every=100, judge_pope_images=1,
-                   judge_descriptions=4, judge_batch_size=8),
+                   judge_descriptions=4, judge_batch_size=8, audit_prompts=4),
 }
 
 

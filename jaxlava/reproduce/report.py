@@ -19,6 +19,7 @@ from jaxlava.training.metrics import read_metrics
 SFT, RLINIT = "sft", "rlinit"
 RM = {"facts": "rm_facts", "nofacts": "rm_nofacts"}
 PPO = {"facts": "ppo_facts", "nofacts": "ppo_nofacts"}
+AUDIT, AUDIT_FILE = "rm_audit", "audit.json"  # the on-policy reward-model audit (jaxlava/training/rm_audit.py)
 # the judged systems: key, label, the PPO run behind it (None: the SFT model)
 SYSTEMS = (("sft", "SFT", None), ("rlhf_nofacts", "RLHF (no facts)", "nofacts"), ("fact_rlhf", "Fact-RLHF", "facts"))
 MARKER = "stage.json"  # written into a stage folder when the stage has finished
@@ -36,6 +37,12 @@ RM_ROWS = (("facts", "RM with facts (each pair's own)", "high: the facts expose 
 # logged only by reward models trained with image dropout (--rm-image-dropout): every held-out image blanked
 BLANK_RM_ROWS = (("facts_blank_image", "RM with facts, blank image", "the facts alone (ours; not in the paper)"),
                  ("no_facts_blank_image", "RM without facts, blank image", "near chance: nothing left to judge by"))
+# the audit stage (--audit-prompts): the share of dominant hallucination pairs of the RL-init policy's own samples
+# each reward model ranks right (fewer absent objects and no fewer present ones wins; 50 % is no signal)
+AUDIT_RM_ROWS = (("audit_facts", "RM with facts, on the policy's samples", "ours: the signal PPO gets (50 % = none)"),
+                 ("audit_other_facts", "RM with facts, another prompt's, on the policy's samples",
+                  "ours: lower if it reads the facts"),
+                 ("audit_no_facts", "RM without facts, on the policy's samples", "ours: lower than with facts"))
 
 
 def seed_dir(out: str, seed: int) -> str:
@@ -72,12 +79,28 @@ def ppo_numbers(run_dir: str) -> dict:
 
 
 def rm_numbers(out: str, seed: int) -> dict:
-    facts, none = (read_metrics(os.path.join(seed_dir(out, seed), RM[k])) for k in ("facts", "nofacts"))
+    out_dir = seed_dir(out, seed)
+    facts, none = (read_metrics(os.path.join(out_dir, RM[k])) for k in ("facts", "nofacts"))
     out = {"facts": _last(facts, "eval_accuracy"), "other_facts": _last(facts, "eval_accuracy_other_facts"),
            "no_facts": _last(none, "eval_accuracy")}
     blank = {"facts_blank_image": _last(facts, "eval_accuracy_blank_image"),
              "no_facts_blank_image": _last(none, "eval_accuracy_blank_image")}
-    return out | {k: v for k, v in blank.items() if v is not None}
+    return out | {k: v for k, v in {**blank, **audit_numbers(out_dir)}.items() if v is not None}
+
+
+def audit_numbers(seed_folder: str) -> dict:
+    """The audit stage's dominant-pair accuracies ({} when the stage did not run)."""
+    marker = os.path.join(seed_folder, AUDIT, MARKER)
+    if not os.path.exists(marker):
+        return {}
+    with open(marker) as f:
+        models = json.load(f)["result"]["reward_models"]
+
+    def of(which: str, variant: str):
+        res = next((r for path, r in models.items() if os.path.basename(os.path.dirname(path)) == RM[which]), {})
+        return res.get(variant, {}).get("dominant", {}).get("accuracy")
+    return {"audit_facts": of("facts", "own"), "audit_other_facts": of("facts", "other"),
+            "audit_no_facts": of("nofacts", "own")}
 
 
 def seed_numbers(out: str, seed: int) -> dict:
@@ -189,7 +212,8 @@ def markdown(results: dict) -> str:
                      *[_cell(n[f"pope_{s}_f1"]) for s in SPLITS], *[_cell(n[f"pope_{s}_yes_ratio"]) for s in SPLITS],
                      _cell(n["rating"], pct=False, digits=2), _cell(ppo.get("kl"), pct=False, digits=2),
                      _cell(ppo.get("response_length"), pct=False), PAPER[key]])
-    rm = [[label, _cell(summ["rm"][k]), claim] for k, label, claim in RM_ROWS + BLANK_RM_ROWS if k in summ["rm"]]
+    rm = [[label, _cell(summ["rm"][k]), claim] for k, label, claim in RM_ROWS + BLANK_RM_ROWS + AUDIT_RM_ROWS
+          if k in summ["rm"]]
     names = list(results["checks"]["per_seed"])
     checks = []
     for i, c in enumerate(results["checks"]["overall"]):
@@ -205,7 +229,8 @@ def markdown(results: dict) -> str:
         "MMHal-style rating; all exact from the ground truth (jaxlava/eval/shapes.py). KL and length: PPO's last "
         "training rollouts. Mean ± sample std over seeds.",
         _table(head, rows),
-        "## Reward-model accuracy (held-out preference pairs, %)",
+        "## Reward-model accuracy (held-out preference pairs, %; \"on the policy's samples\": the audit before "
+        "PPO, eval/rm_audit.py)",
         _table(["reward model", "accuracy %", "paper's claim"], rm),
         f"## Acceptance checks: {overall}",
         "Per seed, and on the means over seeds (overall); the number is the relative CHAIR-i drop, the relative "

@@ -1,6 +1,6 @@
 """The reproduction's stages: one shapes world, then per seed the grounding stage (when the recipe has one), SFT,
-RL-init, the reward models with and without facts, PPO with each, and the shapes judges on SFT and both PPO
-policies; then the report (`report.py`).
+RL-init, the reward models with and without facts, their on-policy audit (when the recipe has one), PPO with
+each, and the shapes judges on SFT and both PPO policies; then the report (`report.py`).
 
 Every stage runs the library's own entry point (`run_sft.run`, `run_rm.run`, `run_ppo.run`,
 `jaxlava.eval.shapes.run`) on its folder OUT/seed<S>/<stage>.  A stage that finished leaves `stage.json` there
@@ -22,14 +22,15 @@ from jaxlava.reproduce.recipe import ReproduceConfig, parse_config, recipe_of
 from jaxlava.shapes.assets import world_exists
 from jaxlava.shapes.cli import parse_args, world_config
 from jaxlava.shapes.world import GROUND_SPLITS, ShapesConfig, load_world_info, write_world
-from jaxlava.training import run_ppo, run_rm, run_sft
+from jaxlava.training import rm_audit, run_ppo, run_rm, run_sft
 
-STAGES = ("ground", "sft", "rlinit", "rm_facts", "rm_nofacts", "ppo_facts", "ppo_nofacts",
+STAGES = ("ground", "sft", "rlinit", "rm_facts", "rm_nofacts", report.AUDIT, "ppo_facts", "ppo_nofacts",
           *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
 # fields of a stage config that do not change its result, or that the layout of OUT fixes (paths: OUT may move):
 # a cached stage is reused whatever they are
 OPERATIONAL = ("mesh", "num_workers", "stop_after", "build_missing", "keep_checkpoints", "checkpoint_every",
-               "eval_every", "limit", "data", "out", "init", "policy_adapter", "reward_adapter", "model")
+               "eval_every", "limit", "data", "out", "init", "policy_adapter", "reward_adapter", "model",
+               "reward_adapters")
 
 
 class StageMismatch(RuntimeError):
@@ -141,6 +142,12 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                           lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
                                           optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr, schedule=cfg.rm_schedule),
                                           **common)
+    if cfg.audit_prompts:
+        out[report.AUDIT] = rm_audit.AuditConfig(
+            reward_adapters=tuple(os.path.join(d, report.RM[k], "adapter") for k in ("facts", "nofacts")),
+            init=sft_hf, policy_adapter=os.path.join(d, report.RLINIT, "adapter"), data=data, split="train",
+            prompts=cfg.audit_prompts, max_new_tokens=cfg.ppo_max_new_tokens, rm_seq_len=cfg.ppo_rm_seq_len,
+            batch_size=cfg.judge_batch_size, seed=seed, out=os.path.join(d, report.AUDIT, report.AUDIT_FILE))
     for which, folder in report.PPO.items():
         out[folder] = dataclasses.replace(
             ppo_p, data=data, seed=seed, mesh=cfg.mesh, init=sft_hf,
@@ -162,6 +169,8 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
 def _what(name: str, c) -> str:
     if name.startswith("judge_"):
         return f"shapes judges on {c.model}"
+    if name == report.AUDIT:
+        return f"on-policy audit of both reward models, {c.prompts} describe prompts x {c.samples} samples"
     kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
             "ppo_facts": "PPO with the facts RM", "ppo_nofacts": "PPO with the no-facts RM"}[name]
@@ -171,6 +180,8 @@ def _what(name: str, c) -> str:
 def _run_fn(name: str, c):
     if name.startswith("judge_"):
         return lambda: _judge(c)
+    if name == report.AUDIT:
+        return lambda: rm_audit.audit(c)
     train = (run_sft.run if name in ("ground", "sft", "rlinit") else run_rm.run if name.startswith("rm_")
              else run_ppo.run)
     return lambda: train(c)
@@ -192,7 +203,8 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
         c = configs[name]
         # SFT's start (`init`, an operational path) is the grounding stage's model when there is one
         settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {})
-        rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", c.out, settings, _run_fn(name, c),
+        folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
+        rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
                         _what(name, c))
         seconds[name] = rec["seconds"]
     return seconds
