@@ -97,7 +97,8 @@ def sample_describe(cfg: AuditConfig, roles, mesh) -> list[dict]:
     width = run_ppo.query_width(pcfg, roles)
     source = open_source(cfg.data, "ppo_prompt", cfg.split)
     batches = ppo_prompt_batches(source, roles.processor, batch_size=cfg.batch_size, shuffle=False, num_epochs=1,
-                                 buckets=(width,), max_prompt_len=width, reward_processor=run_ppo._reward_proc(roles))
+                                 buckets=(width,), max_prompt_len=width,
+                                 reward_processor=run_ppo.separate_reward_processor(roles))
     put, tok = run_ppo.prompt_putter(mesh), roles.processor.tokenizer
     eos, pad = tok.eos_token_id, tok.pad_token_id or 0
     lora = make_lora(roles.init_policy, roles.policy_lora)
@@ -214,7 +215,8 @@ def table(summary: dict) -> str:
         for name in ("own", "other"):
             if name in res:
                 label = ("its own" if res["facts"] else "none") if name == "own" else "another prompt's"
-                lines.append(f"| {path} | {label} | {' | '.join(cell(res[name][k]) for k in ('hallucination', 'dominant', 'recall'))} |")
+                cells = " | ".join(cell(res[name][k]) for k in ("hallucination", "dominant", "recall"))
+                lines.append(f"| {path} | {label} | {cells} |")
     return "\n".join(lines)
 
 

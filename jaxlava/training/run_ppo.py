@@ -223,7 +223,8 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     n = min(cfg.eval_prompts, len(source)) // size
     it = ppo_prompt_batches(source, roles.processor, batch_size=size // jax.process_count(),
                             shuffle=False, num_epochs=1, buckets=(query_width(cfg, roles),),
-                            max_prompt_len=query_width(cfg, roles), reward_processor=_reward_proc(roles))
+                            max_prompt_len=query_width(cfg, roles),
+                            reward_processor=separate_reward_processor(roles))
     batches = [put(b) for _, b in zip(range(n), it)]  # prompts over --max-prompt-len are dropped
     if not batches:
         print(f"held-out evaluation off: no {split} prompt fits --max-prompt-len {cfg.max_prompt_len}")
@@ -248,7 +249,8 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     return evaluate
 
 
-def _reward_proc(roles):
+def separate_reward_processor(roles):
+    """The reward model's processor where it differs from the policy's (another image size), else None."""
     return None if roles.reward_processor is roles.processor else roles.reward_processor
 
 
@@ -295,7 +297,8 @@ def run(cfg: PPOConfig) -> dict:
         data = ppo_prompt_batches(source, roles.processor, batch_size=cfg.rollout_batch_size // jax.process_count(),
                                   seed=cfg.seed, buckets=(query_width(cfg, roles),),
                                   max_prompt_len=query_width(cfg, roles),
-                                  num_workers=cfg.num_workers, reward_processor=_reward_proc(roles))
+                                  num_workers=cfg.num_workers,
+                                  reward_processor=separate_reward_processor(roles))
         evaluate = held_out_eval(cfg, roles, scorer, frozen, mesh, put)
         before = evaluate(state.params)
         print("before PPO (held out): " + format_row(before), flush=True)
