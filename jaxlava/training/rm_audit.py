@@ -192,7 +192,8 @@ def audit(cfg: AuditConfig) -> dict:
             results[path] = res
     judged = [j for r in rows for j in r["judged"]]
     summary = {"prompts": len(rows), "samples": cfg.samples, **{
-        k: float(v) for k, v in shapes_eval.description_scores(judged).items() if k in ("chair_i", "recall")},
+        k: None if v is None else float(v) for k, v in shapes_eval.description_scores(judged).items()
+        if k in ("chair_i", "recall")},
         "reward_models": results, "config": dataclasses.asdict(cfg)}
     if cfg.out:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
@@ -207,8 +208,10 @@ def table(summary: dict) -> str:
     """The audit as a markdown table (accuracy ± standard error, pairs)."""
     def cell(p):
         return "-" if p["accuracy"] is None else f"{100 * p['accuracy']:.1f} ± {100 * p['se']:.1f} ({p['pairs']})"
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f} %"
     lines = [f"{summary['prompts']} describe prompts x {summary['samples']} samples; samples' CHAIR-i "
-             f"{100 * summary['chair_i']:.1f} %, recall {100 * summary['recall']:.1f} %", "",
+             f"{pct(summary['chair_i'])}, recall {pct(summary['recall'])}", "",
              "| reward model | facts | fewer absent objects wins (%) | ... and no fewer present (%) "
              "| more present objects wins (%) |", "|---|---|---|---|---|"]
     for path, res in summary["reward_models"].items():
