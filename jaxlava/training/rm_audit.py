@@ -137,7 +137,8 @@ def _scorer(roles):
     return lambda ids, pixels, mask: score(state, roles.reward_lora, roles.reward_head, ids, pixels, mask)
 
 
-def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = False) -> list[list[float]]:
+def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = False,
+               label: str = "scoring") -> list[list[float]]:
     """Each row's samples scored by the roles' reward model (with another row's facts when `other_facts`)."""
     rcfg = run_ppo.rollout_config(_ppo_config(cfg, ""))
     score = _scorer(roles)
@@ -145,6 +146,7 @@ def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = Fa
     by_batch: dict[int, list[int]] = {}
     for n, r in enumerate(rows):
         by_batch.setdefault(id(r["batch"]), []).append(n)
+    bar = tqdm(total=len(by_batch) * cfg.samples, desc=label, unit="pass")
     for members in by_batch.values():
         b = rows[members[0]]["batch"]
         host = dict(b["host"])
@@ -160,6 +162,8 @@ def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = Fa
             s = np.asarray(score(ids, pixels, mask))
             for n in members:
                 out[n][k] = float(s[rows[n]["row"]])
+            bar.update(1)
+    bar.close()
     return out
 
 
@@ -182,7 +186,9 @@ def audit(cfg: AuditConfig) -> dict:
             variants = {"own": False, **({"other": True} if roles.reward_facts else {})}
             res = {"facts": roles.reward_facts}
             for name, other in variants.items():
-                scores = score_rows(cfg, roles, rows, other_facts=other)
+                what = os.path.basename(os.path.dirname(os.path.abspath(path.rstrip("/"))))
+                scores = score_rows(cfg, roles, rows, other_facts=other,
+                                    label=f"scoring with {what}" + (" (another prompt's facts)" if other else ""))
                 groups = [[(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(ss, r["judged"])]
                           for ss, r in zip(scores, rows)]
                 res[name] = pair_accuracy(groups)
