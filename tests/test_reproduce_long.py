@@ -2,8 +2,8 @@
 
 Opt-in (`make test-long`, marker `long`): `python train/reproduce.py --recipe full --seeds 0` takes 45 to 100
 minutes on 2 cores.  It builds the default reproduction world, trains the grounding stage, SFT, RL-init, the
-reward models with and without facts and PPO against each, judges the three systems exactly, and checks the three
-inequalities of the claim on that seed (docs/results.md: seed 0 of this recipe misses the first):
+reward models with and without facts, audits both on the RL-init policy's samples, runs PPO against each, judges
+the three systems exactly, and checks the three inequalities of the claim on that seed (docs/results.md: seed 0 of this recipe misses the first):
   * Fact-RLHF lowers the object-hallucination rate (CHAIR-i) by at least 30 % relative to SFT;
   * its object recall falls by at most 5 % relative to SFT;
   * its CHAIR-i is below that of RLHF whose reward model never saw the facts.
