@@ -1,6 +1,7 @@
 """`python train/reproduce.py`: the shapes-world reproduction end to end on the `tiny` recipe (its outputs and
-their keys, a rerun that skips every cached stage, a changed setting that is refused), the acceptance checks on
-hand-made numbers, the summary over seeds, and the object-hallucination numbers of PPO's held-out evaluation."""
+their keys, the audit stage's judgements and scores, a rerun that skips every cached stage, a changed setting that
+is refused), the acceptance checks on hand-made numbers, the summary over seeds, and the object-hallucination
+numbers of PPO's held-out evaluation."""
 import json
 import subprocess
 import sys
@@ -115,6 +116,57 @@ def test_ppo_held_out_eval_logs_hallucination(tiny_run):
             assert 0 <= x["eval_chair_i"] <= 1 and x["eval_descriptions"] >= 1
         before = json.loads((out / "seed0" / which / "stage.json").read_text())["result"]["before"]
         assert {"chair_i", "chair_s", "recall"} <= set(before)
+
+
+@pytest.mark.slow
+def test_audit_stage_judges_and_scores_each_sample_as_the_judges_and_reward_model_do(tiny_run):
+    """The audit stage (jaxlava/training/rm_audit.py) of the tiny run: every written judgement is the shapes judges'
+    verdict on the written text, one sample's score equals the facts reward model's score of that text computed
+    by hand (its own facts, the rollout's fact order), and the pair numbers are `pair_accuracy` of the samples."""
+    import jax
+    from jaxlava import rm
+    from jaxlava.data.pipeline import EncodePrompt
+    from jaxlava.data.processor import LlavaProcessor
+    from jaxlava.data.storage import open_source
+    from jaxlava.data.templates import encode_reward_input
+    from jaxlava.eval.shapes import prompt_judgement
+    from jaxlava.hf import from_pretrained
+    from jaxlava.lora import make_lora
+    from jaxlava.peft_io import load_reward_model_adapter
+    from jaxlava.training.rm_audit import pair_accuracy, table
+    from jaxlava.training.rollout import _row_rng
+    out = tiny_run[0]
+    rec = json.loads((out / "seed0" / "rm_audit" / "audit.json").read_text())
+    assert rec["prompts"] == len(rec["responses"]) > 0
+    facts_rm = [p for p, res in rec["reward_models"].items() if res["facts"]]
+    assert len(facts_rm) == 1 and len(rec["reward_models"]) == 2
+    src = open_source(str(out / "world"), "ppo_prompt", "train")
+    prompts = {src[i]["id"]: src[i] for i in range(len(src))}
+    judged = {}
+    for resp in rec["responses"]:
+        p = prompts[resp["id"]]
+        judged[resp["id"]] = [prompt_judgement(p["conversations"], t, p["facts"]) for t in resp["texts"]]
+        assert [list(j.hallucinated) for j in judged[resp["id"]]] == resp["hallucinated"]
+        assert [list(j.recalled) for j in judged[resp["id"]]] == resp["recalled"]
+    for path, res in rec["reward_models"].items():
+        groups = [[(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(resp["scores"][path], judged[resp["id"]])]
+                  for resp in rec["responses"]]
+        assert res["own"] == pair_accuracy(groups), path
+    md = table(rec)
+    assert "fewer absent objects wins" in md and "another prompt's" in md and md.count("\n| ") == 4
+    # one sample by hand: the second sample (k = 1, the rollout's fact order for step 1) of the first prompt
+    resp, k, init = rec["responses"][0], 1, str(out / "seed0" / "sft" / "hf")
+    p = prompts[resp["id"]]
+    proc = LlavaProcessor.from_pretrained(init)
+    model = from_pretrained(init, dtype="float32", compute_dtype="float32")
+    lora, lcfg, head = load_reward_model_adapter(facts_rm[0], model.config)
+    turn = [t for t in p["conversations"] if t["from"] == "human"][:1]
+    ids = encode_reward_input(proc.tokenizer, turn, resp["texts"][k], p["facts"], image_token_id=proc.image_token_id,
+                              num_image_tokens=proc.num_image_tokens, rng=_row_rng(0, k, resp["id"]))
+    pixels = EncodePrompt(proc, "v1")(p)["pixel_values"][None]
+    s = rm.scores(model, jax.tree.map(np.asarray, head), ids[None], pixels, np.ones_like(ids)[None],
+                  lora=make_lora(lora, lcfg))
+    assert float(s[0]) == pytest.approx(resp["scores"][facts_rm[0]][k], abs=1e-4)
 
 
 @pytest.mark.slow

@@ -138,10 +138,11 @@ def _scorer(roles):
 
 
 def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = False,
-               label: str = "scoring") -> list[list[float]]:
-    """Each row's samples scored by the roles' reward model (with another row's facts when `other_facts`)."""
+               label: str = "scoring", score=None) -> list[list[float]]:
+    """Each row's samples scored by the roles' reward model (with another row's facts when `other_facts`);
+    `score`: the roles' `_scorer`, to share one compiled program between calls."""
     rcfg = run_ppo.rollout_config(_ppo_config(cfg, ""))
-    score = _scorer(roles)
+    score = score or _scorer(roles)
     out = [[0.0] * cfg.samples for _ in rows]
     by_batch: dict[int, list[int]] = {}
     for n, r in enumerate(rows):
@@ -184,11 +185,12 @@ def audit(cfg: AuditConfig) -> dict:
             roles = ppo_roles.load_roles(_ppo_config(cfg, path), mesh, build)
             rows = rows or sample_describe(cfg, roles, mesh)
             variants = {"own": False, **({"other": True} if roles.reward_facts else {})}
-            res = {"facts": roles.reward_facts}
+            res, score = {"facts": roles.reward_facts}, _scorer(roles)
             for name, other in variants.items():
                 what = os.path.basename(os.path.dirname(os.path.abspath(path.rstrip("/"))))
                 scores = score_rows(cfg, roles, rows, other_facts=other,
-                                    label=f"scoring with {what}" + (" (another prompt's facts)" if other else ""))
+                                    label=f"scoring with {what}" + (" (another prompt's facts)" if other else ""),
+                                    score=score)
                 groups = [[(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(ss, r["judged"])]
                           for ss, r in zip(scores, rows)]
                 res[name] = pair_accuracy(groups)
