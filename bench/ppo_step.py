@@ -113,7 +113,8 @@ def run(args) -> dict:
         frozen = run_ppo.frozen_tree(roles)
         state = init_state(roles.initial_params(), tx, cfg.seed)
         put = run_ppo.prompt_putter(mesh)
-        width = run_ppo.query_width(cfg, roles)  # --max-prompt-len with the image counted once, as the run does
+        # --max-prompt-len with the image counted once, as the run does
+        width = run_ppo.query_width(cfg, roles.processor)
         data = ppo_prompt_batches(open_source(cfg.data, "ppo_prompt", "train"), roles.processor, batch_size=R,
                                   seed=cfg.seed, buckets=(width,), max_prompt_len=width,
                                   reward_processor=None if roles.reward_processor is roles.processor

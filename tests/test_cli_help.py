@@ -11,7 +11,7 @@ from cli_fixtures import ROOT, cli_env
 # command (after the python executable) -> what its help must show
 COMMANDS = {
     "train/sft.py": ("--preset", "--init", "--data", "--out", "--steps", "--mesh", "--optim.lr"),
-    "train/rm.py": ("--preset", "--init", "--data", "--out", "--steps", "--mesh", "--lora.r"),
+    "train/rm.py": ("--preset", "--init", "--data", "--extra-data", "--out", "--steps", "--mesh", "--lora.r"),
     "train/ppo.py": ("--preset", "--init", "--policy-adapter", "--reward-adapter", "--reward-base", "--data",
                      "--rollout-batch-size", "--step-batch-size", "--noptepochs", "--max-new-tokens", "--kl-coef",
                      "--terminal-at-eos", "--mask-pads", "--question-stop", "--mesh", "--optim.lr"),
@@ -34,6 +34,8 @@ COMMANDS = {
     "bench/ppo_step.py": ("--out", "--work", "--steps"),
     "eval/rm_audit.py": ("--reward-adapters", "--init", "--policy-adapter", "--data", "--split", "--prompts",
                          "--samples", "--temperature", "--out", "hallucination pair"),
+    "data/onpolicy_pairs.py": ("--init", "--policy-adapter", "--data", "--prompts", "--samples", "--tradeoff",
+                               "--out", "annotators' rule", "--extra-data"),
 }
 
 

@@ -1,7 +1,7 @@
 """`python train/reproduce.py`: the shapes-world reproduction end to end on the `tiny` recipe (its outputs and
-their keys, the audit stage's judgements and scores, a rerun that skips every cached stage, a changed setting that
-is refused), the acceptance checks on hand-made numbers, the summary over seeds, and the object-hallucination
-numbers of PPO's held-out evaluation."""
+their keys, the on-policy pairs, the audit stage's judgements and scores, a rerun that skips every cached stage,
+a changed setting that is refused), the acceptance checks on hand-made numbers, the summary over seeds, and the
+object-hallucination numbers of PPO's held-out evaluation."""
 import json
 import subprocess
 import sys
@@ -170,6 +170,33 @@ def test_audit_stage_judges_and_scores_each_sample_as_the_judges_and_reward_mode
 
 
 @pytest.mark.slow
+def test_pairs_stage_writes_judged_pairs_that_both_reward_models_read(tiny_run):
+    """The on-policy pairs of the tiny run: each record's preferred response is the judges' better one (fewer
+    absent objects and, with the recipe's 'skip', no fewer present ones; or as many absent and more present), both
+    reward models name the pairs as their extra data, and the audit samples other prompts."""
+    from jaxlava.data.storage import open_source
+    from jaxlava.eval.shapes import prompt_judgement
+    out = tiny_run[0]
+    summary = json.loads((out / "seed0" / "rm_pairs" / "pairs.json").read_text())
+    recs = open_source(str(out / "seed0" / "rm_pairs"), "preference", "train")
+    assert len(recs) == summary["pairs"] == summary["hallucination"] + summary["recall"] > 0
+    src = open_source(str(out / "world"), "ppo_prompt", "train")
+    prompts = {src[i]["id"]: src[i] for i in range(len(src))}
+    for i in range(len(recs)):
+        r = recs[i]
+        p = prompts[r["id"].rsplit("-s", 2)[0]]
+        chosen, other = (r["output_1"], r["output_2"])[::1 if r["preference"] == 1 else -1]
+        jc, jo = (prompt_judgement(p["conversations"], t, p["facts"]) for t in (chosen, other))
+        assert (len(jc.hallucinated), -len(jc.recalled)) < (len(jo.hallucinated), -len(jo.recalled)), r["id"]
+        assert len(jc.recalled) >= len(jo.recalled) and r["facts"] == p["facts"] and r["image"] == p["image"]
+    for rm in ("rm_facts", "rm_nofacts"):
+        cfg = json.loads((out / "seed0" / rm / "config.json").read_text())
+        assert cfg["extra_data"] == [str(out / "seed0" / "rm_pairs")], rm
+    audit = json.loads((out / "seed0" / "rm_audit" / "audit.json").read_text())
+    assert not {x["id"] for x in audit["responses"]} & {x["id"] for x in summary["responses"]}
+
+
+@pytest.mark.slow
 def test_rerun_skips_every_stage_and_a_changed_setting_is_refused(tiny_run):
     out, _, first = tiny_run
     r, seconds = _reproduce(out)
@@ -227,7 +254,9 @@ def test_checks_per_seed_and_on_the_means():
 def test_changed_settings_name_what_differs():
     from jaxlava.reproduce.stages import changed_settings
     old = {"steps": 3, "optim": {"lr": 1e-3, "warmup": 0}, "seed": 0}
-    assert changed_settings(old, dict(old, new_field=1)) == []  # a field added since: its default
+    # a setting added since: off (its default, what the code did before it existed) is the same, on is not
+    assert changed_settings(old, dict(old, new_field=0, new_flag=False, new_paths=(), new_name=None)) == []
+    assert changed_settings(old, dict(old, new_field=256, new_flag=True)) == ["new_field", "new_flag"]
     assert changed_settings(old, {**old, "steps": 4, "optim": {"lr": 2e-3, "warmup": 0}}) == ["steps", "optim.lr"]
     assert changed_settings(old, {"steps": 3, "optim": old["optim"]}) == ["seed"]
 

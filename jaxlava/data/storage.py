@@ -178,3 +178,30 @@ class RecordSource:
 
 def open_source(out_dir: str, kind: str, split: str = "train") -> RecordSource:
     return RecordSource(out_dir, kind, split)
+
+
+class ConcatSource:
+    """Random-access sources one after another (record i of the second is record len(first) + i)."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self._ends = np.cumsum([len(s) for s in self.sources]).tolist()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} of {len(self)}")
+        k = int(np.searchsorted(self._ends, i, side="right"))
+        return self.sources[k][i - (self._ends[k - 1] if k else 0)]
+
+    def __repr__(self):
+        return f"ConcatSource({self.sources!r})"
+
+
+def open_sources(out_dirs: Iterable[str], kind: str, split: str = "train"):
+    """One source over the `split` of `kind` in each folder, in order (the only one's own source if one)."""
+    found = [open_source(d, kind, split) for d in out_dirs]
+    return found[0] if len(found) == 1 else ConcatSource(found)

@@ -64,10 +64,17 @@ class Recipe:
     judge_pope_images: int | None = None  # shapes judges: POPE on the first N images per split (None: all)
     judge_descriptions: int | None = None  # shapes judges: describe the first N probe images (None: all)
     judge_batch_size: int = 32
+    rm_onpolicy_prompts: int = 0
+    """preference pairs from the RL-init policy's own samples (data/onpolicy_pairs.py): this many describe prompts
+    of the world's ppo_prompt train split, 8 samples each, judged exactly; both reward models train on them after
+    the world's own pairs (0: the world's pairs only)"""
+    rm_onpolicy_tradeoff: str = "skip"
+    """an on-policy pair whose response with fewer absent objects names fewer present ones: 'skip' it, or let
+    'fewer_absent' win (the paper's annotators' rule)"""
     audit_prompts: int = 0
     """the on-policy reward-model audit before PPO (eval/rm_audit.py): this many describe prompts of the world's
-    ppo_prompt train split, 8 samples each from the RL-init policy, judged exactly and scored by both reward
-    models (the share of hallucination pairs each ranks right); 0: off"""
+    ppo_prompt train split (after the ones the on-policy pairs used), 8 samples each from the RL-init policy,
+    judged exactly and scored by both reward models (the share of hallucination pairs each ranks right); 0: off"""
 
 
 # the co-occurrence habit world (docs/decisions.md 20, docs/results.md): a 4 x 4 grid of 16-pixel cells, one
@@ -111,7 +118,7 @@ RECIPES: dict[str, Recipe] = {
                    rm_steps=2, rm_batch_size=4, rm_rank=4, rm_alpha=8.0, eval_every=100, checkpoint_every=100,
                    ppo_steps=2, ppo_rollout_batch_size=8, ppo_step_batch_size=8, ppo_max_new_tokens=12,
                    ppo_eval_every=1, ppo_eval_prompts=8, ppo_checkpoint_every=100, judge_pope_images=1,
-                   judge_descriptions=4, judge_batch_size=8, audit_prompts=4),
+                   judge_descriptions=4, judge_batch_size=8, rm_onpolicy_prompts=4, audit_prompts=4),
 }
 
 

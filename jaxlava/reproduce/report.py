@@ -19,6 +19,7 @@ from jaxlava.training.metrics import read_metrics
 SFT, RLINIT = "sft", "rlinit"
 RM = {"facts": "rm_facts", "nofacts": "rm_nofacts"}
 PPO = {"facts": "ppo_facts", "nofacts": "ppo_nofacts"}
+PAIRS = "rm_pairs"  # on-policy preference pairs for both reward models (jaxlava/training/rm_pairs.py)
 AUDIT, AUDIT_FILE = "rm_audit", "audit.json"  # the on-policy reward-model audit (jaxlava/training/rm_audit.py)
 # the judged systems: key, label, the PPO run behind it (None: the SFT model)
 SYSTEMS = (("sft", "SFT", None), ("rlhf_nofacts", "RLHF (no facts)", "nofacts"), ("fact_rlhf", "Fact-RLHF", "facts"))

@@ -22,15 +22,15 @@ from jaxlava.reproduce.recipe import ReproduceConfig, parse_config, recipe_of
 from jaxlava.shapes.assets import world_exists
 from jaxlava.shapes.cli import parse_args, world_config
 from jaxlava.shapes.world import GROUND_SPLITS, ShapesConfig, load_world_info, write_world
-from jaxlava.training import rm_audit, run_ppo, run_rm, run_sft
+from jaxlava.training import rm_audit, rm_pairs, run_ppo, run_rm, run_sft
 
-STAGES = ("ground", "sft", "rlinit", "rm_facts", "rm_nofacts", report.AUDIT, "ppo_facts", "ppo_nofacts",
-          *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
+STAGES = ("ground", "sft", "rlinit", report.PAIRS, "rm_facts", "rm_nofacts", report.AUDIT, "ppo_facts",
+          "ppo_nofacts", *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
 # fields of a stage config that do not change its result, or that the layout of OUT fixes (paths: OUT may move):
 # a cached stage is reused whatever they are
 OPERATIONAL = ("mesh", "num_workers", "stop_after", "build_missing", "keep_checkpoints", "checkpoint_every",
                "eval_every", "limit", "data", "out", "init", "policy_adapter", "reward_adapter", "model",
-               "reward_adapters")
+               "reward_adapters", "extra_data")
 
 
 class StageMismatch(RuntimeError):
@@ -61,15 +61,16 @@ def settings_of(cfg) -> dict:
 
 
 def changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The (dotted) settings a stage was made with that now differ.  Only the stage's own keys count: a field
-    added to a config since then holds its default, which keeps what the code did before it existed."""
+    """The (dotted) settings a stage was made with that now differ.  A setting the stage does not record (a field
+    added to a config since then) counts only when it is on now: its off value (False, 0, empty, None) keeps what
+    the code did before the field existed."""
     out = []
     for k, v in old.items():
         if isinstance(v, dict) and isinstance(new.get(k), dict):
             out += changed_settings(v, new[k], f"{prefix}{k}.")
         elif k not in new or new[k] != v:
             out.append(prefix + k)
-    return out
+    return out + [prefix + k for k, v in new.items() if k not in old and v and not isinstance(v, dict)]
 
 
 def run_stage(label: str, folder: str, settings: dict, fn, what: str) -> dict:
@@ -134,6 +135,11 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                                                   alpha=cfg.rlinit_alpha),
                                       optim=dataclasses.replace(lora_p.optim, lr=cfg.rlinit_lr), **common),
     }
+    sample = dict(init=sft_hf, policy_adapter=os.path.join(d, report.RLINIT, "adapter"), data=data, split="train",
+                  max_new_tokens=cfg.ppo_max_new_tokens, batch_size=cfg.judge_batch_size, seed=seed)
+    if cfg.rm_onpolicy_prompts:
+        out[report.PAIRS] = rm_pairs.PairsConfig(prompts=cfg.rm_onpolicy_prompts, tradeoff=cfg.rm_onpolicy_tradeoff,
+                                                 out=os.path.join(d, report.PAIRS), **sample)
     for which, folder in report.RM.items():
         out[folder] = dataclasses.replace(rm_p, init=sft_hf, out=os.path.join(d, folder), no_facts=which == "nofacts",
                                           steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,
@@ -141,13 +147,13 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                           facts_first=which == "facts" and cfg.rm_facts_first,
                                           lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
                                           optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr, schedule=cfg.rm_schedule),
+                                          extra_data=(out[report.PAIRS].out,) if report.PAIRS in out else (),
                                           **common)
     if cfg.audit_prompts:
         out[report.AUDIT] = rm_audit.AuditConfig(
             reward_adapters=tuple(os.path.join(d, report.RM[k], "adapter") for k in ("facts", "nofacts")),
-            init=sft_hf, policy_adapter=os.path.join(d, report.RLINIT, "adapter"), data=data, split="train",
-            prompts=cfg.audit_prompts, max_new_tokens=cfg.ppo_max_new_tokens, rm_seq_len=cfg.ppo_rm_seq_len,
-            batch_size=cfg.judge_batch_size, seed=seed, out=os.path.join(d, report.AUDIT, report.AUDIT_FILE))
+            prompts=cfg.audit_prompts, skip_prompts=cfg.rm_onpolicy_prompts, rm_seq_len=cfg.ppo_rm_seq_len,
+            out=os.path.join(d, report.AUDIT, report.AUDIT_FILE), **sample)
     for which, folder in report.PPO.items():
         out[folder] = dataclasses.replace(
             ppo_p, data=data, seed=seed, mesh=cfg.mesh, init=sft_hf,
@@ -171,6 +177,8 @@ def _what(name: str, c) -> str:
         return f"shapes judges on {c.model}"
     if name == report.AUDIT:
         return f"on-policy audit of both reward models, {c.prompts} describe prompts x {c.samples} samples"
+    if name == report.PAIRS:
+        return f"on-policy preference pairs, {c.prompts} describe prompts x {c.samples} samples, judged exactly"
     kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
             "ppo_facts": "PPO with the facts RM", "ppo_nofacts": "PPO with the no-facts RM"}[name]
@@ -182,6 +190,8 @@ def _run_fn(name: str, c):
         return lambda: _judge(c)
     if name == report.AUDIT:
         return lambda: rm_audit.audit(c)
+    if name == report.PAIRS:
+        return lambda: {k: v for k, v in rm_pairs.make_pairs(c).items() if k not in ("responses", "config")}
     train = (run_sft.run if name in ("ground", "sft", "rlinit") else run_rm.run if name.startswith("rm_")
              else run_ppo.run)
     return lambda: train(c)
@@ -201,8 +211,10 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     seconds = {}
     for i, name in enumerate(names, 1):
         c = configs[name]
-        # SFT's start (`init`, an operational path) is the grounding stage's model when there is one
-        settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {})
+        # SFT's start (`init`, an operational path) is the grounding stage's model when there is one ...
+        # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
+        settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
+            {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {})
         folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
         rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
                         _what(name, c))

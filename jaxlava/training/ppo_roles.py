@@ -88,7 +88,8 @@ def _reward_prompt_layout(adapter_dir: str, default: bool) -> tuple[bool, bool]:
     return default, False
 
 
-def _place(tree, mesh):
+def place_adapter(tree, mesh):
+    """An adapter tree on `mesh`, each leaf as the rule table shards it."""
     shards = lora_shardings(tree, mesh)
     return jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), tree, shards)
 
@@ -110,7 +111,7 @@ def load_roles(cfg, mesh, build_model) -> Roles:
             init, pcfg = load_adapter(cfg.policy_adapter, policy_base.config)
         except (ValueError, FileNotFoundError) as e:
             raise RoleError(f"--policy-adapter {cfg.policy_adapter}: {e}") from None
-        reference = _place(init, mesh)
+        reference = place_adapter(init, mesh)
     else:
         pcfg = cfg.adapter
         init, reference = init_lora(policy_base.config, pcfg, jax.random.key(cfg.seed)), None
@@ -119,8 +120,8 @@ def load_roles(cfg, mesh, build_model) -> Roles:
     if len(processor.tokenizer) != len(reward_processor.tokenizer):
         raise RoleError(f"the policy ({cfg.init}) and the reward model ({reward_base_path}) use different "
                         "tokenizers; the value model reads the policy's tokens, so they must share one")
-    return Roles(policy_base, value_base, processor, reward_processor, pcfg, rcfg, _place(init, mesh), reference,
-                 _place(rlora, mesh), jax.device_put(rhead), *_reward_prompt_layout(cfg.reward_adapter, True))
+    return Roles(policy_base, value_base, processor, reward_processor, pcfg, rcfg, place_adapter(init, mesh), reference,
+                 place_adapter(rlora, mesh), jax.device_put(rhead), *_reward_prompt_layout(cfg.reward_adapter, True))
 
 
 def batch_shards(mesh) -> int:

@@ -40,22 +40,55 @@ from jaxlava.training import ppo_roles, rollout, run_ppo, runs
 
 
 @dataclasses.dataclass
-class AuditConfig:
-    """Score the starting policy's sampled descriptions with reward models, against the exact judges."""
-    reward_adapters: tuple[str, ...]  # reward-model adapters (train/rm.py RUN_DIR/adapter), each audited
+class SampleConfig:
+    """Which policy describes which prompts, how often, and how."""
     init: str = "runs/sft/hf"  # the policy's base: the SFT model PPO starts from
     policy_adapter: str | None = run_ppo.DEFAULT_RLINIT  # the RL-init adapter ('None': the bare base)
     data: str = "runs/shapes_world"  # a shapes world folder (its ppo_prompt split and the images' facts)
     split: str = "test"  # ppo_prompt split whose describe prompts are sampled
-    prompts: int = 128  # describe prompts to audit (fewer when the split has fewer)
+    prompts: int = 128  # describe prompts (fewer when the split has fewer)
+    skip_prompts: int = 0  # leave out the split's first N describe prompts (those the on-policy pairs used)
     samples: int = 8  # sampled responses per prompt
     temperature: float = 1.0  # PPO's sampling temperature
     max_new_tokens: int = 40  # as the PPO run's
     max_prompt_len: int = 128
-    rm_seq_len: int = 512
     batch_size: int = 32  # prompts per generation and scoring pass
     seed: int = 0
+
+
+@dataclasses.dataclass
+class AuditConfig(SampleConfig):
+    """Score the starting policy's sampled descriptions with reward models, against the exact judges."""
+    reward_adapters: tuple[str, ...] = ()  # reward-model adapters (train/rm.py RUN_DIR/adapter), each audited
+    rm_seq_len: int = 512
     out: str | None = None  # write the numbers and every judged sample here (a JSON file)
+
+
+@dataclasses.dataclass
+class Sampler:
+    """The policy that describes: a base model, its processor, its adapter (as `make_lora` returns it, or None),
+    and the reward model's processor where that differs (its pixels travel with each batch)."""
+    base: object
+    processor: object
+    lora: object = None
+    reward_processor: object = None
+
+    @classmethod
+    def of_roles(cls, roles) -> "Sampler":
+        return cls(roles.policy_base, roles.processor, make_lora(roles.init_policy, roles.policy_lora),
+                   run_ppo.separate_reward_processor(roles))
+
+    @classmethod
+    def load(cls, cfg: SampleConfig, mesh) -> "Sampler":
+        """`cfg.init` with `cfg.policy_adapter` on `mesh`."""
+        from jaxlava.data.processor import LlavaProcessor
+        from jaxlava.peft_io import load_adapter
+        base = runs.build_model(runs.RunConfig(init=cfg.init), mesh)
+        lora = None
+        if cfg.policy_adapter:
+            tree, lcfg = load_adapter(cfg.policy_adapter, base.config)
+            lora = make_lora(ppo_roles.place_adapter(tree, mesh), lcfg)
+        return cls(base, LlavaProcessor.from_pretrained(cfg.init), lora)
 
 
 def pair_accuracy(groups: list[list[tuple[float, int, int]]]) -> dict:
@@ -91,32 +124,37 @@ def _ppo_config(cfg: AuditConfig, reward_adapter: str) -> run_ppo.PPOConfig:
                                rm_seq_len=cfg.rm_seq_len, temperature=cfg.temperature, seed=cfg.seed)
 
 
-def sample_describe(cfg: AuditConfig, roles, mesh) -> list[dict]:
+def sample_describe(cfg: SampleConfig, policy: Sampler, mesh) -> list[dict]:
     """Per describe prompt: {"id", "host": its metadata, "batch": its batch, "row", "texts", "judged"}."""
-    pcfg = _ppo_config(cfg, cfg.reward_adapters[0])
-    width = run_ppo.query_width(pcfg, roles)
+    width = run_ppo.query_width(cfg, policy.processor)
     source = open_source(cfg.data, "ppo_prompt", cfg.split)
-    batches = ppo_prompt_batches(source, roles.processor, batch_size=cfg.batch_size, shuffle=False, num_epochs=1,
-                                 buckets=(width,), max_prompt_len=width,
-                                 reward_processor=run_ppo.separate_reward_processor(roles))
-    put, tok = run_ppo.prompt_putter(mesh), roles.processor.tokenizer
+    batches = ppo_prompt_batches(source, policy.processor, batch_size=cfg.batch_size, shuffle=False, num_epochs=1,
+                                 buckets=(width,), max_prompt_len=width, reward_processor=policy.reward_processor)
+    put, tok = run_ppo.prompt_putter(mesh), policy.processor.tokenizer
     eos, pad = tok.eos_token_id, tok.pad_token_id or 0
-    lora = make_lora(roles.init_policy, roles.policy_lora)
-    rows, bar = [], tqdm(total=cfg.prompts, desc="sampling describe prompts", unit="prompt")
+    rows, seen, bar = [], 0, tqdm(total=cfg.prompts, desc="sampling describe prompts", unit="prompt")
     for b_idx, raw in enumerate(batches):
         b = put(raw)
-        host, dev = b["host"], b["device"]
-        texts = []
+        host = b["host"]
+        judgeable = [shapes_eval.prompt_judgement(c, "", f) is not None
+                     for c, f in zip(host["conversations"], host["facts"])]
+        if seen + sum(judgeable) <= cfg.skip_prompts:  # every describe prompt here is one to leave out
+            seen += sum(judgeable)
+            continue
+        dev, texts = b["device"], []
         for k in range(cfg.samples):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), b_idx), k)
-            out = generate(roles.policy_base, dev["input_ids"], dev["pixel_values"], dev["attention_mask"],
+            out = generate(policy.base, dev["input_ids"], dev["pixel_values"], dev["attention_mask"],
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, top_k=0,
-                           eos_token_id=eos, pad_token_id=pad, rng=key, lora=lora)
+                           eos_token_id=eos, pad_token_id=pad, rng=key, lora=policy.lora)
             response, _, _ = ppo.truncate_after_stop(np.asarray(out.tokens), eos, pad)
             texts.append(tok.batch_decode(response, skip_special_tokens=True))
         for i, rid in enumerate(host["id"]):
-            judged = [shapes_eval.prompt_judgement(host["conversations"][i], t[i], host["facts"][i]) for t in texts]
-            if judged[0] is not None and len(rows) < cfg.prompts:
+            if not judgeable[i]:
+                continue
+            seen += 1
+            if seen > cfg.skip_prompts and len(rows) < cfg.prompts:
+                judged = [shapes_eval.prompt_judgement(host["conversations"][i], t[i], host["facts"][i]) for t in texts]
                 rows.append({"id": rid, "batch": b, "row": i, "texts": [t[i] for t in texts], "judged": judged})
                 bar.update(1)
         if len(rows) >= cfg.prompts:
@@ -124,7 +162,8 @@ def sample_describe(cfg: AuditConfig, roles, mesh) -> list[dict]:
     bar.close()
     if not rows:
         raise ValueError(f"{cfg.data}: no describe prompt in the full batches of --batch-size {cfg.batch_size} of its "
-                         f"ppo_prompt {cfg.split} split ({len(source)} prompts; a shapes world?)")
+                         f"ppo_prompt {cfg.split} split ({len(source)} prompts; a shapes world?)"
+                         + (f" after the first {cfg.skip_prompts}" if cfg.skip_prompts else ""))
     return rows
 
 
@@ -183,7 +222,7 @@ def audit(cfg: AuditConfig) -> dict:
     with sharding.use_mesh(mesh):
         for path in cfg.reward_adapters:
             roles = ppo_roles.load_roles(_ppo_config(cfg, path), mesh, build)
-            rows = rows or sample_describe(cfg, roles, mesh)
+            rows = rows or sample_describe(cfg, Sampler.of_roles(roles), mesh)
             variants = {"own": False, **({"other": True} if roles.reward_facts else {})}
             res, score = {"facts": roles.reward_facts}, _scorer(roles)
             for name, other in variants.items():

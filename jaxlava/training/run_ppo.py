@@ -172,9 +172,9 @@ def make_ppo_step(cfg: PPOConfig, roles, graphs, scorer, tx, total: int, mesh):
     return step
 
 
-def query_width(cfg: PPOConfig, roles) -> int:
-    """Tokens of a padded query: --max-prompt-len with the image counted once, plus the other placeholders."""
-    return cfg.max_prompt_len + roles.processor.num_image_tokens - 1
+def query_width(cfg, processor) -> int:
+    """Tokens of a padded query: `cfg.max_prompt_len` with the image counted once, plus the other placeholders."""
+    return cfg.max_prompt_len + processor.num_image_tokens - 1
 
 
 def check_prompts(source, roles, cfg: PPOConfig, sample: int = 256) -> None:
@@ -182,7 +182,7 @@ def check_prompts(source, roles, cfg: PPOConfig, sample: int = 256) -> None:
     a batch), some is a printed count (they are dropped with their metadata, spec §4.2)."""
     from jaxlava.data.templates import encode_prompt
     p, n = roles.processor, min(sample, len(source))
-    width = query_width(cfg, roles)
+    width = query_width(cfg, roles.processor)
     too_long = 0
     for i in range(n):
         turns = [t for t in source[i]["conversations"] if t["from"] == "human"][:1]
@@ -222,8 +222,8 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
         return lambda params: {}
     n = min(cfg.eval_prompts, len(source)) // size
     it = ppo_prompt_batches(source, roles.processor, batch_size=size // jax.process_count(),
-                            shuffle=False, num_epochs=1, buckets=(query_width(cfg, roles),),
-                            max_prompt_len=query_width(cfg, roles),
+                            shuffle=False, num_epochs=1, buckets=(query_width(cfg, roles.processor),),
+                            max_prompt_len=query_width(cfg, roles.processor),
                             reward_processor=separate_reward_processor(roles))
     batches = [put(b) for _, b in zip(range(n), it)]  # prompts over --max-prompt-len are dropped
     if not batches:
@@ -295,8 +295,8 @@ def run(cfg: PPOConfig) -> dict:
         state = init_state(roles.initial_params(), tx, cfg.seed)
         put = prompt_putter(mesh)
         data = ppo_prompt_batches(source, roles.processor, batch_size=cfg.rollout_batch_size // jax.process_count(),
-                                  seed=cfg.seed, buckets=(query_width(cfg, roles),),
-                                  max_prompt_len=query_width(cfg, roles),
+                                  seed=cfg.seed, buckets=(query_width(cfg, roles.processor),),
+                                  max_prompt_len=query_width(cfg, roles.processor),
                                   num_workers=cfg.num_workers,
                                   reward_processor=separate_reward_processor(roles))
         evaluate = held_out_eval(cfg, roles, scorer, frozen, mesh, put)

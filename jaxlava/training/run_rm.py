@@ -38,6 +38,9 @@ class RMConfig(runs.RunConfig):
     image_dropout: float = 0.0
     """blank each training pair's image with this probability, so that on those pairs only the facts decide
     (0: off, the paper); the held-out accuracy is then also reported with every image blanked"""
+    extra_data: tuple[str, ...] = ()
+    """more training pairs: folders holding a preference/train split (such as data/onpolicy_pairs.py writes),
+    read after --data's; the held-out pairs stay --data's"""
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
 
@@ -88,7 +91,11 @@ def run(cfg: RMConfig) -> dict:
     run_sft.ensure_sft(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     with sharding.use_mesh(mesh):
-        model, processor, source, total, tx = runs.setup(cfg, mesh, "preference", cfg.epochs)
+        model, processor, source, total, tx = runs.setup(cfg, mesh, "preference", cfg.epochs,
+                                                             extra=tuple(cfg.extra_data))
+        if cfg.extra_data and distributed.is_main_process():
+            print(f"{len(source)} training pairs: " + ", ".join(f"{len(s)} of {d}" for s, d in zip(
+                source.sources, (cfg.data, *cfg.extra_data))), flush=True)
         graphdef, base = nnx.split(model)
         key = jax.random.key(cfg.seed)
         trainable = {"lora": init_lora(model.config, cfg.lora, key),

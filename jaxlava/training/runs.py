@@ -127,15 +127,15 @@ def resolve_steps(cfg: RunConfig, n_records: int, epochs: float) -> int:
     return max(1, int(epochs * n_records // cfg.batch_size))
 
 
-def setup(cfg, mesh, kind: str, epochs: float, split: str = "train"):
-    """What every trainer builds inside its mesh: (model, processor, `split` source of `kind`, total steps,
-    optimizer)."""
-    from jaxlava.data.storage import open_source
+def setup(cfg, mesh, kind: str, epochs: float, split: str = "train", extra: tuple[str, ...] = ()):
+    """What every trainer builds inside its mesh: (model, processor, `split` source of `kind` (then that of each
+    `extra` folder), total steps, optimizer)."""
+    from jaxlava.data.storage import open_sources
     from jaxlava.training.optim import make_optimizer
     world = world_for(cfg)
     model = build_model(cfg, mesh, world)
     processor = processor_for(cfg, model.config, world)
-    source = open_source(cfg.data, kind, split)
+    source = open_sources([cfg.data, *extra], kind, split)
     total = resolve_steps(cfg, len(source), epochs)
     return model, processor, source, total, make_optimizer(cfg.optim, total)
 

@@ -1,0 +1,118 @@
+"""On-policy preference pairs for the reward models: the starting policy's own descriptions, judged exactly.
+
+LLaVA-RLHF's preference data compares two responses that the SFT model itself sampled for one image and prompt;
+annotators chose the less hallucinated one, and the more helpful one only when both were equally truthful. A shapes
+world's own preference split is written instead: pairs of edited reference descriptions, which are not the
+mistakes the policy makes, and a reward model trained on them alone can rank the policy's samples poorly
+(eval/rm_audit.py; docs/decisions.md 30).
+
+This module makes the paper's kind of pairs in a shapes world. It samples `samples` descriptions of each describe
+prompt of a ppo_prompt split from the policy PPO will start from (`rm_audit.sample_describe`), judges each exactly
+against the image's objects, and within a prompt makes a pair of every two different responses the judges tell
+apart, as the annotators' rule does:
+
+- fewer absent objects wins;
+- with as many absent objects, more present objects wins;
+- `tradeoff="skip"` leaves out the pairs where the response with fewer absent objects also names fewer present
+  ones (the annotators' rule makes it win).
+
+The pairs are written as a preference/train split of `out` (the world's record schema; the image and facts are the
+prompt's), which `train/rm.py --extra-data` reads after the world's own pairs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import random
+
+from jaxlava import sharding
+from jaxlava.data.storage import open_source, write_records
+from jaxlava.fileio import write_json
+from jaxlava.training.rm_audit import SampleConfig, Sampler, sample_describe
+
+TRADEOFFS = ("fewer_absent", "skip")
+
+
+@dataclasses.dataclass
+class PairsConfig(SampleConfig):
+    """Preference pairs from the starting policy's own sampled descriptions, judged exactly."""
+    split: str = "train"  # ppo_prompt split whose describe prompts are sampled
+    prompts: int = 256
+    tradeoff: str = "fewer_absent"
+    """a pair where the response with fewer absent objects names fewer present ones: 'fewer_absent' (it wins, as
+    the paper's annotators chose) or 'skip' (no pair)"""
+    out: str = "runs/onpolicy_pairs"  # writes OUT/preference/train and OUT/pairs.json (counts and every sample)
+
+
+def judged_pairs(counts: list[tuple[int, int]], texts: list[str], tradeoff: str = "fewer_absent"
+                 ) -> list[tuple[int, int, str]]:
+    """`counts`: per sample of one prompt, (absent objects named, present objects named) -> (winner, loser, kind)
+    for each pair the rule decides; kind is "hallucination" or "recall". Samples with the same text make no pair."""
+    if tradeoff not in TRADEOFFS:
+        raise ValueError(f"tradeoff must be one of {TRADEOFFS}; got {tradeoff!r}")
+    out = []
+    for a, b in itertools.combinations(range(len(counts)), 2):
+        if texts[a] == texts[b]:
+            continue
+        (ha, ra), (hb, rb) = counts[a], counts[b]
+        if ha != hb:
+            win, lose = (a, b) if ha < hb else (b, a)
+            if tradeoff == "skip" and counts[win][1] < counts[lose][1]:
+                continue
+            out.append((win, lose, "hallucination"))
+        elif ra != rb:
+            out.append((a, b, "recall") if ra > rb else (b, a, "recall"))
+    return out
+
+
+def pair_records(rows: list[dict], prompts: dict, seed: int, tradeoff: str = "fewer_absent") -> list[dict]:
+    """Preference records of `rows` (as `sample_describe` returns them); `prompts`: id -> its ppo_prompt record.
+    Which response is output_1 is a coin flip (seeded), so the position tells nothing."""
+    rng, out = random.Random(seed), []
+    for r in rows:
+        p = prompts[r["id"]]
+        counts = [(len(j.hallucinated), len(j.recalled)) for j in r["judged"]]
+        human = [t for t in p["conversations"] if t["from"] == "human"][:1]
+        for win, lose, kind in judged_pairs(counts, r["texts"], tradeoff):
+            first = rng.random() < 0.5
+            o1, o2 = (r["texts"][win], r["texts"][lose]) if first else (r["texts"][lose], r["texts"][win])
+            out.append({"id": f"{r['id']}-s{win}-s{lose}", "image": p["image"], "source": "on-policy",
+                        "conversations": human + [{"from": "gpt", "value": r["texts"][win]}],
+                        "output_1": o1, "output_2": o2, "preference": 1 if first else 2,
+                        "hallucination": kind == "hallucination", "facts": p["facts"]})
+    return out
+
+
+def make_pairs(cfg: PairsConfig) -> dict:
+    """Sample, judge, pair and write; returns the counts (also in OUT/pairs.json)."""
+    if cfg.tradeoff not in TRADEOFFS:
+        raise ValueError(f"--tradeoff must be one of {TRADEOFFS}; got {cfg.tradeoff!r}")
+    mesh = sharding.make_mesh(None)
+    with sharding.use_mesh(mesh):
+        rows = sample_describe(cfg, Sampler.load(cfg, mesh), mesh)
+    source = open_source(cfg.data, "ppo_prompt", cfg.split)
+    wanted = {r["id"] for r in rows}
+    prompts = {rec["id"]: rec for rec in (source[i] for i in range(len(source))) if rec["id"] in wanted}
+    records = pair_records(rows, prompts, cfg.seed, cfg.tradeoff)
+    if not records:
+        raise ValueError(f"{cfg.prompts} prompts x {cfg.samples} samples of {cfg.data} made no pair: every response "
+                         "to a prompt was judged alike (more --samples or --prompts, or a higher --temperature)")
+    write_records("preference", records, cfg.out, "train")
+    kinds = {k: sum(r["hallucination"] == (k == "hallucination") for r in records) for k in ("hallucination", "recall")}
+    summary = {"prompts": len(rows), "samples": cfg.samples, "pairs": len(records), **kinds,
+               "config": dataclasses.asdict(cfg),
+               "responses": [{"id": r["id"], "texts": r["texts"],
+                              "hallucinated": [list(j.hallucinated) for j in r["judged"]],
+                              "recalled": [list(j.recalled) for j in r["judged"]]} for r in rows]}
+    write_json(os.path.join(cfg.out, "pairs.json"), summary, indent=1)
+    return summary
+
+
+def main(argv: list[str], description: str | None = None) -> dict:
+    from jaxlava.training.cli import parse
+    cfg = parse(PairsConfig, argv, description)
+    s = make_pairs(cfg)
+    print(f"{s['pairs']} pairs ({s['hallucination']} decided by absent objects, {s['recall']} by present ones) from "
+          f"{s['prompts']} describe prompts x {s['samples']} samples: {cfg.out}/preference/train")
+    return s

@@ -1,0 +1,93 @@
+"""On-policy preference pairs (jaxlava/training/rm_pairs.py): the annotators' rule against a brute-force reading
+of it, the records it writes, and the concatenated source the reward model reads them through."""
+import itertools
+import random
+
+import pytest
+
+from jaxlava.data import storage
+from jaxlava.training.rm_pairs import judged_pairs, pair_records
+
+
+def _brute(counts, texts, tradeoff):
+    """Every ordered pair (i, j), i preferred: fewer absent objects, or as many and more present ones."""
+    out = set()
+    for i, j in itertools.permutations(range(len(counts)), 2):
+        (hi, ri), (hj, rj) = counts[i], counts[j]
+        if texts[i] == texts[j]:
+            continue
+        if hi < hj and not (tradeoff == "skip" and ri < rj):
+            out.add((i, j, "hallucination"))
+        elif hi == hj and ri > rj:
+            out.add((i, j, "recall"))
+    return out
+
+
+@pytest.mark.parametrize("tradeoff", ["fewer_absent", "skip"])
+def test_pairs_follow_the_annotators_rule(tradeoff):
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 8)
+        counts = [(rng.randint(0, 2), rng.randint(0, 3)) for _ in range(n)]
+        texts = [rng.choice("abcdef") for _ in range(n)]
+        got = judged_pairs(counts, texts, tradeoff)
+        assert len(got) == len(set(got)) and set(got) == _brute(counts, texts, tradeoff)
+
+
+def test_pairs_on_hand_made_counts():
+    # (absent, present): 0 beats 1 and 2 on absent objects; 1 and 3 tie on absent, 3 names more present ones;
+    # 0 names fewer present objects than 3 but fewer absent ones: kept by the paper's rule, left out by "skip"
+    counts, texts = [(0, 1), (1, 1), (2, 3), (1, 2)], ["a", "b", "c", "d"]
+    assert set(judged_pairs(counts, texts)) == {(0, 1, "hallucination"), (0, 2, "hallucination"),
+                                                (1, 2, "hallucination"), (3, 2, "hallucination"),
+                                                (0, 3, "hallucination"), (3, 1, "recall")}
+    assert (0, 3, "hallucination") not in judged_pairs(counts, texts, "skip")
+    assert (0, 2, "hallucination") not in judged_pairs(counts, texts, "skip")
+    assert judged_pairs([(0, 1), (1, 1)], ["same", "same"]) == []  # one text twice is no pair
+    with pytest.raises(ValueError, match="tradeoff"):
+        judged_pairs(counts, texts, "longest")
+
+
+class _J:  # the two fields of a shapes Judgement that the pairs read
+    def __init__(self, absent, present):
+        self.hallucinated, self.recalled = tuple(absent), tuple(present)
+
+
+def test_records_prefer_the_winner_on_either_side_and_fit_the_schema(tmp_path):
+    prompt = {"id": "p0", "image": b"\x89PNG", "facts": ["There is 1 object: a small red circle."],
+              "conversations": [{"from": "human", "value": "<image>\nDescribe the image."},
+                                {"from": "gpt", "value": "A red circle."}]}
+    texts = [f"response {i}" for i in range(8)]
+    judged = [_J(["blue square"] * (i % 3), ["red circle"] * (i % 2)) for i in range(8)]
+    recs = pair_records([{"id": "p0", "texts": texts, "judged": judged}], {"p0": prompt}, seed=3)
+    want = judged_pairs([(i % 3, i % 2) for i in range(8)], texts)
+    assert len(recs) == len(want) > 0
+    for rec, (win, lose, kind) in zip(recs, want):
+        chosen = rec["output_1"] if rec["preference"] == 1 else rec["output_2"]
+        other = rec["output_2"] if rec["preference"] == 1 else rec["output_1"]
+        assert (chosen, other) == (texts[win], texts[lose])
+        assert rec["hallucination"] == (kind == "hallucination")
+        assert rec["image"] == prompt["image"] and rec["facts"] == prompt["facts"]
+        assert rec["conversations"] == [prompt["conversations"][0], {"from": "gpt", "value": texts[win]}]
+        storage.encode("preference", rec, rec["id"])
+    assert {r["preference"] for r in recs} == {1, 2}  # the winner's side is a coin flip
+    assert len({r["id"] for r in recs}) == len(recs)
+    assert pair_records([{"id": "p0", "texts": texts, "judged": judged}], {"p0": prompt}, seed=3) == recs
+
+
+def test_concatenated_sources_read_in_order(tmp_path):
+    def rec(i):
+        return {"id": f"r{i}", "image": b"", "conversations": [], "output_1": "a", "output_2": "b",
+                "preference": 1, "hallucination": False}
+    storage.write_records("preference", [rec(i) for i in range(3)], str(tmp_path / "a"))
+    storage.write_records("preference", [rec(i) for i in range(3, 5)], str(tmp_path / "b"))
+    one = storage.open_sources([str(tmp_path / "a")], "preference")
+    assert isinstance(one, storage.RecordSource) and len(one) == 3
+    both = storage.open_sources([str(tmp_path / "a"), str(tmp_path / "b")], "preference")
+    assert len(both) == 5 and [both[i]["id"] for i in range(5)] == [f"r{i}" for i in range(5)]
+    with pytest.raises(IndexError):
+        both[5]
+    import pickle
+    assert pickle.loads(pickle.dumps(both))[4]["id"] == "r4"  # grain workers receive it pickled
+    with pytest.raises(storage.StorageError, match="no preference/train dataset"):
+        storage.open_sources([str(tmp_path / "a"), str(tmp_path / "missing")], "preference")
