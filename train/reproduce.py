@@ -7,10 +7,13 @@ seed (--seeds, default 0 1 2), in OUT/seed<S>/:
                 the vision tower once per world), when the recipe has --ground-steps
   sft/          SFT of the shapes model (train/sft.py), from the grounding stage's model when there is one
   rlinit/       RL-init: a LoRA adapter trained by SFT on the frozen SFT model (train/sft.py --lora)
+  rm_pairs/     preference pairs from the RL-init policy's own sampled descriptions, judged exactly
+                (data/onpolicy_pairs.py), which both reward models add to the world's; with --rm-onpolicy-prompts
   rm_facts/     the reward model with the facts in its prompt (train/rm.py)
   rm_nofacts/   the reward model without them (train/rm.py --no-facts)
   rm_audit/     both reward models on the RL-init policy's own sampled descriptions, judged exactly
                 (eval/rm_audit.py): which one ranks the hallucination pairs right; --audit-prompts 0 leaves it out
+                (its prompts follow the ones rm_pairs used)
   ppo_facts/    PPO from RL-init against rm_facts (train/ppo.py; its held-out evaluation logs CHAIR-i)
   ppo_nofacts/  PPO against rm_nofacts (the reward prompt is built without facts, as that RM was trained)
   judge_sft/, judge_rlhf_nofacts/, judge_fact_rlhf/   the shapes judges (eval/shapes.py) on SFT and both policies
