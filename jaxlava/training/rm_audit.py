@@ -91,6 +91,19 @@ class Sampler:
         return cls(base, LlavaProcessor.from_pretrained(cfg.init), lora)
 
 
+def pair_verdict(a, b) -> tuple[bool, tuple[str, ...]] | None:
+    """Two samples of one prompt as (absent objects named, present objects named) -> (whether `a` is the better,
+    the pair's kinds), or None when neither is: fewer absent objects is better ("hallucination", and also
+    "dominant" when the better one names no fewer present objects); with as many, more present ones ("recall")."""
+    (ha, ra), (hb, rb) = a, b
+    if ha != hb:
+        dominant = (ra - rb) * (hb - ha) >= 0  # the one with fewer absent objects names no fewer present ones
+        return ha < hb, ("hallucination", "dominant") if dominant else ("hallucination",)
+    if ra != rb:
+        return ra > rb, ("recall",)
+    return None
+
+
 def pair_accuracy(groups: list[list[tuple[float, int, int]]]) -> dict:
     """`groups`: per prompt, its samples as (score, hallucinated, recalled) -> {"hallucination", "dominant",
     "recall"}, each {"pairs", "accuracy", "se"} (accuracy None without pairs; se: the binomial standard error).
@@ -98,15 +111,11 @@ def pair_accuracy(groups: list[list[tuple[float, int, int]]]) -> dict:
     there, preferring the other one cannot be a preference for completeness."""
     won = {"hallucination": [], "dominant": [], "recall": []}
     for samples in groups:
-        for (sa, ha, ra), (sb, hb, rb) in itertools.combinations(samples, 2):
-            if ha != hb:
-                kinds, better_a = ["hallucination"], ha < hb
-                if (ra - rb) * (hb - ha) >= 0:  # the one with fewer absent objects names no fewer present ones
-                    kinds.append("dominant")
-            elif ra != rb:
-                kinds, better_a = ["recall"], ra > rb
-            else:
+        for (sa, *a), (sb, *b) in itertools.combinations(samples, 2):
+            verdict = pair_verdict(a, b)
+            if verdict is None:
                 continue
+            better_a, kinds = verdict
             for kind in kinds:
                 won[kind].append(0.5 if sa == sb else float((sa > sb) == better_a))
     out = {}

@@ -29,7 +29,7 @@ import random
 from jaxlava import sharding
 from jaxlava.data.storage import open_source, write_records
 from jaxlava.fileio import write_json
-from jaxlava.training.rm_audit import SampleConfig, Sampler, sample_describe
+from jaxlava.training.rm_audit import SampleConfig, Sampler, pair_verdict, sample_describe
 
 TRADEOFFS = ("fewer_absent", "skip")
 
@@ -55,14 +55,11 @@ def judged_pairs(counts: list[tuple[int, int]], texts: list[str], tradeoff: str 
     for a, b in itertools.combinations(range(len(counts)), 2):
         if texts[a] == texts[b]:
             continue
-        (ha, ra), (hb, rb) = counts[a], counts[b]
-        if ha != hb:
-            win, lose = (a, b) if ha < hb else (b, a)
-            if tradeoff == "skip" and counts[win][1] < counts[lose][1]:
-                continue
-            out.append((win, lose, "hallucination"))
-        elif ra != rb:
-            out.append((a, b, "recall") if ra > rb else (b, a, "recall"))
+        verdict = pair_verdict(counts[a], counts[b])
+        if verdict is None or (tradeoff == "skip" and verdict[1] == ("hallucination",)):  # not dominant: skipped
+            continue
+        better_a, kinds = verdict
+        out.append((a, b, kinds[0]) if better_a else (b, a, kinds[0]))
     return out
 
 
