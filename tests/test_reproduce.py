@@ -298,6 +298,9 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert not d["rm_facts"].facts_first  # the paper's layout unless asked
     f = stage_configs(parse_config(["--out", str(tmp_path), "--rm-facts-first"]), 0)
     assert f["rm_facts"].facts_first and not f["rm_nofacts"].facts_first
+    r = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-seed-offset", "100"]), 2)  # PPO repeats
+    assert r["ppo_facts"].seed == r["ppo_nofacts"].seed == 102 and d["ppo_facts"].seed == 0
+    assert all(r[s].seed == 2 for s in ("sft", "rlinit", "rm_facts", "rm_nofacts"))
 
 
 # ----------------------------------------------------------------------------------------------- PPO held-out judge

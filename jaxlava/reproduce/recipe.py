@@ -61,6 +61,9 @@ class Recipe:
     ppo_eval_every: int = 10  # PPO's held-out greedy evaluation (reward, KL, CHAIR-i ...): the hallucination curve
     ppo_eval_prompts: int = 96
     ppo_checkpoint_every: int = 10
+    ppo_seed_offset: int = 0
+    """both PPO runs of seed S use seed S + this (their rollout sampling, minibatch order and value head; every
+    other stage keeps S): repeats of PPO on the same reward models, in another --out"""
     judge_pope_images: int | None = None  # shapes judges: POPE on the first N images per split (None: all)
     judge_descriptions: int | None = None  # shapes judges: describe the first N probe images (None: all)
     judge_batch_size: int = 32

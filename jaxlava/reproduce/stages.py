@@ -156,7 +156,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
             out=os.path.join(d, report.AUDIT, report.AUDIT_FILE), **sample)
     for which, folder in report.PPO.items():
         out[folder] = dataclasses.replace(
-            ppo_p, data=data, seed=seed, mesh=cfg.mesh, init=sft_hf,
+            ppo_p, data=data, seed=seed + cfg.ppo_seed_offset, mesh=cfg.mesh, init=sft_hf,
             policy_adapter=os.path.join(d, report.RLINIT, "adapter"),
             reward_adapter=os.path.join(d, report.RM[which], "adapter"), out=os.path.join(d, folder),
             steps=cfg.ppo_steps, rollout_batch_size=cfg.ppo_rollout_batch_size,
