@@ -209,6 +209,38 @@ def test_rerun_skips_every_stage_and_a_changed_setting_is_refused(tiny_run):
     assert "ppo_facts was made with other settings (steps differ)" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_ppo_repeats_rerun_only_ppo_and_the_report_takes_their_means(tiny_run, tmp_path):
+    """A finished run asked for 2 PPO repeats (in a copy of it) runs only the second repeat's PPO runs and judges;
+    each seed's RLHF numbers are then the means of the two repeats, and results.md lists each one's checks."""
+    import os
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(tiny_run[0], out, copy_function=os.link)
+    r, _ = _reproduce(out, "--ppo-repeats", "2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count(": skipped (cached") == len(STAGES) + 1
+    for stage in ("ppo_facts_r1", "ppo_nofacts_r1", "judge_rlhf_nofacts_r1", "judge_fact_rlhf_r1"):
+        assert f"] {stage}: done in" in r.stdout, stage
+    res = json.loads((out / "results.json").read_text())
+    reps = res["repeats"]["0"]
+    assert [x["ppo_seed"] for x in reps] == [0, 100]
+    for key in ("rlhf_nofacts", "fact_rlhf"):
+        judged = [report.judged(str(out), 0, key, k) for k in (0, 1)]
+        assert [x["systems"][key]["chair_i"] for x in reps] == [j["chair_i"] for j in judged]
+        for m in ("chair_i", "recall", "pope_random_f1"):
+            assert res["seeds"]["0"]["systems"][key][m] == pytest.approx((judged[0][m] + judged[1][m]) / 2)
+    sft = res["seeds"]["0"]["systems"]["sft"]
+    for x in reps:
+        assert [c["value"] for c in x["checks"]] == [c["value"] for c in report.acceptance(
+            sft, x["systems"]["rlhf_nofacts"], x["systems"]["fact_rlhf"])]
+    kl = [report.ppo_numbers(str(out / "seed0" / f"ppo_facts{s}"))["kl"] for s in ("", "_r1")]
+    assert res["seeds"]["0"]["ppo"]["facts"]["kl"] == pytest.approx(sum(kl) / 2)
+    assert set(res["ppo_curves"]["facts"]) == {"0", "0.r1"}
+    md = (out / "results.md").read_text()
+    assert "## PPO repeats (2 per reward model and seed)" in md and "| 0 | 100 |" in md
+
+
 # ----------------------------------------------------------------------------------------------- pure functions
 def _systems(sft, nofacts, fact):
     return {"sft": dict(zip(("chair_i", "recall"), sft)), "rlhf_nofacts": dict(zip(("chair_i", "recall"), nofacts)),
@@ -301,6 +333,29 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     r = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-seed-offset", "100"]), 2)  # PPO repeats
     assert r["ppo_facts"].seed == r["ppo_nofacts"].seed == 102 and d["ppo_facts"].seed == 0
     assert all(r[s].seed == 2 for s in ("sft", "rlinit", "rm_facts", "rm_nofacts"))
+
+
+def test_ppo_repeats_run_each_ppo_and_its_judges_again_with_another_seed(tmp_path):
+    """--ppo-repeats 3: repeat r runs both PPO runs with seed S + offset + 100 r into their own folders, and judges
+    each policy, after every stage of the first; the stages before PPO and the SFT judge run once."""
+    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.stages import REPEATED, stage_configs, stage_names
+    cfg = parse_config(["--out", str(tmp_path), "--ppo-repeats", "3", "--ppo-seed-offset", "7"])
+    c = stage_configs(cfg, 1)
+    names = stage_names(3)
+    assert names[:len(STAGES)] == list(STAGES) and stage_names(1) == list(STAGES)
+    assert names[len(STAGES):] == [f"{n}_r{r}" for r in (1, 2) for n in REPEATED] and set(c) <= set(names)
+    for r, suffix in enumerate(("", "_r1", "_r2")):
+        for which in ("facts", "nofacts"):
+            ppo = c[f"ppo_{which}{suffix}"]
+            assert ppo.seed == 1 + 7 + 100 * r and ppo.out == str(tmp_path / "seed1" / f"ppo_{which}{suffix}")
+            assert ppo.reward_adapter == str(tmp_path / "seed1" / f"rm_{which}" / "adapter")
+        for judge, run in (("rlhf_nofacts", "nofacts"), ("fact_rlhf", "facts")):
+            j = c[f"judge_{judge}{suffix}"]
+            assert j.model == c[f"ppo_{run}{suffix}"].out and j.out.endswith(f"seed1/judge_{judge}{suffix}")
+    assert "judge_sft_r1" not in c and "rm_facts_r1" not in c
+    with pytest.raises(SystemExit, match="--ppo-repeats must be at least 1"):
+        parse_config(["--ppo-repeats", "0"])
 
 
 # ----------------------------------------------------------------------------------------------- PPO held-out judge

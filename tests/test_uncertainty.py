@@ -97,3 +97,26 @@ def test_checks_carry_the_intervals_and_the_table_shows_them():
     assert report._verdict(checks["per_seed"]["0"][0]) == "pass (+50.0% [+30.0%, +70.0%])"
     assert report._verdict(checks["per_seed"]["0"][2]) == "pass (-5.00 pt [-9.00 pt, -1.00 pt])"
     assert "interval" not in report.all_checks(per_seed, per_seed["0"], {"0": None})["per_seed"]["0"][0]
+
+
+def test_repeated_runs_average_their_rates_under_the_same_draw():
+    """A system given as several runs (PPO repeats): its point rates are the mean of the runs' rates, and two
+    copies of one run change nothing, in the point or in any resample."""
+    rng = np.random.default_rng(5)
+    sft, a, b = _system(rng, 150, 0.1, 0.8), _system(rng, 150, 0.05, 0.7), _system(rng, 150, 0.02, 0.9)
+    once = uncertainty.bootstrap_checks(sft, a, a, report.acceptance, resamples=200)
+    assert uncertainty.bootstrap_checks(sft, [a, a], [a, a], report.acceptance, resamples=200) == once
+    got = uncertainty.bootstrap_checks(sft, [a, b], [b, a, b], report.acceptance, resamples=200)
+
+    def rate(c, num, den):
+        return c[num].sum() / c[den].sum()
+    nofacts = {"chair_i": (rate(a, "hallucinated", "mentioned") + rate(b, "hallucinated", "mentioned")) / 2,
+               "recall": (rate(a, "recalled", "present") + rate(b, "recalled", "present")) / 2}
+    fact = {"chair_i": (rate(a, "hallucinated", "mentioned") + 2 * rate(b, "hallucinated", "mentioned")) / 3,
+            "recall": (rate(a, "recalled", "present") + 2 * rate(b, "recalled", "present")) / 3}
+    want = report.acceptance({"chair_i": rate(sft, "hallucinated", "mentioned"),
+                              "recall": rate(sft, "recalled", "present")}, nofacts, fact)
+    assert [g["value"] for g in got] == pytest.approx([w["value"] for w in want], rel=1e-12)
+    with pytest.raises(ValueError, match="RLHF \\(no facts\\) described other images"):
+        uncertainty.bootstrap_checks(sft, [a, dict(b, ids=np.array([f"x{i}" for i in range(150)]))], a,
+                                     report.acceptance)

@@ -17,6 +17,10 @@ seed (--seeds, default 0 1 2), in OUT/seed<S>/:
   ppo_facts/    PPO from RL-init against rm_facts (train/ppo.py; its held-out evaluation logs CHAIR-i)
   ppo_nofacts/  PPO against rm_nofacts (the reward prompt is built without facts, as that RM was trained)
   judge_sft/, judge_rlhf_nofacts/, judge_fact_rlhf/   the shapes judges (eval/shapes.py) on SFT and both policies
+  ppo_facts_r<r>/, ppo_nofacts_r<r>/, judge_rlhf_nofacts_r<r>/, judge_fact_rlhf_r<r>/   with --ppo-repeats R, for
+                r = 1 .. R-1: both PPO runs again with seed S + 100 r (plus --ppo-seed-offset) and their judges;
+                each seed's RLHF numbers and checks are then the means over the R runs, and results.md lists each
+                run's own checks (one PPO run alone moves the recall fall by several points, docs/decisions.md 31)
 
 Every stage is cached: one that finished (its stage.json) is skipped by a rerun, one cut short (a time limit)
 resumes from its checkpoints or answers when the same command is run again; a cached stage made with other

@@ -64,6 +64,10 @@ class Recipe:
     ppo_seed_offset: int = 0
     """both PPO runs of seed S use seed S + this (their rollout sampling, minibatch order and value head; every
     other stage keeps S): repeats of PPO on the same reward models, in another --out"""
+    ppo_repeats: int = 1
+    """PPO runs per reward model and seed: repeat r (folders ppo_facts_r<r>/ ..., judge_*_r<r>/) uses seed S + K +
+    100 r (K: --ppo-seed-offset), every stage before PPO shared; each seed's RLHF numbers and checks are the means
+    over its repeats, and results.md lists each repeat's own (one PPO run moves the recall fall by several points)"""
     judge_pope_images: int | None = None  # shapes judges: POPE on the first N images per split (None: all)
     judge_descriptions: int | None = None  # shapes judges: describe the first N probe images (None: all)
     judge_batch_size: int = 32
@@ -146,6 +150,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
     cfg = parse(ReproduceConfig, argv, description=description, default=default)
     if not cfg.seeds:
         raise SystemExit("--seeds needs at least one seed")
+    if cfg.ppo_repeats < 1:
+        raise SystemExit(f"--ppo-repeats must be at least 1 (got {cfg.ppo_repeats})")
     return cfg
 
 

@@ -50,8 +50,17 @@ def seed_dir(out: str, seed: int) -> str:
     return os.path.join(out, f"seed{seed}")
 
 
-def judge_dir(out: str, seed: int, system: str) -> str:
-    return os.path.join(seed_dir(out, seed), f"judge_{system}")
+def repeat_suffix(repeat: int) -> str:
+    """The folder suffix of PPO repeat r (`--ppo-repeats`): none for the first, so that one run keeps its layout."""
+    return f"_r{repeat}" if repeat else ""
+
+
+def judge_dir(out: str, seed: int, system: str, repeat: int = 0) -> str:
+    return os.path.join(seed_dir(out, seed), f"judge_{system}{repeat_suffix(repeat)}")
+
+
+def ppo_dir(out: str, seed: int, which: str, repeat: int = 0) -> str:
+    return os.path.join(seed_dir(out, seed), PPO[which] + repeat_suffix(repeat))
 
 
 def _last(rows: list[dict], key: str) -> float | None:
@@ -104,14 +113,42 @@ def audit_numbers(seed_folder: str) -> dict:
             "audit_no_facts": of("nofacts", "own")}
 
 
-def seed_numbers(out: str, seed: int) -> dict:
-    """Every number of one seed: {"systems": {system: ...}, "rm": ..., "ppo": {"facts"|"nofacts": ...}}."""
-    systems = {}
-    for key, _, _ in SYSTEMS:
-        with open(os.path.join(judge_dir(out, seed, key), "results.json")) as f:
-            systems[key] = system_numbers(json.load(f))
-    ppo = {k: ppo_numbers(os.path.join(seed_dir(out, seed), v)) for k, v in PPO.items()}
+def judged(out: str, seed: int, system: str, repeat: int = 0) -> dict:
+    with open(os.path.join(judge_dir(out, seed, system, repeat), "results.json")) as f:
+        return system_numbers(json.load(f))
+
+
+def mean_of(trees: list[dict]) -> dict:
+    """Trees of numbers with the same keys -> the tree of their means (None entries left out)."""
+    return means(summarize(dict(enumerate(trees))))
+
+
+def seed_numbers(out: str, seed: int, repeats: int = 1) -> dict:
+    """Every number of one seed: {"systems": {system: ...}, "rm": ..., "ppo": {"facts"|"nofacts": ...}}.  With
+    several PPO runs per reward model (`repeats`), the RLHF systems' and PPO's numbers are the means over them."""
+    rlhf = [{key: judged(out, seed, key, r) for key, _, run in SYSTEMS if run} for r in range(repeats)]
+    systems = {"sft": judged(out, seed, "sft")} | mean_of(rlhf)
+    ppo = {k: mean_of([ppo_numbers(ppo_dir(out, seed, k, r)) for r in range(repeats)]) for k in PPO}
     return {"systems": systems, "rm": rm_numbers(out, seed), "ppo": ppo}
+
+
+def ppo_seed_of(run_dir: str) -> int | None:
+    """The seed a finished PPO stage ran with (its stage.json), None where it did not finish."""
+    marker = os.path.join(run_dir, MARKER)
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as f:
+        return json.load(f)["settings"].get("seed")
+
+
+def repeat_checks(out: str, seed: int, repeats: int, sft: dict) -> list[dict]:
+    """Each PPO repeat of one seed on its own: its PPO seed, both RLHF systems' CHAIR-i and recall, its checks."""
+    rows = []
+    for r in range(repeats):
+        s = {key: {k: judged(out, seed, key, r)[k] for k in ("chair_i", "recall")} for key, _, run in SYSTEMS if run}
+        rows.append({"repeat": r, "ppo_seed": ppo_seed_of(ppo_dir(out, seed, "facts", r)), "systems": s,
+                     "checks": acceptance(sft, s["rlhf_nofacts"], s["fact_rlhf"])})
+    return rows
 
 
 def summarize(per_seed: dict) -> dict:
@@ -171,10 +208,10 @@ def all_checks(per_seed: dict, overall: dict, intervals: dict | None = None) -> 
 
 
 # ----------------------------------------------------------------------------------------------- curves
-def ppo_curve(out: str, seed: int, which: str) -> list[tuple[int, float]]:
+def ppo_curve(out: str, seed: int, which: str, repeat: int = 0) -> list[tuple[int, float]]:
     """(PPO step, held-out CHAIR-i): step 0 from the run's before-PPO evaluation (its stage.json), then every
     logged evaluation (metrics.jsonl)."""
-    run = os.path.join(seed_dir(out, seed), PPO[which])
+    run = ppo_dir(out, seed, which, repeat)
     points = []
     marker = os.path.join(run, MARKER)
     if os.path.exists(marker):
@@ -228,7 +265,8 @@ def markdown(results: dict) -> str:
         "Object hallucination of descriptions of held-out images (CHAIR-i: hallucinated mentions / mentions; "
         "CHAIR-s: descriptions with a hallucination; recall: present objects named), POPE on the world's probes, "
         "MMHal-style rating; all exact from the ground truth (jaxlava/eval/shapes.py). KL and length: PPO's last "
-        "training rollouts. Mean ± sample std over seeds.",
+        "training rollouts. Mean ± sample std over seeds"
+        + (" (each seed's RLHF rows: the mean over its PPO repeats, below)." if results.get("repeats") else "."),
         _table(head, rows),
         "## Reward-model accuracy (held-out preference pairs, %; \"on the policy's samples\": the audit before "
         "PPO, eval/rm_audit.py)",
@@ -240,6 +278,7 @@ def markdown(results: dict) -> str:
         "judge set's size alone allows; an interval across the threshold means this many images do not decide "
         "the check.",
         _table(["check", *[f"seed {s}" for s in names], "overall"], checks),
+        *_repeats_section(results),
         "## Wall time",
         _table(["seed", *results["stage_names"], "all"],
                [[s, *[f"{sec['stages'][s].get(st, 0):.0f} s" for st in results["stage_names"]],
@@ -248,6 +287,23 @@ def markdown(results: dict) -> str:
           f"this command {sec['this_command']:.0f} s.",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _repeats_section(results: dict) -> list[str]:
+    """results.md's table of each PPO repeat on its own (none without repeats)."""
+    reps = results.get("repeats") or {}
+    if not reps:
+        return []
+    n = len(next(iter(reps.values())))
+    pair = lambda x: f"{100 * x['chair_i']:.2f} / {100 * x['recall']:.1f}"  # noqa: E731
+    rows = [[s, str(r["ppo_seed"]), pair(r["systems"]["rlhf_nofacts"]), pair(r["systems"]["fact_rlhf"]),
+             *[_verdict(c) for c in r["checks"]]] for s, runs in reps.items() for r in runs]
+    return [f"## PPO repeats ({n} per reward model and seed)",
+            "The RLHF rows, PPO's numbers and each seed's checks above are the means over these runs: every stage "
+            "before PPO is shared, and only PPO's seed (its rollout sampling, minibatch order and value head) "
+            "differs. Each run on its own, CHAIR-i % / recall %:",
+            _table(["seed", "PPO seed", "RLHF (no facts)", "Fact-RLHF", "CHAIR-i drop", "recall fall",
+                    "facts − no facts"], rows)]
 
 
 def systems_table(results: dict) -> str:
@@ -321,15 +377,23 @@ def plot_curves(curves: dict, path: str) -> bool:
     return True
 
 
-def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str], seconds: dict) -> dict:
-    """Collect, check and write results.json, results.md and the plots for the finished seeds."""
-    per_seed = {str(s): seed_numbers(out, s) for s in seeds}
+def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str], seconds: dict,
+                 repeats: int = 1) -> dict:
+    """Collect, check and write results.json, results.md and the plots for the finished seeds (`repeats`: PPO
+    runs per reward model and seed, `--ppo-repeats`)."""
+    per_seed = {str(s): seed_numbers(out, s, repeats) for s in seeds}
     summary = summarize(per_seed)
-    intervals = {str(s): seed_intervals({k: judge_dir(out, s, k) for k, _, _ in SYSTEMS}, acceptance) for s in seeds}
+    intervals = {str(s): seed_intervals({k: [judge_dir(out, s, k, r) for r in range(repeats if run else 1)]
+                                         for k, _, run in SYSTEMS}, acceptance) for s in seeds}
     results = {"recipe": recipe, "seeds": per_seed, "summary": summary,
                "checks": all_checks(per_seed, means(summary), intervals), "stage_names": stage_names,
                "seconds": seconds}
-    curves = {w: {str(s): ppo_curve(out, s, w) for s in seeds} for w in PPO}
+    if repeats > 1:
+        results["repeats"] = {str(s): repeat_checks(out, s, repeats, per_seed[str(s)]["systems"]["sft"])
+                              for s in seeds}
+    # one curve per PPO run: "<seed>" for the first of a seed, "<seed>.r<r>" for its repeats
+    curves = {w: {f"{s}{'.r' + str(r) if r else ''}": ppo_curve(out, s, w, r) for s in seeds for r in range(repeats)}
+              for w in PPO}
     results["ppo_curves"] = {w: {s: [list(p) for p in pts] for s, pts in c.items()} for w, c in curves.items()}
     plot_systems(summary, os.path.join(out, SYSTEMS_PLOT))
     results["plots"] = [SYSTEMS_PLOT] + ([CURVE_PLOT] if plot_curves(curves, os.path.join(out, CURVE_PLOT)) else [])

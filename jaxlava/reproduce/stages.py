@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 
 from jaxlava.eval import shapes as shapes_eval
@@ -26,6 +27,15 @@ from jaxlava.training import rm_audit, rm_pairs, run_ppo, run_rm, run_sft
 
 STAGES = ("ground", "sft", "rlinit", report.PAIRS, "rm_facts", "rm_nofacts", report.AUDIT, "ppo_facts",
           "ppo_nofacts", *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
+REPEAT_STRIDE = 100  # PPO repeat r of seed S runs with seed S + --ppo-seed-offset + REPEAT_STRIDE * r
+REPEATED = ("ppo_facts", "ppo_nofacts", "judge_rlhf_nofacts", "judge_fact_rlhf")  # the stages a PPO repeat reruns
+
+
+def stage_names(repeats: int = 1) -> list[str]:
+    """Every stage of a seed in order: STAGES, then each further PPO repeat's runs and judges."""
+    return [*STAGES, *(f"{n}{report.repeat_suffix(r)}" for r in range(1, repeats) for n in REPEATED)]
+
+
 # fields of a stage config that do not change its result, or that the layout of OUT fixes (paths: OUT may move):
 # a cached stage is reused whatever they are
 OPERATIONAL = ("mesh", "num_workers", "stop_after", "build_missing", "keep_checkpoints", "checkpoint_every",
@@ -154,21 +164,22 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
             reward_adapters=tuple(os.path.join(d, report.RM[k], "adapter") for k in ("facts", "nofacts")),
             prompts=cfg.audit_prompts, skip_prompts=cfg.rm_onpolicy_prompts, rm_seq_len=cfg.ppo_rm_seq_len,
             out=os.path.join(d, report.AUDIT, report.AUDIT_FILE), **sample)
-    for which, folder in report.PPO.items():
-        out[folder] = dataclasses.replace(
-            ppo_p, data=data, seed=seed + cfg.ppo_seed_offset, mesh=cfg.mesh, init=sft_hf,
+    for r, (which, folder) in ((r, w) for r in range(cfg.ppo_repeats) for w in report.PPO.items()):
+        out[folder + report.repeat_suffix(r)] = dataclasses.replace(
+            ppo_p, data=data, seed=seed + cfg.ppo_seed_offset + REPEAT_STRIDE * r, mesh=cfg.mesh, init=sft_hf,
             policy_adapter=os.path.join(d, report.RLINIT, "adapter"),
-            reward_adapter=os.path.join(d, report.RM[which], "adapter"), out=os.path.join(d, folder),
+            reward_adapter=os.path.join(d, report.RM[which], "adapter"), out=report.ppo_dir(cfg.out, seed, which, r),
             steps=cfg.ppo_steps, rollout_batch_size=cfg.ppo_rollout_batch_size,
             step_batch_size=cfg.ppo_step_batch_size, kl_coef=cfg.ppo_kl_coef, length_score=cfg.ppo_length_score,
             max_new_tokens=cfg.ppo_max_new_tokens,
             rm_seq_len=cfg.ppo_rm_seq_len, eval_every=cfg.ppo_eval_every, eval_prompts=cfg.ppo_eval_prompts,
             checkpoint_every=cfg.ppo_checkpoint_every, optim=dataclasses.replace(ppo_p.optim, lr=cfg.ppo_lr))
     for key, _, run in report.SYSTEMS:
-        model = sft_hf if run is None else os.path.join(d, report.PPO[run])
-        out[f"judge_{key}"] = shapes_eval.ShapesEvalConfig(
-            model=model, out=report.judge_dir(cfg.out, seed, key), data=data, pope_images=cfg.judge_pope_images,
-            descriptions=cfg.judge_descriptions, batch_size=cfg.judge_batch_size)
+        for r in range(cfg.ppo_repeats if run else 1):
+            model = sft_hf if run is None else report.ppo_dir(cfg.out, seed, run, r)
+            out[f"judge_{key}{report.repeat_suffix(r)}"] = shapes_eval.ShapesEvalConfig(
+                model=model, out=report.judge_dir(cfg.out, seed, key, r), data=data,
+                pope_images=cfg.judge_pope_images, descriptions=cfg.judge_descriptions, batch_size=cfg.judge_batch_size)
     return out
 
 
@@ -181,8 +192,9 @@ def _what(name: str, c) -> str:
         return f"on-policy preference pairs, {c.prompts} describe prompts x {c.samples} samples, judged exactly"
     kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
-            "ppo_facts": "PPO with the facts RM", "ppo_nofacts": "PPO with the no-facts RM"}[name]
-    return f"{kind}, {c.steps} steps"
+            "ppo_facts": "PPO with the facts RM",
+            "ppo_nofacts": "PPO with the no-facts RM"}[re.sub(r"_r\d+$", "", name)]  # a repeat's: as the first's
+    return f"{kind}, {c.steps} steps" + (f", seed {c.seed}" if name.startswith("ppo_") else "")
 
 
 def _run_fn(name: str, c):
@@ -207,7 +219,7 @@ def _judge(c) -> dict:
 def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
     configs = stage_configs(cfg, seed)
-    names = [n for n in STAGES if n in configs]
+    names = [n for n in stage_names(cfg.ppo_repeats) if n in configs]
     seconds = {}
     for i, name in enumerate(names, 1):
         c = configs[name]
@@ -245,7 +257,8 @@ def run(cfg: ReproduceConfig) -> dict:
         seconds = {"world": world_seconds, "stages": stages,
                    "all_stages": world_seconds + sum(sum(s.values()) for s in stages.values()),
                    "this_command": round(time.perf_counter() - t0, 2)}
-        results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe, list(STAGES), seconds)
+        results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe, stage_names(cfg.ppo_repeats),
+                                      seconds, repeats=cfg.ppo_repeats)
     table = os.path.join(cfg.out, report.TABLE)
     with open(table) as f:
         print("\n" + f.read(), flush=True)
