@@ -197,13 +197,9 @@ def test_pairs_stage_writes_judged_pairs_that_both_reward_models_read(tiny_run):
 
 
 @pytest.mark.slow
-def test_rerun_skips_every_stage_and_a_changed_setting_is_refused(tiny_run):
-    out, _, first = tiny_run
-    r, seconds = _reproduce(out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count(": skipped (cached") == len(STAGES) + 1  # the world and every stage
-    assert "done in" not in r.stdout
-    assert seconds < max(60.0, first / 3), (seconds, first)
+def test_a_changed_setting_is_refused(tiny_run):
+    """(A rerun that skips every cached stage: test_ppo_repeats_rerun_only_ppo_and_the_report_takes_their_means.)"""
+    out = tiny_run[0]
     r, _ = _reproduce(out, "--ppo-steps", "3")
     assert r.returncode != 0
     assert "ppo_facts was made with other settings (steps differ)" in r.stderr, r.stderr[-2000:]
@@ -219,7 +215,8 @@ def test_ppo_repeats_rerun_only_ppo_and_the_report_takes_their_means(tiny_run, t
     shutil.copytree(tiny_run[0], out, copy_function=os.link)
     r, _ = _reproduce(out, "--ppo-repeats", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count(": skipped (cached") == len(STAGES) + 1
+    assert r.stdout.count(": skipped (cached") == len(STAGES) + 1  # the world and every stage of the first run
+    assert not any(f"] {stage}: done in" in r.stdout for stage in STAGES)
     for stage in ("ppo_facts_r1", "ppo_nofacts_r1", "judge_rlhf_nofacts_r1", "judge_fact_rlhf_r1"):
         assert f"] {stage}: done in" in r.stdout, stage
     res = json.loads((out / "results.json").read_text())
