@@ -123,10 +123,16 @@ def mean_of(trees: list[dict]) -> dict:
     return means(summarize(dict(enumerate(trees))))
 
 
-def seed_numbers(out: str, seed: int, repeats: int = 1) -> dict:
-    """Every number of one seed: {"systems": {system: ...}, "rm": ..., "ppo": {"facts"|"nofacts": ...}}.  With
-    several PPO runs per reward model (`repeats`), the RLHF systems' and PPO's numbers are the means over them."""
-    rlhf = [{key: judged(out, seed, key, r) for key, _, run in SYSTEMS if run} for r in range(repeats)]
+def rlhf_runs(out: str, seed: int, repeats: int = 1) -> list[dict]:
+    """Both RLHF systems' judge numbers, per PPO repeat of one seed."""
+    return [{key: judged(out, seed, key, r) for key, _, run in SYSTEMS if run} for r in range(repeats)]
+
+
+def seed_numbers(out: str, seed: int, rlhf: list[dict]) -> dict:
+    """Every number of one seed: {"systems": {system: ...}, "rm": ..., "ppo": {"facts"|"nofacts": ...}}.  `rlhf`
+    (`rlhf_runs`) holds one entry per PPO run of each reward model; the RLHF systems' and PPO's numbers are the
+    means over them."""
+    repeats = len(rlhf)
     systems = {"sft": judged(out, seed, "sft")} | mean_of(rlhf)
     ppo = {k: mean_of([ppo_numbers(ppo_dir(out, seed, k, r)) for r in range(repeats)]) for k in PPO}
     return {"systems": systems, "rm": rm_numbers(out, seed), "ppo": ppo}
@@ -141,11 +147,12 @@ def ppo_seed_of(run_dir: str) -> int | None:
         return json.load(f)["settings"].get("seed")
 
 
-def repeat_checks(out: str, seed: int, repeats: int, sft: dict) -> list[dict]:
-    """Each PPO repeat of one seed on its own: its PPO seed, both RLHF systems' CHAIR-i and recall, its checks."""
+def repeat_checks(out: str, seed: int, rlhf: list[dict], sft: dict) -> list[dict]:
+    """Each PPO repeat of one seed on its own (`rlhf`: `rlhf_runs`): its PPO seed, both RLHF systems' CHAIR-i and
+    recall, its checks."""
     rows = []
-    for r in range(repeats):
-        s = {key: {k: judged(out, seed, key, r)[k] for k in ("chair_i", "recall")} for key, _, run in SYSTEMS if run}
+    for r, run in enumerate(rlhf):
+        s = {key: {k: numbers[k] for k in ("chair_i", "recall")} for key, numbers in run.items()}
         rows.append({"repeat": r, "ppo_seed": ppo_seed_of(ppo_dir(out, seed, "facts", r)), "systems": s,
                      "checks": acceptance(sft, s["rlhf_nofacts"], s["fact_rlhf"])})
     return rows
@@ -381,7 +388,8 @@ def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str]
                  repeats: int = 1) -> dict:
     """Collect, check and write results.json, results.md and the plots for the finished seeds (`repeats`: PPO
     runs per reward model and seed, `--ppo-repeats`)."""
-    per_seed = {str(s): seed_numbers(out, s, repeats) for s in seeds}
+    runs = {str(s): rlhf_runs(out, s, repeats) for s in seeds}
+    per_seed = {str(s): seed_numbers(out, s, runs[str(s)]) for s in seeds}
     summary = summarize(per_seed)
     intervals = {str(s): seed_intervals({k: [judge_dir(out, s, k, r) for r in range(repeats if run else 1)]
                                          for k, _, run in SYSTEMS}, acceptance) for s in seeds}
@@ -389,7 +397,7 @@ def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str]
                "checks": all_checks(per_seed, means(summary), intervals), "stage_names": stage_names,
                "seconds": seconds}
     if repeats > 1:
-        results["repeats"] = {str(s): repeat_checks(out, s, repeats, per_seed[str(s)]["systems"]["sft"])
+        results["repeats"] = {str(s): repeat_checks(out, s, runs[str(s)], per_seed[str(s)]["systems"]["sft"])
                               for s in seeds}
     # one curve per PPO run: "<seed>" for the first of a seed, "<seed>.r<r>" for its repeats
     curves = {w: {f"{s}{'.r' + str(r) if r else ''}": ppo_curve(out, s, w, r) for s in seeds for r in range(repeats)}
