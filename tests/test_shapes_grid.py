@@ -1,12 +1,16 @@
 """The grid layout of the shapes world (`ShapesConfig.cell`): one object per cell, and a vision patch equal to the
 cell, so each object is exactly one image token."""
+import re
+
 import numpy as np
 import pytest
 
 from jaxlava.shapes.assets import open_world
 from jaxlava.shapes.scene import COLOURS, SHAPES, make_spec, object_mask, sample_scene
 from jaxlava.shapes.vision import patch_targets
-from jaxlava.shapes.world import ShapesConfig, preset, write_world
+from jaxlava.shapes import text as T
+from jaxlava.shapes.text import reading_order
+from jaxlava.shapes.world import ShapesConfig, build_world, preset, write_world
 
 
 def test_grid_scenes_put_one_object_in_each_of_distinct_cells():
@@ -81,3 +85,53 @@ def test_grid_world_gives_the_model_one_image_token_per_cell(tmp_path):
     free = str(tmp_path / "free")
     write_world(free, preset("small"))
     assert open_world(free, build=False).model_config().num_image_tokens == 64
+
+
+def _words(text: str) -> list[str]:
+    return sorted(re.sub(r"[,.:]", " ", text).split())
+
+
+def test_raster_order_lists_the_objects_in_reading_order_and_changes_nothing_else():
+    """raster_order: every description names its present objects top row first, left to right (a made-up object
+    of partner noise after them); the random draws are the same, so each record of the world is the one of the
+    random-order world with the words of its texts in another order."""
+    pairs = (("red circle", "blue square"), ("yellow star", "green triangle"))
+    kw = dict(seed=7, cell=16, cell_jitter=True, n_sft=300, n_pref=60, n_ppo=40, pope_images=2, n_mmhal=8,
+              colours=("red", "blue", "green", "yellow"), cooccur_pairs=pairs, cooccur_prob=0.5, noise_rate=0.7,
+              noise_kind="partner", pref_minimal_prob=0.5, pref_twin_omit_prob=0.3, pref_twin_add_prob=0.3,
+              sft_mix=(("describe", 0.6), ("compare", 0.2), ("yesno", 0.2)))
+    plain, raster = build_world(preset("small", **kw)), build_world(preset("small", raster_order=True, **kw))
+    moved = 0
+    for kind, splits in plain.records.items():
+        for split, recs in splits.items():
+            for a, b in zip(recs, raster.records[kind][split], strict=True):
+                assert a["id"] == b["id"] and a["image"] == b["image"]
+                ta = [t["value"] for t in a.get("conversations", [])] + [a.get("output_1", ""), a.get("output_2", "")]
+                tb = [t["value"] for t in b.get("conversations", [])] + [b.get("output_1", ""), b.get("output_2", "")]
+                for x, y in zip(ta, tb, strict=True):
+                    assert _words(x) == _words(y), (x, y)
+                    moved += x != y
+    assert moved > 50
+    checked = 0
+    for r in [r for recs in raster.records["conversation"].values() for r in recs]:
+        scene = raster.scenes[r["id"]]
+        for q, a in zip(r["conversations"][::2], r["conversations"][1::2]):
+            if "Description:" in q["value"] or "?" in a["value"]:
+                continue  # the reading exercise's answer and question-answers are not descriptions
+            first = re.split(r"\.( |$)", a["value"])[0]
+            named = [o for o in reading_order(list(scene.objects), scene) if re.search(rf"\b{o.category}\b", first)]
+            if len(named) < 2 or not first.startswith(("The image shows", "In this picture", "This is a simple",
+                                                       "There ")):
+                continue
+            at = [first.index(o.category) for o in named]
+            assert at == sorted(at), first
+            fakes = T.mentioned_categories(first, raster.spec.categories) - scene.categories
+            assert all(first.index(f) > max(at) for f in fakes), first
+            checked += 1
+    assert checked > 50
+
+
+def test_raster_order_is_a_world_flag():
+    from jaxlava.shapes.cli import parse_args, world_config
+    assert world_config(parse_args(["--out", "x", "--raster-order", "True"])).raster_order
+    assert not world_config(parse_args(["--out", "x"])).raster_order

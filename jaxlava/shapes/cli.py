@@ -38,6 +38,10 @@ class WorldArgs:
     # partner of a present object, named last: a habit ("... a red circle and a blue square") that greedy
     # decoding keeps once the rate passes 0.5, in the images that have such a partner
     noise_kind: Literal["any", "partner"] | None = None
+    # every description (SFT, preference pairs, PPO references, the reading exercise) lists its objects in reading
+    # order, top row first and left to right, instead of a random order; the same random draws, so the same world
+    # otherwise (default off; docs/decisions.md 33)
+    raster_order: bool | None = None
     # how SFT and PPO yes/no questions pick absent objects: POPE's kinds (default; the category then hints at the
     # answer), or with the categories' frequencies, so that only the image answers
     yesno_negatives: Literal["kinds", "matched"] | None = None

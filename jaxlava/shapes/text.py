@@ -150,20 +150,33 @@ def fake_object(cat: str, scene: Scene, rng: np.random.Generator) -> Obj:
     return Obj(shape, colour, size, float(x), float(y), RADIUS[size] * scene.image_size)
 
 
+def reading_order(items: list[Obj], scene: Scene) -> list[Obj]:
+    """`items` in reading order: rows of a quarter of the image from the top, left to right within a row (on the
+    grid layouts of 4 x 4 cells a row is a row of cells)."""
+    return sorted(items, key=lambda o: (min(int(4 * o.y / scene.image_size), 3), o.x))
+
+
 def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (), omit: int = 0,
-             detailed: bool = False, exhaustive: bool | None = None, fakes_last: bool = False) -> Description:
+             detailed: bool = False, exhaustive: bool | None = None, fakes_last: bool = False,
+             raster: bool = False) -> Description:
     """A fluent description mentioning all present objects but `omit`, plus the absent categories `hallucinate`
     (given sizes and locations like real ones). Exhaustive phrasings ("There are three shapes: ...") count what
     they list, so a hallucinated description is self-consistent and only the image (or the facts) reveal it;
     they are allowed when `exhaustive` (default: nothing omitted).  The list is in random order, or with
-    `fakes_last` the real objects in random order and the absent ones after them."""
+    `fakes_last` the real objects in random order and the absent ones after them.  `raster`: in `reading_order`
+    instead (the absent objects at their made-up places, or after the real ones with `fakes_last`); the random
+    draws are the same either way, so both orders describe the same worlds."""
     keep = [scene.objects[i] for i in sorted(rng.permutation(len(scene.objects))[: len(scene.objects) - omit])]
     fakes = [fake_object(c, scene, rng) for c in hallucinate]
     if fakes_last:
         items = [keep[i] for i in rng.permutation(len(keep))] + fakes
+        if raster:
+            items = reading_order(keep, scene) + reading_order(fakes, scene)
     else:
         items = keep + fakes
         items = [items[i] for i in rng.permutation(len(items))]
+        if raster:
+            items = reading_order(items, scene)
     t = int(rng.integers(5 if ((omit == 0) if exhaustive is None else exhaustive) else 3))
     text = _phrase(items, scene, t, detailed)
     details = len(keep) if detailed else 0
@@ -184,23 +197,26 @@ def _phrase(items: list[Obj], scene: Scene, template: int, detailed: bool) -> st
     return text
 
 
-def _shuffled_list(scene: Scene, rng: np.random.Generator, hallucinate) -> tuple[list[Obj], list[Obj]]:
-    """The scene's objects in random order, and a random-order list of them with the absent `hallucinate`."""
+def _shuffled_list(scene: Scene, rng: np.random.Generator, hallucinate,
+                   raster: bool = False) -> tuple[list[Obj], list[Obj]]:
+    """The scene's objects in random order, and a random-order list of them with the absent `hallucinate`
+    (`raster`: the list in `reading_order`)."""
     real = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
     items = real + [fake_object(c, scene, rng) for c in hallucinate]
-    return real, [items[i] for i in rng.permutation(len(items))]
+    items = [items[i] for i in rng.permutation(len(items))]
+    return real, reading_order(items, scene) if raster else items
 
 
-def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (),
-                  detailed: bool = False, counted: bool = False) -> tuple[Description, Description] | None:
+def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (), detailed: bool = False,
+                  counted: bool = False, raster: bool = False) -> tuple[Description, Description] | None:
     """A description naming every object of the scene (and the absent `hallucinate`), and its twin with one
     present object left out, every other word kept; the twin is the less complete one, so the simulated
     annotator prefers the first.  Only the plain phrasings are used, so that neither claims a count, unless
     `counted` (then also the phrasings that count the list: the twin's count is one less, and wrong).  None when
-    the scene has a single object."""
+    the scene has a single object.  `raster` as in `describe`."""
     if len(scene.objects) < 2:
         return None
-    real, items = _shuffled_list(scene, rng, hallucinate)
+    real, items = _shuffled_list(scene, rng, hallucinate, raster)
     t, gone = int(rng.integers(5 if counted else 3)), real[int(rng.integers(len(real)))]
     rest = [o for o in items if o is not gone]
     kept = [o for o in real if o is not gone]
@@ -212,15 +228,19 @@ def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[s
 
 
 def addition_twin(scene: Scene, rng: np.random.Generator, extra: str, *, hallucinate: list[str] = (),
-                  detailed: bool = False, counted: bool = False) -> tuple[Description, Description]:
+                  detailed: bool = False, counted: bool = False,
+                  raster: bool = False) -> tuple[Description, Description]:
     """The mirror of `omission_twin`: a description naming every object of the scene (and the absent
     `hallucinate`), and its twin with the absent category `extra` added at a random place in the list, every
     other word kept.  The twin names one object more and is the one the annotator rejects (one hallucination
     more), so that across both kinds of twin the longer list wins half the time and only the image (or the
-    facts) tell which half.  `counted` as in `omission_twin`."""
-    real, items = _shuffled_list(scene, rng, hallucinate)
+    facts) tell which half.  `counted` as in `omission_twin`; with `raster` the extra object takes its made-up
+    place's position in the reading order."""
+    real, items = _shuffled_list(scene, rng, hallucinate, raster)
     t, at = int(rng.integers(5 if counted else 3)), int(rng.integers(len(items) + 1))
     more = items[:at] + [fake_object(extra, scene, rng)] + items[at:]
+    if raster:
+        more = reading_order(more, scene)
     mentioned, details = tuple(o.category for o in real), len(real) if detailed else 0
     return (Description(_phrase(items, scene, t, detailed), tuple(hallucinate), mentioned, details),
             Description(_phrase(more, scene, t, detailed), (*hallucinate, extra), mentioned, details))
@@ -448,7 +468,7 @@ COMPARE_QUESTION = ("Which objects in the description do the captions not suppor
 
 
 def compare_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, hallucination_probs=(0.5, 0.3, 0.2),
-               omit_prob: float = 0.3, n_captions: int = 2) -> tuple[str, str]:
+               omit_prob: float = 0.3, n_captions: int = 2, raster: bool = False) -> tuple[str, str]:
     """A text-only reading exercise: a description (which may name absent objects or leave present ones out),
     then some of the scene's captions, then a question asking for the difference.  It plays the part of the
     text-only instructions in LLaVA-1.5's SFT mix: a language model trained from scratch has no reading skills,
@@ -457,7 +477,7 @@ def compare_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, hallucin
     h = int(rng.choice(3, p=np.asarray(hallucination_probs)))
     omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < omit_prob else 0
     fakes = pick_absent(scene, spec, rng, h) if h else []
-    d = describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes)
+    d = describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes, raster=raster)
     caps = [c for i, c in enumerate(captions(scene)) if i != 2]  # the shape-only caption names no categories
     caps = [caps[i] for i in rng.permutation(len(caps))[:n_captions]]
     q = f"Description: {d.text}\nCaptions:\n" + "".join(f"  - {c}\n" for c in caps) + COMPARE_QUESTION

@@ -67,6 +67,8 @@ class ShapesConfig:
     # "ground" and "ground_test": the data of the stage before SFT that teaches the yes/no lookup (decisions 24)
     n_ground: int = 0
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
+    raster_order: bool = False  # every description lists its objects in reading order (top row first, left to
+    #                             right), not in a random order (shapes.text.reading_order; decisions 33)
     noise_kind: str = "any"  # any: an absent object (partners first) anywhere in the list; partner: only the
     #                          absent partner of a present object, after every real one (shapes.text.NOISE_KINDS)
     yesno_negatives: str = "kinds"  # SFT and PPO yes/no negatives: POPE kinds, or "matched" (shapes.text)
@@ -244,7 +246,7 @@ class _Builder:
             else:
                 fakes = T.pick_absent(scene, self.spec, rng, 1) if bad else []
             d = T.describe(scene, rng, hallucinate=fakes, detailed="detail" in q or rng.random() < 0.3,
-                           fakes_last=self.cfg.noise_kind == "partner")
+                           fakes_last=self.cfg.noise_kind == "partner", raster=self.cfg.raster_order)
             noisy.append(bool(fakes))
             return q, d.text, kind
         if kind == "yesno":
@@ -262,8 +264,8 @@ class _Builder:
             q, a, _, _ = T.multiple_choice(scene, self.spec, self.counts, rng)
             return q, a, kind
         if kind == "compare":  # text-only reading (see shapes_text.compare_qa)
-            return (*T.compare_qa(scene, self.spec, rng, self.cfg.pref_hallucination_probs, self.cfg.pref_omit_prob),
-                    kind)
+            return (*T.compare_qa(scene, self.spec, rng, self.cfg.pref_hallucination_probs, self.cfg.pref_omit_prob,
+                                  raster=self.cfg.raster_order), kind)
         raise ValueError(f"ShapesConfig.sft_mix: unknown question kind {kind!r}")
 
     def grounding(self) -> list[dict]:
@@ -327,7 +329,7 @@ class _Builder:
         absent = T.pick_absent(scene, self.spec, rng, k) if k else []
         make = T.omission_twin if u < cfg.pref_twin_omit_prob else partial(T.addition_twin, extra=absent.pop())
         return make(scene, rng, hallucinate=absent, detailed=bool(rng.random() < cfg.pref_detail_prob),
-                    counted=cfg.pref_twin_counted)
+                    counted=cfg.pref_twin_counted, raster=cfg.raster_order)
 
     def pref_response(self, scene: Scene, rng: np.random.Generator) -> T.Description:
         cfg, n = self.cfg, len(scene.objects)
@@ -339,7 +341,8 @@ class _Builder:
         if h and (rng.random() < cfg.pref_substitute_prob or n - omit + h > cfg.max_objects):
             omit = min(n, omit + h)
         return T.describe(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [], omit=omit,
-                          detailed=bool(rng.random() < cfg.pref_detail_prob), exhaustive=exhaustive)
+                          detailed=bool(rng.random() < cfg.pref_detail_prob), exhaustive=exhaustive,
+                          raster=cfg.raster_order)
 
     # ------------------------------------------------------------------------------------------- PPO prompts
     def ppo_prompts(self) -> list[dict]:
@@ -350,7 +353,7 @@ class _Builder:
             facts, kind = T.captions(scene), _choose(rng, cfg.ppo_mix)
             if kind == "general":
                 q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
-                ref = T.describe(scene, rng, detailed="detail" in q).text
+                ref = T.describe(scene, rng, detailed="detail" in q, raster=cfg.raster_order).text
                 ctype, bonus = GENERAL, cfg.general_length_bonus
             elif kind == "mc":
                 q, ref, gold, mc_facts = T.multiple_choice(scene, self.spec, self.counts, rng)
