@@ -29,8 +29,7 @@ SFT_KINDS = ("describe", "yesno", "count", "attribute", "mc", "compare", "checkl
 # caption_type values (spec §4.5 AnswerType)
 GENERAL, A_IN_ABCD, NO_IN_YESNO, YES_IN_YESNO = 1, 2, 6, 7
 _STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5, "ground": 6}
-# conversation splits of the grounding stage (n_ground > 0): training, and held out under the name
-# jaxlava.training.run_sft.held_out_split gives it
+# conversation splits of the grounding stage (n_ground > 0): training, and held out (run_sft.held_out_split's name)
 GROUND_SPLITS = ("ground", "ground_test")
 
 
@@ -58,17 +57,16 @@ class ShapesConfig:
     n_sft: int = 4000
     sft_test_frac: float = 0.05
     max_turns: int = 3
-    # kinds: describe | yesno | count | attribute | mc | compare (text-only reading; opt-in, see docs/decisions.md)
-    #        | checklist (k objects, a yes/no verdict after each name; docs/decisions.md 24)
+    # kinds: describe | yesno | count | attribute | mc | compare (text-only reading; opt-in, docs/decisions.md 10)
+    #        | checklist (k objects, a yes/no verdict after each name; 24)
     sft_mix: tuple[tuple[str, float], ...] = (("describe", 0.35), ("yesno", 0.25), ("count", 0.15),
                                               ("attribute", 0.1), ("mc", 0.15))
     checklist_items: int = 6  # objects per checklist question
-    # grounding conversations (checklist questions only, on scenes of their own) in the conversation splits
-    # "ground" and "ground_test": the data of the stage before SFT that teaches the yes/no lookup (decisions 24)
+    # grounding conversations (checklist questions on scenes of their own; splits "ground", "ground_test"): the
+    # stage before SFT that teaches the yes/no lookup (decisions 24)
     n_ground: int = 0
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
-    raster_order: bool = False  # every description lists its objects in reading order (top row first, left to
-    #                             right), not in a random order (shapes.text.reading_order; decisions 33)
+    raster_order: bool = False  # descriptions list objects in reading order, not at random (decisions 33)
     noise_kind: str = "any"  # any: an absent object (partners first) anywhere in the list; partner: only the
     #                          absent partner of a present object, after every real one (shapes.text.NOISE_KINDS)
     yesno_negatives: str = "kinds"  # SFT and PPO yes/no negatives: POPE kinds, or "matched" (shapes.text)
@@ -93,8 +91,7 @@ class ShapesConfig:
     # probes
     pope_images: int = 32  # x 6 questions (3 yes, 3 no) x 3 splits
     n_mmhal: int = 96
-    # tokenizer
-    vocab_size: int = 1500
+    vocab_size: int = 1500  # tokenizer
 
     def __post_init__(self):
         if not self.sizes or len(set(self.sizes)) != len(self.sizes) or not set(self.sizes) <= set(SIZES):
