@@ -168,15 +168,12 @@ def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] =
     draws are the same either way, so both orders describe the same worlds."""
     keep = [scene.objects[i] for i in sorted(rng.permutation(len(scene.objects))[: len(scene.objects) - omit])]
     fakes = [fake_object(c, scene, rng) for c in hallucinate]
-    if fakes_last:
-        items = [keep[i] for i in rng.permutation(len(keep))] + fakes
-        if raster:
-            items = reading_order(keep, scene) + reading_order(fakes, scene)
+    if fakes_last:  # the permutation is drawn in either order, so that both orders make the same world
+        shuffled = [keep[i] for i in rng.permutation(len(keep))]
+        items = (reading_order(keep, scene) + reading_order(fakes, scene)) if raster else shuffled + fakes
     else:
-        items = keep + fakes
-        items = [items[i] for i in rng.permutation(len(items))]
-        if raster:
-            items = reading_order(items, scene)
+        items = [(keep + fakes)[i] for i in rng.permutation(len(keep) + len(fakes))]
+        items = reading_order(items, scene) if raster else items
     t = int(rng.integers(5 if ((omit == 0) if exhaustive is None else exhaustive) else 3))
     text = _phrase(items, scene, t, detailed)
     details = len(keep) if detailed else 0
