@@ -71,6 +71,7 @@ def test_parse_recovers_the_worlds_own_texts():
         d = T.describe(scene, rng, hallucinate=T.pick_absent(scene, spec, rng, h) if h else [],
                        omit=int(rng.integers(0, n)), detailed=bool(rng.random() < 0.5))
         assert _mentions(d.text) == (set(d.mentioned) | set(d.hallucinated), set(), set()), d.text
+        assert not S.parse_mentions(d.text).repeated, d.text  # the world never names a category twice
         caps = T.captions(scene)
         for k in (0, 1, 3, 4):
             assert _mentions(caps[k]) == (scene.categories, set(), set()), caps[k]
@@ -84,6 +85,28 @@ def test_parse_recovers_the_worlds_own_texts():
         _, _, _, facts = T.multiple_choice(scene, spec, counts, rng)
         cats, _, negated = _mentions(facts[1])
         assert cats <= scene.categories and not negated & scene.categories, facts[1]
+
+
+@pytest.mark.parametrize("text, repeated", [
+    ("A small red square, a small red square and a small blue star.", {"red square"}),
+    ("A red square. The square is small.", set()),  # the bare shape refers back: not a repeat
+    ("There is no red circle. Yes, there is a red circle.", set()),  # negated, then named once
+    ("A red circle, a blue star, a red circle and a blue star.", {"red circle", "blue star"}),
+])
+def test_parse_mentions_repeats(text, repeated):
+    assert set(S.parse_mentions(text).repeated) == repeated
+
+
+def test_repeats_and_recall_by_object_count():
+    scores = S.description_scores([
+        _judge("A red circle, a red circle and a blue square.", ("red circle", "blue square", "green star")),
+        _judge("A green star.", ("red circle", "green star")),
+        _judge("A red circle and a blue square.", ("red circle", "blue square"))])
+    assert scores["repeats"] == pytest.approx(1 / 3)
+    assert scores["recall_by_objects"] == {"2": {"images": 2, "recall": 3 / 4},
+                                           "3": {"images": 1, "recall": 2 / 3}}
+    table = S.description_table(scores)
+    assert "Recall, 2 objects (%)" in table and "Repeats (%)" in table
 
 
 # ----------------------------------------------------------------------------------------------- measures, rating
@@ -106,7 +129,8 @@ def test_judge_and_description_scores():
     assert j4.mentioned == () and j4.recalled == ()
     scores = S.description_scores([j1, j2, j3, j4])
     assert scores == {"count": 4, "mentioned": 9, "hallucinated": 2, "present": 16, "recalled": 7,
-                      "chair_i": 2 / 9, "chair_s": 0.5, "recall": 7 / 16}
+                      "chair_i": 2 / 9, "chair_s": 0.5, "recall": 7 / 16, "repeats": 0.0,
+                      "recall_by_objects": {"4": {"images": 4, "recall": 7 / 16}}}
     assert S.description_scores([j4])["chair_i"] == 0.0  # no mention: no division by zero
 
 

@@ -9,7 +9,8 @@ Three measures, from one generation pass (greedy; OUT/answers.jsonl, resumable):
    asked with the world's describe questions in turn. Mentioned objects are parsed from the text
    (`parse_mentions`) and judged against the image's objects (`judge`): CHAIR-i = hallucinated mentions /
    mentions, CHAIR-s = share of descriptions with a hallucinated mention, recall = present objects mentioned /
-   present objects.
+   present objects; also the share of descriptions that name one category twice (repeats) and recall by the
+   number of objects in the image.
 3. An MMHal-style rating 0-6 of each description (`rating`), summarised by `mmhal.summarize` with the describe
    question as the question type (rating < 3 = hallucination, as in MMHal-Bench).
 
@@ -19,7 +20,9 @@ Mention rule (exact for every text the world generates, see tests/test_eval_shap
   (red, green, ...) is a mention of that category ("a large red circle" -> red circle); a shape word without a
   colour right before it is a bare-shape mention ("a circle"), dropped when the text also names a category of
   that shape (so "the red circle ... the circle" is one object); a colour alone mentions nothing; each category
-  or bare shape counts once per text, however often it is repeated;
+  or bare shape counts once per text, however often it is repeated (a category introduced twice with "a" or "an",
+  as in "a red square, a red square", is recorded as a repeat: the world's descriptions introduce each object
+  once and refer back with "the", so a repeat is the describer's lapse, not a second object);
 - negation: after "no", "not", "without", "nor", "never", "none" or "neither", mentions are negated (not counted)
   until the sentence ends or one of "but however although though whereas while instead except yet there"
   starts a new clause ("there is no red circle or blue square" negates both; "no, there is a red circle" does not).
@@ -62,6 +65,7 @@ class Mentions:
     categories: frozenset[str]  # "colour shape", named and not negated
     shapes: frozenset[str]  # bare shapes not covered by a named category of the same shape
     negated: frozenset[str]  # categories or bare shapes named only under a negation (for inspection)
+    repeated: frozenset[str] = frozenset()  # categories introduced ("a ...", not negated) more than once
 
     @property
     def items(self) -> list[str]:
@@ -76,21 +80,26 @@ def _shape_of(word: str, shapes) -> str | None:
 
 def parse_mentions(text: str, colours=tuple(COLOURS), shapes=SHAPES) -> Mentions:
     """The objects a text names (see the module docstring for the rule)."""
-    cats, bare, negated = set(), set(), set()
-    negative, prev = False, None
+    cats, bare, negated, introduced, repeated = set(), set(), set(), set(), set()
+    negative, indefinite, prev = False, False, None
     for w in _WORDS.findall((text or "").lower().replace("n't", " not")):
         if w in ".!?;\n" or w in SCOPE_BREAKS:
-            negative, prev = False, None
+            negative, indefinite, prev = False, False, None
             continue
         if w in NEGATION_CUES:
             negative = True
+        if w in ("a", "an", "the"):
+            indefinite = w != "the"
         shape = _shape_of(w, shapes)
         if shape is not None:
             name = f"{prev} {shape}" if prev in colours else shape
+            if indefinite and not negative and " " in name:
+                (repeated if name in introduced else introduced).add(name)
             (negated if negative else cats if " " in name else bare).add(name)
+            indefinite = False
         prev = w
     bare -= {c.split(" ")[1] for c in cats}
-    return Mentions(frozenset(cats), frozenset(bare), frozenset(negated - cats - bare))
+    return Mentions(frozenset(cats), frozenset(bare), frozenset(negated - cats - bare), frozenset(repeated))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +108,7 @@ class Judgement:
     mentioned: tuple[str, ...]  # mention items (categories, then bare shapes)
     hallucinated: tuple[str, ...]  # mention items absent from the image
     recalled: tuple[str, ...]  # present categories that are mentioned (by category or bare shape)
+    repeated: tuple[str, ...] = ()  # categories the text names more than once
 
     @property
     def correct(self) -> int:
@@ -112,7 +122,8 @@ def judge(mentions: Mentions, present) -> Judgement:
     hallucinated = [c for c in sorted(mentions.categories) if c not in present]
     hallucinated += [s for s in sorted(mentions.shapes) if s not in shapes_here]
     recalled = [c for c in present if c in mentions.categories or c.split(" ")[1] in mentions.shapes]
-    return Judgement(present, tuple(mentions.items), tuple(hallucinated), tuple(recalled))
+    return Judgement(present, tuple(mentions.items), tuple(hallucinated), tuple(recalled),
+                     tuple(sorted(mentions.repeated)))
 
 
 def rating(j: Judgement) -> int:
@@ -132,23 +143,34 @@ def _ratio(a: float, b: float) -> float:
 
 
 def description_scores(judgements: list[Judgement]) -> dict:
-    """CHAIR-i (object hallucination rate), CHAIR-s (descriptions with a hallucination) and object recall."""
+    """CHAIR-i (object hallucination rate), CHAIR-s (descriptions with a hallucination), object recall, the share
+    of descriptions that name a category twice (repeats), and recall on the images with k objects (by_objects)."""
     n_mentioned = sum(len(j.mentioned) for j in judgements)
     n_halluc = sum(len(j.hallucinated) for j in judgements)
     n_present = sum(len(j.present) for j in judgements)
     n_recalled = sum(len(j.recalled) for j in judgements)
+    by_objects = {}
+    for k in sorted({len(j.present) for j in judgements}):
+        group = [j for j in judgements if len(j.present) == k]
+        by_objects[str(k)] = {"images": len(group), "recall": _ratio(sum(len(j.recalled) for j in group),
+                                                                      k * len(group))}
     return {"count": len(judgements), "mentioned": n_mentioned, "hallucinated": n_halluc, "present": n_present,
             "recalled": n_recalled, "chair_i": _ratio(n_halluc, n_mentioned),
             "chair_s": _ratio(sum(bool(j.hallucinated) for j in judgements), len(judgements)),
-            "recall": _ratio(n_recalled, n_present)}
+            "recall": _ratio(n_recalled, n_present),
+            "repeats": _ratio(sum(bool(j.repeated) for j in judgements), len(judgements)),
+            "recall_by_objects": by_objects}
 
 
 def description_table(scores: dict) -> str:
     from jaxlava.eval.runner import markdown_table
     return markdown_table(
-        ["Descriptions", "Mentions / description", "CHAIR-i (%)", "CHAIR-s (%)", "Object recall (%)"],
+        ["Descriptions", "Mentions / description", "CHAIR-i (%)", "CHAIR-s (%)", "Object recall (%)",
+         *[f"Recall, {k} objects (%)" for k in scores.get("recall_by_objects", {})], "Repeats (%)"],
         [[scores["count"], f"{_ratio(scores['mentioned'], scores['count']):.2f}", 100 * scores["chair_i"],
-          100 * scores["chair_s"], 100 * scores["recall"]]])
+          100 * scores["chair_s"], 100 * scores["recall"],
+          *[100 * g["recall"] for g in scores.get("recall_by_objects", {}).values()],
+          100 * scores.get("repeats", 0.0)]])
 
 
 # ----------------------------------------------------------------------------------------------- the world's probes

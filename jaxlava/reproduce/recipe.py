@@ -119,8 +119,8 @@ RECIPES: dict[str, Recipe] = {
     # reward model and 20 per PPO run took 19.5 minutes; these less the grounding stage took 11.7, and with it 8.2
     # on a faster 2-core machine). Too few for this world: its SFT model (random order) named a fifth of the objects
     # (README)
-    "demo": Recipe(world=TWINS_WORLD, vision_pretrain_steps=1500, ground_steps=800, sft_steps=450, rlinit_steps=40,
-                   rm_steps=150, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200,
+    "demo": Recipe(world=TWINS_WORLD, vision_pretrain_steps=1000, ground_steps=600, sft_steps=400, rlinit_steps=40,
+                   rm_steps=120, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200,
                    ppo_steps=8, ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
     # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
     "plain": Recipe(),
