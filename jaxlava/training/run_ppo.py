@@ -34,7 +34,7 @@ from jaxlava.training.step import StepOutput, init_state
 PLOT_KEYS = ("score", "kl", "response_length", "reward_total", "value_loss", "eval_score", "eval_kl",
              "eval_chair_i")
 # held-out object hallucination of the describe prompts (shapes world): jaxlava.eval.shapes.description_scores
-HALLUCINATION_KEYS = ("chair_i", "chair_s", "recall")
+HALLUCINATION_KEYS = ("chair_i", "chair_s", "recall", "repeats")
 DEFAULT_RLINIT = "runs/rlinit/adapter"
 DEFAULT_RM = "runs/rm/adapter"
 
@@ -208,8 +208,8 @@ def describe_judgements(tokenizer, response, host: dict, mesh) -> list:
 def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     """`evaluate(params) -> {score, kl, response_length, ...}`: greedy responses to held-out prompts (the
     ppo_prompt test split, else the first train prompts), scored like rollouts.  On a shapes world it adds the
-    object hallucination of the responses to the describe prompts (`HALLUCINATION_KEYS`: CHAIR-i, CHAIR-s and
-    recall against each image's objects) and how many there were (`descriptions`)."""
+    object hallucination of the responses to the describe prompts (`HALLUCINATION_KEYS`: CHAIR-i, CHAIR-s,
+    recall against each image's objects, and repeats) and how many there were (`descriptions`)."""
     if cfg.eval_prompts <= 0:
         print("held-out evaluation off (--eval-prompts 0)")
         return lambda params: {}
