@@ -115,10 +115,9 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe(world=TWINS_WORLD, ground_steps=2500, sft_steps=2000, rm_steps=1200, rm_schedule="cosine",
                    rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=10, ppo_eval_every=5,
                    audit_prompts=128),
-    # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores (600 SFT steps, 240 per
-    # reward model and 20 per PPO run took 19.5 minutes; these less the grounding stage took 11.7, and with it 8.2
-    # on a faster 2-core machine). Too few for this world: its SFT model (random order) named a fifth of the objects
-    # (README)
+    # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores: 12.3 minutes on
+    # 2026-12-02, about 16.5 on the slower machine of the day before (decisions 34). Far too few for this world:
+    # its SFT model names an eighth of the objects and says yes to every POPE question (README)
     "demo": Recipe(world=TWINS_WORLD, vision_pretrain_steps=1000, ground_steps=600, sft_steps=400, rlinit_steps=40,
                    rm_steps=120, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200,
                    ppo_steps=8, ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
