@@ -325,6 +325,9 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert d["rm_facts"].image_dropout == d["rm_nofacts"].image_dropout == 0.0
     assert d["sft"].buckets == DEFAULT_BUCKETS and d["ppo_facts"].length_score == -10.0
     assert not d["rm_facts"].facts_first  # the paper's layout unless asked
+    assert not any(d[s].terminal_at_eos or d[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))  # quirk 2 kept
+    q = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads"]), 0)
+    assert all(q[s].terminal_at_eos and q[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))
     f = stage_configs(parse_config(["--out", str(tmp_path), "--rm-facts-first"]), 0)
     assert f["rm_facts"].facts_first and not f["rm_nofacts"].facts_first
     r = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-seed-offset", "100"]), 2)  # PPO repeats

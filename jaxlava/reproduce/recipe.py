@@ -57,6 +57,10 @@ class Recipe:
     """PPO's length term (n / T) · length_bonus · this, T = --ppo-max-new-tokens: the paper's -10 was made for
     T = 896, so with short responses each token weighs 896 / T times more than there"""
     ppo_max_new_tokens: int = 40
+    ppo_terminal_at_eos: bool = False
+    """PPO's reward sits at the response's EOS (False: at slot T-1, after the padding: the paper's quirk 2)"""
+    ppo_mask_pads: bool = False
+    """PPO's losses and advantage whitening count response tokens only (False: every slot, pads too: quirk 2)"""
     ppo_rm_seq_len: int = 512
     ppo_eval_every: int = 10  # PPO's held-out greedy evaluation (reward, KL, CHAIR-i ...): the hallucination curve
     ppo_eval_prompts: int = 96
