@@ -9,7 +9,7 @@ from jaxlava.shapes.assets import open_world
 from jaxlava.shapes.scene import COLOURS, SHAPES, make_spec, object_mask, sample_scene
 from jaxlava.shapes.vision import patch_targets
 from jaxlava.shapes import text as T
-from jaxlava.shapes.text import reading_order
+from jaxlava.shapes.text import an, reading_order
 from jaxlava.shapes.world import ShapesConfig, build_world, preset, write_world
 
 
@@ -131,7 +131,40 @@ def test_raster_order_lists_the_objects_in_reading_order_and_changes_nothing_els
     assert checked > 50
 
 
+def test_located_lists_place_each_listed_object_and_change_nothing_else():
+    """located_lists: every listed object is followed by its own place ("a small red square at the top left"); with
+    those places taken out, each text is the plain world's, and the judges read the same objects."""
+    from jaxlava.eval.shapes import parse_mentions
+    kw = dict(seed=3, cell=16, n_sft=200, n_pref=40, n_ppo=30, pope_images=2, n_mmhal=8, raster_order=True,
+              colours=("red", "blue", "green", "yellow"), pref_twin_omit_prob=0.3, pref_twin_add_prob=0.3,
+              sft_mix=(("describe", 0.7), ("compare", 0.3)))
+    plain, located = build_world(preset("small", **kw)), build_world(preset("small", located_lists=True, **kw))
+    place = re.compile(r" (at the|on the|in the) (top left|top right|bottom left|bottom right|top|bottom|left|"
+                       r"right|centre)(?=[,.\n]| and | on a |$)")
+    placed = 0
+    for kind, splits in plain.records.items():
+        for split, recs in splits.items():
+            for a, b in zip(recs, located.records[kind][split], strict=True):
+                assert a["id"] == b["id"] and a["image"] == b["image"]
+                ta = [t["value"] for t in a.get("conversations", [])] + [a.get("output_1", ""), a.get("output_2", "")]
+                tb = [t["value"] for t in b.get("conversations", [])] + [b.get("output_1", ""), b.get("output_2", "")]
+                for x, y in zip(ta, tb, strict=True):
+                    lists = [seg for seg in y.split(". ") if not seg.startswith("The ")]  # not the detail sentences
+                    assert ". ".join(place.sub("", seg) for seg in lists) == ". ".join(
+                        seg for seg in x.split(". ") if not seg.startswith("The ")), (x, y)
+                    assert parse_mentions(x).categories == parse_mentions(y).categories
+                    placed += x != y
+    assert placed > 50
+    for r in located.records["conversation"]["train"]:
+        scene = located.scenes[r["id"]]
+        for a in r["conversations"][1::2]:
+            for o in scene.objects:
+                if f"{an(o.name)} " in a["value"] and not a["value"].startswith("Description:"):
+                    assert f"{an(o.name)} {T.where(o.region(scene.image_size))}" in a["value"], a["value"]
+
+
 def test_raster_order_is_a_world_flag():
     from jaxlava.shapes.cli import parse_args, world_config
     assert world_config(parse_args(["--out", "x", "--raster-order", "True"])).raster_order
     assert not world_config(parse_args(["--out", "x"])).raster_order
+    assert world_config(parse_args(["--out", "x", "--located-lists", "True"])).located_lists

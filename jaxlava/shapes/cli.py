@@ -42,6 +42,9 @@ class WorldArgs:
     # order, top row first and left to right, instead of a random order; the same random draws, so the same world
     # otherwise (default off; docs/decisions.md 33)
     raster_order: bool | None = None
+    # each listed object carries its place: "a small red square at the top left, a small blue star at the bottom"
+    # (default off; docs/decisions.md 34)
+    located_lists: bool | None = None
     # how SFT and PPO yes/no questions pick absent objects: POPE's kinds (default; the category then hints at the
     # answer), or with the categories' frequencies, so that only the image answers
     yesno_negatives: Literal["kinds", "matched"] | None = None

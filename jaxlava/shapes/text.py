@@ -158,14 +158,15 @@ def reading_order(items: list[Obj], scene: Scene) -> list[Obj]:
 
 def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (), omit: int = 0,
              detailed: bool = False, exhaustive: bool | None = None, fakes_last: bool = False,
-             raster: bool = False) -> Description:
+             raster: bool = False, located: bool = False) -> Description:
     """A fluent description mentioning all present objects but `omit`, plus the absent categories `hallucinate`
     (given sizes and locations like real ones). Exhaustive phrasings ("There are three shapes: ...") count what
     they list, so a hallucinated description is self-consistent and only the image (or the facts) reveal it;
     they are allowed when `exhaustive` (default: nothing omitted).  The list is in random order, or with
     `fakes_last` the real objects in random order and the absent ones after them.  `raster`: in `reading_order`
     instead (the absent objects at their made-up places, or after the real ones with `fakes_last`); the random
-    draws are the same either way, so both orders describe the same worlds."""
+    draws are the same either way, so both orders describe the same worlds.  `located`: each listed object
+    carries its place ("a small red square at the top left"), again with the same draws."""
     keep = [scene.objects[i] for i in sorted(rng.permutation(len(scene.objects))[: len(scene.objects) - omit])]
     fakes = [fake_object(c, scene, rng) for c in hallucinate]
     if fakes_last:  # the permutation is drawn in either order, so that both orders make the same world
@@ -175,15 +176,16 @@ def describe(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] =
         items = [(keep + fakes)[i] for i in rng.permutation(len(keep) + len(fakes))]
         items = reading_order(items, scene) if raster else items
     t = int(rng.integers(5 if ((omit == 0) if exhaustive is None else exhaustive) else 3))
-    text = _phrase(items, scene, t, detailed)
+    text = _phrase(items, scene, t, detailed, located)
     details = len(keep) if detailed else 0
     return Description(text, tuple(hallucinate), tuple(o.category for o in keep), details)
 
 
-def _phrase(items: list[Obj], scene: Scene, template: int, detailed: bool) -> str:
+def _phrase(items: list[Obj], scene: Scene, template: int, detailed: bool, located: bool = False) -> str:
     """The description of `items` in phrasing `template` (0-2 plain lists, 3-4 exhaustive ones that count the
-    list), with a location sentence per item when `detailed`."""
-    n, lst, bg = len(items), join([an(o.name) for o in items]), scene.background
+    list), with a location sentence per item when `detailed`, and each item's place in the list when `located`."""
+    names = [an(o.name) + (" " + where(o.region(scene.image_size)) if located else "") for o in items]
+    n, lst, bg = len(items), join(names), scene.background
     templates = [f"The image shows {lst} on a {bg} background.", f"In this picture I can see {lst}.",
                  f"This is a simple picture with {lst}. The background is {bg}.",
                  f"The image shows {num(n)} {plural('object', n)} on a {bg} background: {lst}.",
@@ -205,28 +207,29 @@ def _shuffled_list(scene: Scene, rng: np.random.Generator, hallucinate,
 
 
 def omission_twin(scene: Scene, rng: np.random.Generator, *, hallucinate: list[str] = (), detailed: bool = False,
-                  counted: bool = False, raster: bool = False) -> tuple[Description, Description] | None:
+                  counted: bool = False, raster: bool = False,
+                  located: bool = False) -> tuple[Description, Description] | None:
     """A description naming every object of the scene (and the absent `hallucinate`), and its twin with one
     present object left out, every other word kept; the twin is the less complete one, so the simulated
     annotator prefers the first.  Only the plain phrasings are used, so that neither claims a count, unless
     `counted` (then also the phrasings that count the list: the twin's count is one less, and wrong).  None when
-    the scene has a single object.  `raster` as in `describe`."""
+    the scene has a single object.  `raster` and `located` as in `describe`."""
     if len(scene.objects) < 2:
         return None
     real, items = _shuffled_list(scene, rng, hallucinate, raster)
     t, gone = int(rng.integers(5 if counted else 3)), real[int(rng.integers(len(real)))]
     rest = [o for o in items if o is not gone]
     kept = [o for o in real if o is not gone]
-    full = Description(_phrase(items, scene, t, detailed), tuple(hallucinate), tuple(o.category for o in real),
-                       len(real) if detailed else 0)
-    twin = Description(_phrase(rest, scene, t, detailed), tuple(hallucinate), tuple(o.category for o in kept),
+    full = Description(_phrase(items, scene, t, detailed, located), tuple(hallucinate),
+                       tuple(o.category for o in real), len(real) if detailed else 0)
+    twin = Description(_phrase(rest, scene, t, detailed, located), tuple(hallucinate), tuple(o.category for o in kept),
                        len(kept) if detailed else 0)
     return full, twin
 
 
 def addition_twin(scene: Scene, rng: np.random.Generator, extra: str, *, hallucinate: list[str] = (),
                   detailed: bool = False, counted: bool = False,
-                  raster: bool = False) -> tuple[Description, Description]:
+                  raster: bool = False, located: bool = False) -> tuple[Description, Description]:
     """The mirror of `omission_twin`: a description naming every object of the scene (and the absent
     `hallucinate`), and its twin with the absent category `extra` added at a random place in the list, every
     other word kept.  The twin names one object more and is the one the annotator rejects (one hallucination
@@ -239,8 +242,8 @@ def addition_twin(scene: Scene, rng: np.random.Generator, extra: str, *, halluci
     if raster:
         more = reading_order(more, scene)
     mentioned, details = tuple(o.category for o in real), len(real) if detailed else 0
-    return (Description(_phrase(items, scene, t, detailed), tuple(hallucinate), mentioned, details),
-            Description(_phrase(more, scene, t, detailed), (*hallucinate, extra), mentioned, details))
+    return (Description(_phrase(items, scene, t, detailed, located), tuple(hallucinate), mentioned, details),
+            Description(_phrase(more, scene, t, detailed, located), (*hallucinate, extra), mentioned, details))
 
 
 def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Generator,
@@ -465,7 +468,8 @@ COMPARE_QUESTION = ("Which objects in the description do the captions not suppor
 
 
 def compare_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, hallucination_probs=(0.5, 0.3, 0.2),
-               omit_prob: float = 0.3, n_captions: int = 2, raster: bool = False) -> tuple[str, str]:
+               omit_prob: float = 0.3, n_captions: int = 2, raster: bool = False,
+               located: bool = False) -> tuple[str, str]:
     """A text-only reading exercise: a description (which may name absent objects or leave present ones out),
     then some of the scene's captions, then a question asking for the difference.  It plays the part of the
     text-only instructions in LLaVA-1.5's SFT mix: a language model trained from scratch has no reading skills,
@@ -474,7 +478,8 @@ def compare_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, hallucin
     h = int(rng.choice(3, p=np.asarray(hallucination_probs)))
     omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < omit_prob else 0
     fakes = pick_absent(scene, spec, rng, h) if h else []
-    d = describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes, raster=raster)
+    d = describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes, raster=raster,
+                 located=located)
     caps = [c for i, c in enumerate(captions(scene)) if i != 2]  # the shape-only caption names no categories
     caps = [caps[i] for i in rng.permutation(len(caps))[:n_captions]]
     q = f"Description: {d.text}\nCaptions:\n" + "".join(f"  - {c}\n" for c in caps) + COMPARE_QUESTION

@@ -53,8 +53,7 @@ class ShapesConfig:
                                                   ("purple hexagon", "orange diamond"), ("pink square", "cyan circle"))
     cooccur_prob: float = 0.8  # P(both members | either member) in every scene
     zipf_exponent: float = 0.6  # category popularity ~ rank^-exponent
-    # SFT conversations
-    n_sft: int = 4000
+    n_sft: int = 4000  # SFT conversations
     sft_test_frac: float = 0.05
     max_turns: int = 3
     # kinds: describe | yesno | count | attribute | mc | compare (text-only reading; opt-in, docs/decisions.md 10)
@@ -62,11 +61,10 @@ class ShapesConfig:
     sft_mix: tuple[tuple[str, float], ...] = (("describe", 0.35), ("yesno", 0.25), ("count", 0.15),
                                               ("attribute", 0.1), ("mc", 0.15))
     checklist_items: int = 6  # objects per checklist question
-    # grounding conversations (checklist questions on scenes of their own; splits "ground", "ground_test"): the
-    # stage before SFT that teaches the yes/no lookup (decisions 24)
-    n_ground: int = 0
+    n_ground: int = 0  # grounding conversations (checklists on scenes of their own; the stage before SFT, decisions 24)
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
     raster_order: bool = False  # descriptions list objects in reading order, not at random (decisions 33)
+    located_lists: bool = False  # each listed object says where it is: "a red square at the top left" (34)
     noise_kind: str = "any"  # any: an absent object (partners first) anywhere in the list; partner: only the
     #                          absent partner of a present object, after every real one (shapes.text.NOISE_KINDS)
     yesno_negatives: str = "kinds"  # SFT and PPO yes/no negatives: POPE kinds, or "matched" (shapes.text)
@@ -243,7 +241,8 @@ class _Builder:
             else:
                 fakes = T.pick_absent(scene, self.spec, rng, 1) if bad else []
             d = T.describe(scene, rng, hallucinate=fakes, detailed="detail" in q or rng.random() < 0.3,
-                           fakes_last=self.cfg.noise_kind == "partner", raster=self.cfg.raster_order)
+                           fakes_last=self.cfg.noise_kind == "partner", raster=self.cfg.raster_order,
+                           located=self.cfg.located_lists)
             noisy.append(bool(fakes))
             return q, d.text, kind
         if kind == "yesno":
@@ -262,7 +261,7 @@ class _Builder:
             return q, a, kind
         if kind == "compare":  # text-only reading (see shapes_text.compare_qa)
             return (*T.compare_qa(scene, self.spec, rng, self.cfg.pref_hallucination_probs, self.cfg.pref_omit_prob,
-                                  raster=self.cfg.raster_order), kind)
+                                  raster=self.cfg.raster_order, located=self.cfg.located_lists), kind)
         raise ValueError(f"ShapesConfig.sft_mix: unknown question kind {kind!r}")
 
     def grounding(self) -> list[dict]:
@@ -326,20 +325,20 @@ class _Builder:
         absent = T.pick_absent(scene, self.spec, rng, k) if k else []
         make = T.omission_twin if u < cfg.pref_twin_omit_prob else partial(T.addition_twin, extra=absent.pop())
         return make(scene, rng, hallucinate=absent, detailed=bool(rng.random() < cfg.pref_detail_prob),
-                    counted=cfg.pref_twin_counted, raster=cfg.raster_order)
+                    counted=cfg.pref_twin_counted, raster=cfg.raster_order, located=cfg.located_lists)
 
     def pref_response(self, scene: Scene, rng: np.random.Generator) -> T.Description:
         cfg, n = self.cfg, len(scene.objects)
         h = int(rng.choice(3, p=np.asarray(cfg.pref_hallucination_probs)))
         omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < cfg.pref_omit_prob else 0
         exhaustive = omit == 0
-        # hallucinated objects replace real ones (or are added), so that the object count does not give them away;
-        # a substituted list may still be phrased as complete ("There are three shapes: ...")
+        # absent objects replace real ones (or are added): the count does not give them away; a substituted list
+        # may still be phrased as complete ("There are three shapes: ...")
         if h and (rng.random() < cfg.pref_substitute_prob or n - omit + h > cfg.max_objects):
             omit = min(n, omit + h)
         return T.describe(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [], omit=omit,
                           detailed=bool(rng.random() < cfg.pref_detail_prob), exhaustive=exhaustive,
-                          raster=cfg.raster_order)
+                          raster=cfg.raster_order, located=cfg.located_lists)
 
     # ------------------------------------------------------------------------------------------- PPO prompts
     def ppo_prompts(self) -> list[dict]:
@@ -350,7 +349,8 @@ class _Builder:
             facts, kind = T.captions(scene), _choose(rng, cfg.ppo_mix)
             if kind == "general":
                 q = T.DESCRIBE_QUESTIONS[int(rng.integers(len(T.DESCRIBE_QUESTIONS)))]
-                ref = T.describe(scene, rng, detailed="detail" in q, raster=cfg.raster_order).text
+                ref = T.describe(scene, rng, detailed="detail" in q, raster=cfg.raster_order,
+                                 located=cfg.located_lists).text
                 ctype, bonus = GENERAL, cfg.general_length_bonus
             elif kind == "mc":
                 q, ref, gold, mc_facts = T.multiple_choice(scene, self.spec, self.counts, rng)
