@@ -91,6 +91,17 @@ def _words(text: str) -> list[str]:
     return sorted(re.sub(r"[,.:]", " ", text).split())
 
 
+def _paired_texts(a_world, b_world):
+    """Every text of two worlds made with the same draws, as (a's, b's) pairs (same record ids and images)."""
+    for kind, splits in a_world.records.items():
+        for split, recs in splits.items():
+            for a, b in zip(recs, b_world.records[kind][split], strict=True):
+                assert a["id"] == b["id"] and a["image"] == b["image"]
+                ta = [t["value"] for t in a.get("conversations", [])] + [a.get("output_1", ""), a.get("output_2", "")]
+                tb = [t["value"] for t in b.get("conversations", [])] + [b.get("output_1", ""), b.get("output_2", "")]
+                yield from zip(ta, tb, strict=True)
+
+
 def test_raster_order_lists_the_objects_in_reading_order_and_changes_nothing_else():
     """raster_order: every description names its present objects top row first, left to right (a made-up object
     of partner noise after them); the random draws are the same, so each record of the world is the one of the
@@ -102,15 +113,9 @@ def test_raster_order_lists_the_objects_in_reading_order_and_changes_nothing_els
               sft_mix=(("describe", 0.6), ("compare", 0.2), ("yesno", 0.2)))
     plain, raster = build_world(preset("small", **kw)), build_world(preset("small", raster_order=True, **kw))
     moved = 0
-    for kind, splits in plain.records.items():
-        for split, recs in splits.items():
-            for a, b in zip(recs, raster.records[kind][split], strict=True):
-                assert a["id"] == b["id"] and a["image"] == b["image"]
-                ta = [t["value"] for t in a.get("conversations", [])] + [a.get("output_1", ""), a.get("output_2", "")]
-                tb = [t["value"] for t in b.get("conversations", [])] + [b.get("output_1", ""), b.get("output_2", "")]
-                for x, y in zip(ta, tb, strict=True):
-                    assert _words(x) == _words(y), (x, y)
-                    moved += x != y
+    for x, y in _paired_texts(plain, raster):
+        assert _words(x) == _words(y), (x, y)
+        moved += x != y
     assert moved > 50
     checked = 0
     for r in [r for recs in raster.records["conversation"].values() for r in recs]:
@@ -142,18 +147,12 @@ def test_located_lists_place_each_listed_object_and_change_nothing_else():
     place = re.compile(r" (at the|on the|in the) (top left|top right|bottom left|bottom right|top|bottom|left|"
                        r"right|centre)(?=[,.\n]| and | on a |$)")
     placed = 0
-    for kind, splits in plain.records.items():
-        for split, recs in splits.items():
-            for a, b in zip(recs, located.records[kind][split], strict=True):
-                assert a["id"] == b["id"] and a["image"] == b["image"]
-                ta = [t["value"] for t in a.get("conversations", [])] + [a.get("output_1", ""), a.get("output_2", "")]
-                tb = [t["value"] for t in b.get("conversations", [])] + [b.get("output_1", ""), b.get("output_2", "")]
-                for x, y in zip(ta, tb, strict=True):
-                    lists = [seg for seg in y.split(". ") if not seg.startswith("The ")]  # not the detail sentences
-                    assert ". ".join(place.sub("", seg) for seg in lists) == ". ".join(
-                        seg for seg in x.split(". ") if not seg.startswith("The ")), (x, y)
-                    assert parse_mentions(x).categories == parse_mentions(y).categories
-                    placed += x != y
+    for x, y in _paired_texts(plain, located):
+        lists = [seg for seg in y.split(". ") if not seg.startswith("The ")]  # not the detail sentences
+        assert ". ".join(place.sub("", seg) for seg in lists) == ". ".join(
+            seg for seg in x.split(". ") if not seg.startswith("The ")), (x, y)
+        assert parse_mentions(x).categories == parse_mentions(y).categories
+        placed += x != y
     assert placed > 50
     for r in located.records["conversation"]["train"]:
         scene = located.scenes[r["id"]]
