@@ -108,7 +108,7 @@ class Judgement:
     mentioned: tuple[str, ...]  # mention items (categories, then bare shapes)
     hallucinated: tuple[str, ...]  # mention items absent from the image
     recalled: tuple[str, ...]  # present categories that are mentioned (by category or bare shape)
-    repeated: tuple[str, ...] = ()  # categories the text names more than once
+    repeated: tuple[str, ...] = ()  # categories the text introduces ("a ...") more than once
 
     @property
     def correct(self) -> int:
