@@ -109,6 +109,39 @@ def test_repeats_and_recall_by_object_count():
     assert "Recall, 2 objects (%)" in table and "Repeats (%)" in table
 
 
+PARTNERS = {"red circle": "blue square", "blue square": "red circle", "green star": "yellow hexagon",
+            "yellow hexagon": "green star"}
+
+
+def test_habit_counts_absent_partners_of_present_objects_only():
+    judged = [
+        _judge("A red circle and a blue square.", ("red circle", "green star")),  # the habit: blue square
+        _judge("A red circle and a blue square.", ("red circle", "blue square")),  # both present: no habit image
+        _judge("A green star and a pink hexagon.", ("green star",)),  # absent partner not named; pink: other
+        _judge("A yellow hexagon, a blue square and a green star.", ("green star", "red triangle")),  # habit once;
+        # blue square's member (red circle) is absent, so blue square is an ordinary hallucination
+        _judge("A red triangle.", ("red triangle",))]  # no pair member
+    habit = S.description_scores(judged, PARTNERS)["habit"]
+    assert habit == {"images": 3, "named": 2, "rate": 2 / 3, "mentions": 2, "share": 2 / 4,
+                     "chair_i_other": 2 / 10}
+    assert "habit" not in S.description_scores(judged) and "habit" not in S.description_scores(judged, {})
+    table = S.description_table(S.description_scores(judged, PARTNERS))
+    assert "Absent partner named (%)" in table and "| 66.7" in table
+
+
+def test_world_partners_read_both_ways_and_name_a_bad_file(tmp_path):
+    (tmp_path / "world.json").write_text(json.dumps({"config": {"cooccur_pairs": [["red circle", "blue square"]]}}))
+    assert S.world_partners(str(tmp_path)) == {"red circle": "blue square", "blue square": "red circle"}
+    (tmp_path / "world.json").write_text(json.dumps({"config": {}}))
+    assert S.world_partners(str(tmp_path)) == {}
+    (tmp_path / "world.json").write_text(json.dumps({"config": {"cooccur_pairs": [["red circle"]]}}))
+    with pytest.raises(S.EvalError, match="world.json.*not two categories"):
+        S.world_partners(str(tmp_path))
+    (tmp_path / "world.json").write_text("{not json")
+    with pytest.raises(S.EvalError, match="cannot read .*world.json"):
+        S.world_partners(str(tmp_path))
+
+
 # ----------------------------------------------------------------------------------------------- measures, rating
 PRESENT = ("red circle", "blue square", "green star", "yellow diamond")
 
@@ -243,6 +276,9 @@ def test_cli_end_to_end_with_resume(world_and_model, tmp_path, monkeypatch, caps
     by_id = {a["id"]: a["answer"] for a in answers}
     for r in judged:  # every description re-judged from its answer gives the stored rating
         assert S.rating(S.judge(S.parse_mentions(by_id[f"describe/{r['id']}"]), r["present"])) == r["score"]
+    partners = S.world_partners(data)  # the world's co-occurrence pairs reach the habit measure
+    assert partners and res["descriptions"]["habit"]["images"] == sum(
+        any(c in partners and partners[c] not in r["present"] for c in r["present"]) for r in judged)
     assert len(set(rows)) == 1  # one batch size and length bucket throughout: nothing recompiles per batch
     rows.clear()
     assert _main(argv) == 0  # everything answered: scored again without generating

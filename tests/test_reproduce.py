@@ -50,7 +50,8 @@ def test_tiny_recipe_end_to_end(tiny_run):
     seed = r["seeds"]["0"]
     pope = {f"pope_{s}_{k}" for s in ("random", "popular", "adversarial") for k in ("f1", "accuracy", "yes_ratio")}
     for system in ("sft", "rlhf_nofacts", "fact_rlhf"):
-        assert {"chair_i", "chair_s", "recall", "rating"} | pope <= set(seed["systems"][system]), system
+        assert {"chair_i", "chair_s", "recall", "rating", "habit_rate", "habit_share"} | pope <= set(
+            seed["systems"][system]), system
         assert seed["systems"][system]["chair_i"] is not None
     assert set(seed["rm"]) == {"facts", "other_facts", "no_facts", "audit_facts", "audit_other_facts",
                                "audit_no_facts"} and None not in seed["rm"].values()
@@ -66,7 +67,7 @@ def test_tiny_recipe_end_to_end(tiny_run):
 
     md = (out / "results.md").read_text()
     for text in ("| SFT |", "| RLHF (no facts) |", "| Fact-RLHF |", "CHAIR-i", "POPE F1 adv", "yes pop",
-                 "RM with facts, another pair's", "RM without facts", "RM without facts, on the policy's samples",
+                 "RM with facts, another pair's", "RM without facts", "RM without facts, on the policy's samples", "partner named %",
                  "## Acceptance checks", "paper's claim"):
         assert text in md, text
     assert "| system |" in stdout  # the final table is printed

@@ -9,8 +9,9 @@ Three measures, from one generation pass (greedy; OUT/answers.jsonl, resumable):
    asked with the world's describe questions in turn. Mentioned objects are parsed from the text
    (`parse_mentions`) and judged against the image's objects (`judge`): CHAIR-i = hallucinated mentions /
    mentions, CHAIR-s = share of descriptions with a hallucinated mention, recall = present objects mentioned /
-   present objects; also the share of descriptions that name one category twice (repeats) and recall by the
-   number of objects in the image.
+   present objects; also the share of descriptions that name one category twice (repeats), recall by the
+   number of objects in the image and, on a world with co-occurrence pairs, the designed habit: how often a
+   description names the absent partner of a present pair member, and that habit's share of the hallucinations.
 3. An MMHal-style rating 0-6 of each description (`rating`), summarised by `mmhal.summarize` with the describe
    question as the question type (rating < 3 = hallucination, as in MMHal-Bench).
 
@@ -142,9 +143,25 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def description_scores(judgements: list[Judgement]) -> dict:
+def habit_scores(judgements: list[Judgement], partners: dict[str, str]) -> dict:
+    """The world's designed co-occurrence habit (partner noise: SFT descriptions name the absent partner of a
+    present pair member): `images` with such an absent partner, how many of their descriptions name one (`named`,
+    `rate`), the hallucinated mentions that are absent partners (`mentions`, `share` of all hallucinated mentions)
+    and CHAIR-i without them (`chair_i_other`: the hallucinations that are not the habit, per mention)."""
+    images = named = mentions = n_halluc = n_mentioned = 0
+    for j in judgements:
+        absent = {partners[c] for c in j.present if c in partners and partners[c] not in j.present}
+        hits = absent.intersection(j.hallucinated)
+        images, named, mentions = images + bool(absent), named + bool(hits), mentions + len(hits)
+        n_halluc, n_mentioned = n_halluc + len(j.hallucinated), n_mentioned + len(j.mentioned)
+    return {"images": images, "named": named, "rate": _ratio(named, images), "mentions": mentions,
+            "share": _ratio(mentions, n_halluc), "chair_i_other": _ratio(n_halluc - mentions, n_mentioned)}
+
+
+def description_scores(judgements: list[Judgement], partners: dict[str, str] | None = None) -> dict:
     """CHAIR-i (object hallucination rate), CHAIR-s (descriptions with a hallucination), object recall, the share
-    of descriptions that name a category twice (repeats), and recall on the images with k objects (by_objects)."""
+    of descriptions that name a category twice (repeats), recall on the images with k objects (by_objects) and,
+    given the world's co-occurrence partners (category -> partner), the partner habit (`habit_scores`)."""
     n_mentioned = sum(len(j.mentioned) for j in judgements)
     n_halluc = sum(len(j.hallucinated) for j in judgements)
     n_present = sum(len(j.present) for j in judgements)
@@ -159,18 +176,20 @@ def description_scores(judgements: list[Judgement]) -> dict:
             "chair_s": _ratio(sum(bool(j.hallucinated) for j in judgements), len(judgements)),
             "recall": _ratio(n_recalled, n_present),
             "repeats": _ratio(sum(bool(j.repeated) for j in judgements), len(judgements)),
-            "recall_by_objects": by_objects}
+            "recall_by_objects": by_objects, **({"habit": habit_scores(judgements, partners)} if partners else {})}
 
 
 def description_table(scores: dict) -> str:
     from jaxlava.eval.runner import markdown_table
+    habit = scores.get("habit") if scores.get("habit", {}).get("images") else None
     return markdown_table(
         ["Descriptions", "Mentions / description", "CHAIR-i (%)", "CHAIR-s (%)", "Object recall (%)",
-         *[f"Recall, {k} objects (%)" for k in scores.get("recall_by_objects", {})], "Repeats (%)"],
+         *[f"Recall, {k} objects (%)" for k in scores.get("recall_by_objects", {})], "Repeats (%)",
+         *(["Absent partner named (%)", "Partner share of hallucinations (%)"] if habit else [])],
         [[scores["count"], f"{_ratio(scores['mentioned'], scores['count']):.2f}", 100 * scores["chair_i"],
           100 * scores["chair_s"], 100 * scores["recall"],
           *[100 * g["recall"] for g in scores.get("recall_by_objects", {}).values()],
-          100 * scores.get("repeats", 0.0)]])
+          100 * scores.get("repeats", 0.0), *([100 * habit["rate"], 100 * habit["share"]] if habit else [])]])
 
 
 # ----------------------------------------------------------------------------------------------- the world's probes
@@ -210,6 +229,23 @@ def load_probes(data: str) -> list[dict]:
     except StorageError as e:
         raise EvalError(f"shapes world {data}: {e}") from None
     return [src[i] for i in range(len(src))]
+
+
+def world_partners(data: str) -> dict[str, str]:
+    """The co-occurrence partners of a shapes world folder (world.json's config.cooccur_pairs): category ->
+    partner, both ways; {} for a world without pairs or written before they were recorded."""
+    path = os.path.join(data, "world.json")
+    try:
+        with open(path) as f:
+            pairs = (json.load(f).get("config") or {}).get("cooccur_pairs") or ()
+    except (OSError, ValueError) as e:
+        raise EvalError(f"shapes world {data}: cannot read {path}: {e}") from None
+    out = {}
+    for pair in pairs:
+        if len(pair) != 2:
+            raise EvalError(f"{path}: co-occurrence pair {pair!r} is not two categories")
+        out[pair[0]], out[pair[1]] = pair[1], pair[0]
+    return out
 
 
 def pope_probes(probes: list[dict], images: int | None) -> dict[str, list[dict]]:
@@ -278,8 +314,10 @@ def build_items(pope_sets: dict[str, list[dict]], images: list[dict]) -> list:
     return items
 
 
-def score(pope_sets: dict[str, list[dict]], images: list[dict], answers: dict[str, str]) -> tuple[dict, list]:
-    """(results, per-description rows) from the answers (id -> text)."""
+def score(pope_sets: dict[str, list[dict]], images: list[dict], answers: dict[str, str],
+          partners: dict[str, str] | None = None) -> tuple[dict, list]:
+    """(results, per-description rows) from the answers (id -> text); `partners`: the world's co-occurrence
+    pairs (`world_partners`), for the habit measure."""
     per_split = {}
     for split, recs in pope_sets.items():
         if recs:
@@ -295,7 +333,7 @@ def score(pope_sets: dict[str, list[dict]], images: list[dict], answers: dict[st
                      "score": rating(j), **dataclasses.asdict(j), "negated": sorted(m.negated)})
     results = {"benchmark": "shapes", "pope": {"splits": per_split, "overall": pope.overall(per_split)}}
     if rows:
-        results["descriptions"] = description_scores(judgements)
+        results["descriptions"] = description_scores(judgements, partners)
         results["rating"] = dict(mmhal.summarize(rows), count=len(rows))
     return results, rows
 
@@ -322,7 +360,7 @@ def run(cfg: ShapesEvalConfig) -> dict | None:
     answers = generate_answers(cfg, items, DEFAULTS)
     if stopped_early(cfg, answers, len(items)):
         return None
-    results, rows = score(pope_sets, images, answers.texts)
+    results, rows = score(pope_sets, images, answers.texts, world_partners(cfg.data))
     results.update(data=os.path.abspath(cfg.data), generation=answers.stats(),
                    seconds=round(time.perf_counter() - t0, 1))
     write_text(os.path.join(cfg.out, JUDGEMENTS), "".join(json.dumps(r) + "\n" for r in rows))
