@@ -49,6 +49,7 @@ from jaxlava.eval import mmhal, pope
 from jaxlava.eval.runner import Defaults, EvalConfig, EvalError
 from jaxlava.shapes.scene import COLOURS, SHAPES
 from jaxlava.shapes.text import DESCRIBE_QUESTIONS, caption_objects
+from jaxlava.shapes.world import load_world_info
 
 DEFAULTS = Defaults(temperature=0.0, max_new_tokens=96, pad_to_square=True)  # greedy; 96 > the longest description
 JUDGEMENTS = "judgements.jsonl"
@@ -146,16 +147,13 @@ def _ratio(a: float, b: float) -> float:
 def habit_scores(judgements: list[Judgement], partners: dict[str, str]) -> dict:
     """The world's designed co-occurrence habit (partner noise: SFT descriptions name the absent partner of a
     present pair member): `images` with such an absent partner, how many of their descriptions name one (`named`,
-    `rate`), the hallucinated mentions that are absent partners (`mentions`, `share` of all hallucinated mentions)
-    and CHAIR-i without them (`chair_i_other`: the hallucinations that are not the habit, per mention)."""
-    images = named = mentions = n_halluc = n_mentioned = 0
+    `rate`) and the hallucinated mentions that are absent partners (`mentions`)."""
+    images = named = mentions = 0
     for j in judgements:
         absent = {partners[c] for c in j.present if c in partners and partners[c] not in j.present}
         hits = absent.intersection(j.hallucinated)
         images, named, mentions = images + bool(absent), named + bool(hits), mentions + len(hits)
-        n_halluc, n_mentioned = n_halluc + len(j.hallucinated), n_mentioned + len(j.mentioned)
-    return {"images": images, "named": named, "rate": _ratio(named, images), "mentions": mentions,
-            "share": _ratio(mentions, n_halluc), "chair_i_other": _ratio(n_halluc - mentions, n_mentioned)}
+    return {"images": images, "named": named, "rate": _ratio(named, images), "mentions": mentions}
 
 
 def description_scores(judgements: list[Judgement], partners: dict[str, str] | None = None) -> dict:
@@ -176,7 +174,16 @@ def description_scores(judgements: list[Judgement], partners: dict[str, str] | N
             "chair_s": _ratio(sum(bool(j.hallucinated) for j in judgements), len(judgements)),
             "recall": _ratio(n_recalled, n_present),
             "repeats": _ratio(sum(bool(j.repeated) for j in judgements), len(judgements)),
-            "recall_by_objects": by_objects, **({"habit": habit_scores(judgements, partners)} if partners else {})}
+            "recall_by_objects": by_objects, **({"habit": _habit(judgements, partners, n_halluc, n_mentioned)}
+                                                if partners else {})}
+
+
+def _habit(judgements: list[Judgement], partners: dict[str, str], n_halluc: int, n_mentioned: int) -> dict:
+    """`habit_scores` plus the habit's `share` of the hallucinated mentions and CHAIR-i without it
+    (`chair_i_other`: the hallucinations that are not the habit, per mention)."""
+    h = habit_scores(judgements, partners)
+    return h | {"share": _ratio(h["mentions"], n_halluc), "chair_i_other": _ratio(n_halluc - h["mentions"],
+                                                                                 n_mentioned)}
 
 
 def description_table(scores: dict) -> str:
@@ -236,8 +243,7 @@ def world_partners(data: str) -> dict[str, str]:
     partner, both ways; {} for a world without pairs or written before they were recorded."""
     path = os.path.join(data, "world.json")
     try:
-        with open(path) as f:
-            pairs = (json.load(f).get("config") or {}).get("cooccur_pairs") or ()
+        pairs = (load_world_info(data).get("config") or {}).get("cooccur_pairs") or ()
     except (OSError, ValueError) as e:
         raise EvalError(f"shapes world {data}: cannot read {path}: {e}") from None
     out = {}
