@@ -329,6 +329,9 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert not any(d[s].terminal_at_eos or d[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))  # quirk 2 kept
     q = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads"]), 0)
     assert all(q[s].terminal_at_eos and q[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))
+    o = stage_configs(parse_config(["--out", str(tmp_path), "--rm-image-dropout", "0.5",
+                                    "--rm-nofacts-image-dropout", "0"]), 0)
+    assert o["rm_facts"].image_dropout == 0.5 and o["rm_nofacts"].image_dropout == 0.0
     f = stage_configs(parse_config(["--out", str(tmp_path), "--rm-facts-first"]), 0)
     assert f["rm_facts"].facts_first and not f["rm_nofacts"].facts_first
     r = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-seed-offset", "100"]), 2)  # PPO repeats

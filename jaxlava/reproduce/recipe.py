@@ -40,6 +40,9 @@ class Recipe:
     rm_epochs: float = 1.0  # passes over the preference pairs the reward models may take (steps end them first)
     rm_image_dropout: float = 0.0
     """both reward models train with each pair's image blanked with this probability (0: the paper; decisions 22)"""
+    rm_nofacts_image_dropout: float | None = None
+    """the no-facts reward model's own image dropout, where it should differ from --rm-image-dropout (blanked
+    images leave that model nothing to judge by: decisions 22, 36)"""
     rm_facts_first: bool = False
     """the facts reward model reads the facts before the response, at the start of the first user turn, not
     after it in the reward prompt (False: the paper; train/rm.py --facts-first, decisions 25)"""

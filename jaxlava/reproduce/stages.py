@@ -120,6 +120,13 @@ def ensure_world(cfg: ReproduceConfig) -> dict:
     return run_stage("world", path, settings, build, "generating the shapes world " + " ".join(cfg.world))
 
 
+def _rm_image_dropout(cfg: ReproduceConfig, which: str) -> float:
+    """--rm-image-dropout, or for the no-facts reward model --rm-nofacts-image-dropout where given."""
+    if which == "nofacts" and cfg.rm_nofacts_image_dropout is not None:
+        return cfg.rm_nofacts_image_dropout
+    return cfg.rm_image_dropout
+
+
 def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     """The config of every stage of one seed (the shapes stage presets with the recipe's values)."""
     d, data = report.seed_dir(cfg.out, seed), world_dir(cfg.out)
@@ -153,7 +160,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     for which, folder in report.RM.items():
         out[folder] = dataclasses.replace(rm_p, init=sft_hf, out=os.path.join(d, folder), no_facts=which == "nofacts",
                                           steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,
-                                          image_dropout=cfg.rm_image_dropout,
+                                          image_dropout=_rm_image_dropout(cfg, which),
                                           facts_first=which == "facts" and cfg.rm_facts_first,
                                           lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
                                           optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr, schedule=cfg.rm_schedule),
