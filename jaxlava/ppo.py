@@ -155,6 +155,23 @@ def token_rewards(score, logprobs, ref_logprobs, response_length, has_stop, leng
     return scale * r
 
 
+def group_centred(score, group: int):
+    """[B] scores -> each minus the mean of its group of `group` consecutive rows, B = groups × group.
+
+    With each prompt sampled `group` times in a row (`--prompt-group`), this is a per-prompt baseline: what is
+    left is how a response compares with the other responses to the same image and question, not how that image
+    scores on average.  Ours; the paper samples each prompt once and uses the raw score (group 0 or 1: unchanged).
+    """
+    if group <= 1:
+        return score
+    xp = _xp(score)
+    s = xp.asarray(score)
+    if s.shape[0] % group:
+        raise ValueError(f"{s.shape[0]} scores do not split into groups of {group}")
+    g = s.reshape(-1, group)
+    return (g - g.mean(axis=1, keepdims=True)).reshape(s.shape)
+
+
 def truncate_after_stop(tokens, eos_id, pad_id, question_ids=()):
     """[B, N] sampled tokens -> (tokens, lengths, has_stop) after the paper's post-truncation.
 

@@ -225,6 +225,21 @@ def test_token_rewards(B, T, terminal_at_eos):
                                                      stop.tolist(), lb.tolist(), corr.tolist(), **other), **other)
 
 
+@pytest.mark.parametrize("B,group", [(6, 2), (8, 4), (6, 6), (5, 1), (5, 0)])
+def test_group_centred(B, group):
+    score = np.random.default_rng(B + group).normal(2.0, 3.0, size=B)
+    expected = score.copy()
+    for g in range(B // max(group, 1)) if group > 1 else []:
+        block = score[g * group:(g + 1) * group]
+        expected[g * group:(g + 1) * group] = block - sum(block.tolist()) / group
+    check(ppo.group_centred, (score,), expected, group=group)
+
+
+def test_group_centred_refuses_a_ragged_batch():
+    with pytest.raises(ValueError, match="7 scores do not split into groups of 2"):
+        ppo.group_centred(np.zeros(7), 2)
+
+
 def test_token_rewards_terminal_slot():
     T = 5
     r = ppo.token_rewards(np.array([1.0]), np.zeros((1, T)), np.zeros((1, T)), np.array([2]), np.array([1]),

@@ -141,7 +141,7 @@ def test_bad_inputs_are_named(stack, tmp_path):
         reward_processor = type("P", (), {"tokenizer": None})
         reward_facts = True
     host = {"id": ["rec-7"], "facts": [[]], "conversations": [[{"from": "human", "value": "<image>\nq"}]]}
-    cfg = rollout.RolloutConfig(12, 1.0, 512, False, 0.1, -8, -10, 2, 10, False, 1, 1, False, None, 0)
+    cfg = rollout.RolloutConfig(12, 1.0, 512, False, 0.1, -8, -10, 2, 10, False, 1, 1, False, None, 0, 0)
     with pytest.raises(ValueError, match="'rec-7' has no facts"):
         rollout.reward_inputs(Roles, host, ["a response"], 0, cfg)
     from jaxlava import sharding
@@ -149,6 +149,27 @@ def test_bad_inputs_are_named(stack, tmp_path):
     bad = ppo_config(stack, "/tmp/unused", "--rollout-batch-size", "6")
     with pytest.raises(ValueError, match="--rollout-batch-size 6 is not a multiple of --step-batch-size 4"):
         ppo_roles.check_mesh_divides(bad, mesh)
+
+
+def test_prompt_groups_repeat_each_prompt_and_centre_its_score(stack, tmp_path):
+    """--prompt-group 4: each prompt four times in a row, the score's spread within groups logged, no recompiles;
+    a group that does not divide the batch is refused before anything loads."""
+    from jaxlava.training import run_ppo
+    batch = {"input_ids": np.arange(6).reshape(3, 2), "id": ["a", "b", "c"], "facts": [["x"], [], ["y"]], "n": 5}
+    rep = run_ppo.repeat_prompts(batch, 2)
+    assert rep["id"] == ["a", "a", "b", "b", "c", "c"] and rep["facts"][2:4] == [[], []] and rep["n"] == 5
+    np.testing.assert_array_equal(rep["input_ids"], [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [4, 5]])
+    assert run_ppo.repeat_prompts(batch, 0) is batch
+    for bad in ("1", "3"):
+        with pytest.raises(ValueError, match=f"--prompt-group {bad}: it must be 0"):
+            run_ppo.run(ppo_config(stack, tmp_path / "bad", "--prompt-group", bad))
+    cfg = ppo_config(stack, tmp_path / "g", "--prompt-group", "4", "--steps", "3", "--eval-every", "3")
+    assert run_ppo.prompts_per_step(cfg) == 2
+    run_ppo.run(cfg)
+    rows = read_metrics(str(tmp_path / "g"))
+    assert [x["step"] for x in rows] == [1, 2, 3] and "eval_score" in rows[2]
+    assert all(0 <= x["score_std_in_group"] <= x["score_std"] + 1e-6 for x in rows)
+    assert rows[1]["compiles"] == rows[2]["compiles"], [x["compiles"] for x in rows]
 
 
 MESH_SCRIPT = textwrap.dedent("""

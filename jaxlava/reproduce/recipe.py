@@ -65,6 +65,9 @@ class Recipe:
     ppo_mask_pads: bool = False
     """PPO's losses and advantage whitening count response tokens only (False: every slot, pads too: quirk 2)"""
     ppo_rm_seq_len: int = 512
+    ppo_prompt_group: int = 0
+    """PPO samples each prompt this many times per rollout batch and centres the reward model's score per prompt
+    (train/ppo.py --prompt-group; ours, 0 = off, the paper)"""
     ppo_eval_every: int = 10  # PPO's held-out greedy evaluation (reward, KL, CHAIR-i ...): the hallucination curve
     ppo_eval_prompts: int = 96
     ppo_checkpoint_every: int = 10

@@ -40,6 +40,7 @@ class RolloutConfig:
     lam: float
     mask_pads: bool  # whiten advantages over response slots only; False = all slots (the paper)
     score_chunk: int | None  # rows per scoring pass (None: the whole batch at once)
+    prompt_group: int  # >1: each prompt sampled this many times in a row, its score centred per prompt (ours)
     seed: int
 
 
@@ -120,7 +121,7 @@ def make_scorer(roles, graphs: ppo.Graphs, cfg: RolloutConfig):
         chunks = jax.tree.map(lambda x: x.reshape(B // c, c, *x.shape[1:]), rows)
         out = jax.lax.map(lambda r: one_chunk(params, frozen, r), chunks)
         out = jax.tree.map(lambda x: x.reshape(B, *x.shape[2:]), out)
-        rewards = ppo.token_rewards(out["score"], out["old_logprobs"], out["ref_logprobs"], rows["response_length"],
+        rewards = ppo.token_rewards(ppo.group_centred(out["score"], cfg.prompt_group), out["old_logprobs"], out["ref_logprobs"], rows["response_length"],
                                     rows["has_stop"], rows["length_bonus"], rows["correct"], kl_coef=cfg.kl_coef,
                                     stop_penalty=cfg.stop_penalty, length_score=cfg.length_score,
                                     correct_score=cfg.correct_score, scale=cfg.reward_scale,
@@ -179,7 +180,10 @@ def rollout(roles, params, frozen, prompts: dict, host: dict, step: int, cfg: Ro
         "score": scored["score"].mean(), "kl": scored["kl"].sum(axis=1).mean(),
         "kl_sampled": jnp.sum(scored["old_logprobs"] - scored["ref_logprobs"], axis=1).mean(),
         "entropy": ppo.masked_mean(scored["entropy"], rows["response_mask"]),
-        "reward_total": scored["rewards"].sum(axis=1).mean()})
+        "reward_total": scored["rewards"].sum(axis=1).mean(), "score_std": scored["score"].std(),
+        # the spread the prompt-group baseline leaves (the responses to one prompt against each other)
+        **({"score_std_in_group": ppo.group_centred(scored["score"], cfg.prompt_group).std()}
+           if cfg.prompt_group > 1 else {})})
     t3 = time.perf_counter()
     every = all_process_rows({"n": lengths, "has_stop": has_stop, "correct": correct,
                               "length_bonus": np.asarray(host["length_bonus"])})  # the whole batch's statistics

@@ -8,6 +8,7 @@ reward model), each cached under runs/.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
@@ -52,7 +53,11 @@ class PPOConfig(runs.RunConfig):
     reward_adapter: str = DEFAULT_RM  # the reward model (train/rm.py RUN_DIR/adapter)
     reward_base: str | None = None  # the RM's base model (default: the one its adapter records)
     epochs: float = 4.0  # passes over the prompts when --steps is not given
-    rollout_batch_size: int = 512  # prompts sampled per PPO step (global)
+    rollout_batch_size: int = 512  # responses sampled per PPO step (global): prompts × max(--prompt-group, 1)
+    # ours, off by default (the paper samples each prompt once): sample each prompt this many times in one rollout
+    # batch and subtract the mean reward-model score of its responses from each (a per-prompt baseline, so that
+    # PPO learns which response to an image is better rather than which images score high); 0 = off
+    prompt_group: int = 0
     step_batch_size: int = 256  # rollouts per optimizer update (global); microbatches: --optim.grad-accum
     noptepochs: int = 2  # passes over each rollout batch
     max_new_tokens: int = 896  # response slots T (also the length normaliser)
@@ -121,14 +126,37 @@ def rollout_config(cfg: PPOConfig) -> rollout.RolloutConfig:
     return rollout.RolloutConfig(**{n: getattr(cfg, n) for n in names})
 
 
-def prompt_putter(mesh):
-    """Host prompt batch -> {"device": global arrays, "host": metadata lists and numpy}."""
+def repeat_prompts(batch: dict, group: int) -> dict:
+    """Each prompt of a host batch `group` times in a row (arrays and lists along their first axis)."""
+    if group <= 1:
+        return batch
+
+    def rep(v):
+        if isinstance(v, np.ndarray):
+            return np.repeat(v, group, axis=0)
+        return [x for x in v for _ in range(group)] if isinstance(v, (list, tuple)) else v
+    return {k: rep(v) for k, v in batch.items()}
+
+
+def prompt_putter(mesh, group: int = 0):
+    """Host prompt batch -> {"device": global arrays, "host": metadata lists and numpy}; with `group` > 1 each
+    prompt is repeated that many times first (--prompt-group)."""
     device_keys = ("input_ids", "attention_mask", "pixel_values", "reward_pixel_values")
 
     def put(batch: dict) -> dict:
+        batch = repeat_prompts(batch, group)
         dev = distributed.global_batch({k: batch[k] for k in device_keys if k in batch}, mesh)
         return {"device": dev, "host": {k: v for k, v in batch.items() if k not in device_keys}}
     return put
+
+
+def prompts_per_step(cfg: PPOConfig) -> int:
+    """Distinct prompts in one rollout batch (each sampled max(--prompt-group, 1) times)."""
+    k = max(cfg.prompt_group, 1)
+    if cfg.prompt_group == 1 or cfg.rollout_batch_size % (k * jax.process_count()):
+        raise ValueError(f"--prompt-group {cfg.prompt_group}: it must be 0 (off) or at least 2, and divide "
+                         f"--rollout-batch-size {cfg.rollout_batch_size} on each of {jax.process_count()} processes")
+    return cfg.rollout_batch_size // k
 
 
 def updates_per_step(cfg: PPOConfig) -> int:
@@ -216,7 +244,8 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     split = "test" if os.path.isdir(os.path.join(cfg.data, "ppo_prompt", "test")) else "train"
     source = open_source(cfg.data, "ppo_prompt", split)
     shards = ppo_roles.batch_shards(mesh)
-    size = min(cfg.rollout_batch_size, cfg.eval_prompts, len(source)) // shards * shards
+    unit = math.lcm(shards, max(cfg.prompt_group, 1))  # the scorer centres groups of --prompt-group rows
+    size = min(cfg.rollout_batch_size, cfg.eval_prompts, len(source)) // unit * unit
     if size == 0:
         print(f"held-out evaluation off: {len(source)} {split} prompts do not fill one batch on {shards} shards")
         return lambda params: {}
@@ -229,7 +258,7 @@ def held_out_eval(cfg: PPOConfig, roles, scorer, frozen, mesh, put):
     if not batches:
         print(f"held-out evaluation off: no {split} prompt fits --max-prompt-len {cfg.max_prompt_len}")
         return lambda params: {}
-    rcfg = rollout_config(cfg)
+    rcfg = dataclasses.replace(rollout_config(cfg), prompt_group=0)  # distinct prompts, greedy: no groups
     keys = ("score", "kl", "response_length", "stop_rate", "correct")
     judge = world_exists(cfg.data)
 
@@ -277,6 +306,7 @@ def run(cfg: PPOConfig) -> dict:
     """PPO; writes RUN_DIR/adapter (policy), RUN_DIR/value/, metrics.  Returns {"before", "after", "last"}."""
     distributed.maybe_initialize()
     compile_count()  # start counting compilations now
+    prompts_per_step(cfg)  # a --prompt-group that does not divide the batch fails before anything loads
     ensure_inputs(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     ppo_roles.check_mesh_divides(cfg, mesh)
@@ -286,20 +316,20 @@ def run(cfg: PPOConfig) -> dict:
             dataclasses.replace(cfg, init=path), mesh, world))
         source = open_source(cfg.data, "ppo_prompt", "train")
         check_prompts(source, roles, cfg)
-        total = cfg.steps or max(1, int(cfg.epochs * len(source) // cfg.rollout_batch_size))
+        total = cfg.steps or max(1, int(cfg.epochs * len(source) // prompts_per_step(cfg)))
         tx = make_optimizer(cfg.optim, total, updates_per_step(cfg))
         graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
                             roles.value_lora)
         scorer = rollout.make_scorer(roles, graphs, rollout_config(cfg))
         frozen = frozen_tree(roles)
         state = init_state(roles.initial_params(), tx, cfg.seed)
-        put = prompt_putter(mesh)
-        data = ppo_prompt_batches(source, roles.processor, batch_size=cfg.rollout_batch_size // jax.process_count(),
+        put = prompt_putter(mesh, cfg.prompt_group)
+        data = ppo_prompt_batches(source, roles.processor, batch_size=prompts_per_step(cfg) // jax.process_count(),
                                   seed=cfg.seed, buckets=(query_width(cfg, roles.processor),),
                                   max_prompt_len=query_width(cfg, roles.processor),
                                   num_workers=cfg.num_workers,
                                   reward_processor=separate_reward_processor(roles))
-        evaluate = held_out_eval(cfg, roles, scorer, frozen, mesh, put)
+        evaluate = held_out_eval(cfg, roles, scorer, frozen, mesh, prompt_putter(mesh))
         before = evaluate(state.params)
         print("before PPO (held out): " + format_row(before), flush=True)
         step = make_ppo_step(cfg, roles, graphs, scorer, tx, total, mesh)
