@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxlava.training.rm_audit import pair_accuracy
+from jaxlava.training.rm_audit import pair_accuracy, within_prompt_share
 
 
 def test_pair_rule_on_hand_made_groups():
@@ -24,6 +24,16 @@ def test_pair_rule_on_hand_made_groups():
     assert acc["hallucination"]["se"] == pytest.approx(np.sqrt(0.25 / 3))
     assert pair_accuracy([[(1.0, 0, 1), (2.0, 0, 1)]])["hallucination"] == {"pairs": 0, "accuracy": None,
                                                                             "se": None}
+
+
+def test_within_prompt_share_is_the_one_way_decomposition():
+    rng = np.random.default_rng(3)
+    scores = [list(rng.normal(m, 0.5, size=8)) for m in rng.normal(0, 2, size=12)]
+    flat = np.array(scores)
+    between = np.var(np.repeat(flat.mean(1), 8))  # prompt means, one per sample
+    assert within_prompt_share(scores) == pytest.approx(1 - between / np.var(flat))
+    assert within_prompt_share([[1.0, 2.0], [11.0, 12.0]]) == pytest.approx(0.25 / 25.25)
+    assert within_prompt_share([[1.0, 1.0], [1.0]]) is None
 
 
 def test_pair_rule_matches_brute_force_and_flips_with_the_scores():

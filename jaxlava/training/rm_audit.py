@@ -126,6 +126,15 @@ def pair_accuracy(groups: list[list[tuple[float, int, int]]]) -> dict:
     return out
 
 
+def within_prompt_share(scores: list[list[float]]) -> float | None:
+    """The share of the scores' variance left after subtracting each prompt's mean: how much of what PPO sees
+    separates responses to the same prompt (the rest separates prompts; train/ppo.py --prompt-group removes it)."""
+    flat = np.concatenate([np.asarray(s, np.float64) for s in scores])
+    centred = np.concatenate([np.asarray(s, np.float64) - np.mean(s) for s in scores])
+    total = float(np.var(flat))
+    return None if total == 0 else float(np.var(centred) / total)
+
+
 def _ppo_config(cfg: AuditConfig, reward_adapter: str) -> run_ppo.PPOConfig:
     return dataclasses.replace(run_ppo.RUN_PRESETS["shapes"], data=cfg.data, init=cfg.init,
                                policy_adapter=cfg.policy_adapter, reward_adapter=reward_adapter,
@@ -243,6 +252,7 @@ def audit(cfg: AuditConfig) -> dict:
                           for ss, r in zip(scores, rows)]
                 res[name] = pair_accuracy(groups)
                 if name == "own":
+                    res["within_prompt_share"] = within_prompt_share(scores)
                     for r, ss in zip(rows, scores):
                         r.setdefault("scores", {})[path] = ss
             results[path] = res
@@ -276,6 +286,10 @@ def table(summary: dict) -> str:
                 label = ("its own" if res["facts"] else "none") if name == "own" else "another prompt's"
                 cells = " | ".join(cell(res[name][k]) for k in ("hallucination", "dominant", "recall"))
                 lines.append(f"| {path} | {label} | {cells} |")
+    shares = [f"{p}: {100 * r['within_prompt_share']:.0f} %" for p, r in summary["reward_models"].items()
+              if r.get("within_prompt_share") is not None]
+    if shares:
+        lines += ["", "score variance within prompts (its own facts): " + "; ".join(shares)]
     return "\n".join(lines)
 
 
