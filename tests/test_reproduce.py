@@ -54,7 +54,8 @@ def test_tiny_recipe_end_to_end(tiny_run):
             seed["systems"][system]), system
         assert seed["systems"][system]["chair_i"] is not None
     assert set(seed["rm"]) == {"facts", "other_facts", "no_facts", "audit_facts", "audit_other_facts",
-                               "audit_no_facts"} and None not in seed["rm"].values()
+                               "audit_no_facts", "audit_facts_within", "audit_no_facts_within"}
+    assert None not in seed["rm"].values() and 0 <= seed["rm"]["audit_facts_within"] <= 1
     audit = json.loads((out / "seed0" / "rm_audit" / "audit.json").read_text())
     assert audit["prompts"] == 4 and all(len(x["texts"]) == 8 for x in audit["responses"])
     for which in ("facts", "nofacts"):
@@ -329,6 +330,8 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert not any(d[s].terminal_at_eos or d[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))  # quirk 2 kept
     q = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads"]), 0)
     assert all(q[s].terminal_at_eos and q[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))
+    g = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-prompt-group", "4"]), 0)
+    assert g["ppo_facts"].prompt_group == g["ppo_nofacts"].prompt_group == 4 and d["ppo_facts"].prompt_group == 0
     o = stage_configs(parse_config(["--out", str(tmp_path), "--rm-image-dropout", "0.5",
                                     "--rm-nofacts-image-dropout", "0"]), 0)
     assert o["rm_facts"].image_dropout == 0.5 and o["rm_nofacts"].image_dropout == 0.0
@@ -416,11 +419,12 @@ def test_rm_numbers_add_blank_image_accuracy_only_where_logged(tmp_path):
     from jaxlava.reproduce.report import AUDIT, MARKER
     (tmp_path / "seed0" / AUDIT).mkdir()
     pairs = lambda a: {"hallucination": {"accuracy": 0.1}, "dominant": {"accuracy": a}}  # noqa: E731
-    models = {f"x/seed0/{RM['nofacts']}/adapter": {"facts": False, "own": pairs(0.65)},
+    models = {f"x/seed0/{RM['nofacts']}/adapter": {"facts": False, "own": pairs(0.65), "within_prompt_share": 0.4},
               f"x/seed0/{RM['facts']}/adapter": {"facts": True, "own": pairs(0.6), "other": pairs(0.55)}}
     (tmp_path / "seed0" / AUDIT / MARKER).write_text(json.dumps({"result": {"reward_models": models}}))
     got = rm_numbers(str(tmp_path), 0)
     assert (got["audit_facts"], got["audit_other_facts"], got["audit_no_facts"]) == (0.6, 0.55, 0.65)
+    assert got["audit_no_facts_within"] == 0.4 and "audit_facts_within" not in got  # an older audit: no share
 
 
 def test_grounding_stage_comes_first_and_sft_starts_from_it():

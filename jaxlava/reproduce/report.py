@@ -43,7 +43,11 @@ BLANK_RM_ROWS = (("facts_blank_image", "RM with facts, blank image", "the facts 
 AUDIT_RM_ROWS = (("audit_facts", "RM with facts, on the policy's samples", "ours: the signal PPO gets (50 % = none)"),
                  ("audit_other_facts", "RM with facts, another prompt's, on the policy's samples",
                   "ours: lower if it reads the facts"),
-                 ("audit_no_facts", "RM without facts, on the policy's samples", "ours: lower than with facts"))
+                 ("audit_no_facts", "RM without facts, on the policy's samples", "ours: lower than with facts"),
+                 # the share of the score's variance left within each prompt's samples (rm_audit.within_prompt_share)
+                 ("audit_facts_within", "RM with facts, score variance within prompts",
+                  "ours: the part that ranks responses to one image; the rest ranks images (decisions 38)"),
+                 ("audit_no_facts_within", "RM without facts, score variance within prompts", "ours"))
 
 
 def seed_dir(out: str, seed: int) -> str:
@@ -102,18 +106,22 @@ def rm_numbers(out: str, seed: int) -> dict:
 
 
 def audit_numbers(seed_folder: str) -> dict:
-    """The audit stage's dominant-pair accuracies ({} when the stage did not run)."""
+    """The audit stage's dominant-pair accuracies and within-prompt variance shares ({} when the stage did not run;
+    a share is None in audits made before it was recorded)."""
     marker = os.path.join(seed_folder, AUDIT, MARKER)
     if not os.path.exists(marker):
         return {}
     with open(marker) as f:
         models = json.load(f)["result"]["reward_models"]
 
+    def model(which: str) -> dict:
+        return next((r for path, r in models.items() if os.path.basename(os.path.dirname(path)) == RM[which]), {})
+
     def of(which: str, variant: str):
-        res = next((r for path, r in models.items() if os.path.basename(os.path.dirname(path)) == RM[which]), {})
-        return res.get(variant, {}).get("dominant", {}).get("accuracy")
+        return model(which).get(variant, {}).get("dominant", {}).get("accuracy")
     return {"audit_facts": of("facts", "own"), "audit_other_facts": of("facts", "other"),
-            "audit_no_facts": of("nofacts", "own")}
+            "audit_no_facts": of("nofacts", "own"), "audit_facts_within": model("facts").get("within_prompt_share"),
+            "audit_no_facts_within": model("nofacts").get("within_prompt_share")}
 
 
 def judged(out: str, seed: int, system: str, repeat: int = 0) -> dict:
