@@ -121,7 +121,8 @@ def make_scorer(roles, graphs: ppo.Graphs, cfg: RolloutConfig):
         chunks = jax.tree.map(lambda x: x.reshape(B // c, c, *x.shape[1:]), rows)
         out = jax.lax.map(lambda r: one_chunk(params, frozen, r), chunks)
         out = jax.tree.map(lambda x: x.reshape(B, *x.shape[2:]), out)
-        rewards = ppo.token_rewards(ppo.group_centred(out["score"], cfg.prompt_group), out["old_logprobs"], out["ref_logprobs"], rows["response_length"],
+        score = ppo.group_centred(out["score"], cfg.prompt_group)  # unchanged unless --prompt-group
+        rewards = ppo.token_rewards(score, out["old_logprobs"], out["ref_logprobs"], rows["response_length"],
                                     rows["has_stop"], rows["length_bonus"], rows["correct"], kl_coef=cfg.kl_coef,
                                     stop_penalty=cfg.stop_penalty, length_score=cfg.length_score,
                                     correct_score=cfg.correct_score, scale=cfg.reward_scale,
