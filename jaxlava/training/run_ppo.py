@@ -152,10 +152,11 @@ def prompt_putter(mesh, group: int = 0):
 
 def prompts_per_step(cfg: PPOConfig) -> int:
     """Distinct prompts in one rollout batch (each sampled max(--prompt-group, 1) times)."""
-    k = max(cfg.prompt_group, 1)
-    if cfg.prompt_group == 1 or cfg.rollout_batch_size % (k * jax.process_count()):
-        raise ValueError(f"--prompt-group {cfg.prompt_group}: it must be 0 (off) or at least 2, and divide "
-                         f"--rollout-batch-size {cfg.rollout_batch_size} on each of {jax.process_count()} processes")
+    k, procs = max(cfg.prompt_group, 1), jax.process_count()
+    if cfg.prompt_group == 1 or cfg.rollout_batch_size % (k * procs):
+        raise ValueError(f"--prompt-group {cfg.prompt_group}: it must be 0 (off) or at least 2, and "
+                         f"--rollout-batch-size {cfg.rollout_batch_size} must split into groups of {k} on each of "
+                         f"{procs} processes")
     return cfg.rollout_batch_size // k
 
 
