@@ -1,9 +1,12 @@
-"""Test environment: 8 fake CPU devices, no hub access, grain workers usable."""
+"""Test environment: 8 fake CPU devices (unless XLA_FLAGS names a count), the suite's compile level
+(cli_fixtures.FAST_COMPILE), no hub access, grain workers usable."""
 import os
+import re
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+from cli_fixtures import xla_flags
+
+_count = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = xla_flags(int(_count.group(1)) if _count else 8, os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -1,12 +1,9 @@
 """`--help` of every command line (train/*.py, data/*.py, bench/decode.py, python -m jaxlava.*): exit code 0 and
-the key flags listed.  The commands run in parallel subprocesses, once for the module."""
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-
+the key flags listed.  The commands run one after another in one subprocess (cli_fixtures.help_texts), once for
+the module."""
 import pytest
 
-from cli_fixtures import ROOT, cli_env
+from cli_fixtures import help_texts
 
 # command (after the python executable) -> what its help must show
 COMMANDS = {
@@ -41,19 +38,12 @@ COMMANDS = {
 
 @pytest.fixture(scope="module")
 def helps():
-    env = dict(cli_env(), COLUMNS="200")  # a wide terminal for the help's layout
-
-    def run(command):
-        return subprocess.run([sys.executable, *command.split(), "--help"], cwd=ROOT, env=env, check=False,
-                              capture_output=True, text=True, timeout=120)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(COMMANDS, pool.map(run, COMMANDS)))
+    return help_texts(COMMANDS)
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_help(helps, command):
-    proc = helps[command]
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    missing = [flag for flag in COMMANDS[command] if flag not in proc.stdout]
-    assert not missing, f"{command} --help lacks {missing}:\n{proc.stdout}"
+    got = helps[command]
+    assert got["returncode"] == 0, got["stderr"][-3000:]
+    missing = [flag for flag in COMMANDS[command] if flag not in got["stdout"]]
+    assert not missing, f"{command} --help lacks {missing}:\n{got['stdout']}"

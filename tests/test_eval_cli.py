@@ -7,12 +7,10 @@ import importlib.util
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from cli_fixtures import ROOT, cli_env
+from cli_fixtures import ROOT, help_texts
 from PIL import Image
 from test_eval_judge import completion, judge_server
 from tok_fixtures import bpe_dir
@@ -304,8 +302,8 @@ def test_report_tables_and_charts(tmp_path, capsys):
 
 
 def test_every_cli_explains_itself():
-    for name, words in (("pope", "--questions"), ("mmhal", "--judge-url"), ("mmbench", "--matcher"),
-                        ("llavabench", "--references"), ("report", "--runs")):
-        done = subprocess.run([sys.executable, os.path.join(ROOT, "eval", f"{name}.py"), "--help"], env=cli_env(),
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0 and words in done.stdout and "Example" in done.stdout, done.stderr[-1000:]
+    wanted = {"eval/pope.py": "--questions", "eval/mmhal.py": "--judge-url", "eval/mmbench.py": "--matcher",
+              "eval/llavabench.py": "--references", "eval/report.py": "--runs"}
+    for command, got in help_texts(wanted).items():
+        assert got["returncode"] == 0, (command, got["stderr"][-1000:])
+        assert wanted[command] in got["stdout"] and "Example" in got["stdout"], (command, got["stdout"])

@@ -299,6 +299,9 @@ def test_mmhal_probes(world):
             assert r["answer"].startswith("There is no")
 
 
+TEXT = "USER: <image>\nDescribe the image in detail. ASSISTANT: A small green triangle left of a blue star.</s>"
+
+
 def test_tokenizer(world, tmp_path):
     tok = train_tokenizer(itertools.chain(template_texts(world.records), world_texts(world.records)), vocab_size=900)
     save_tokenizer(tok, str(tmp_path / "tok"))
@@ -310,6 +313,12 @@ def test_tokenizer(world, tmp_path):
     ids = tok("USER: <image>\nIs there a red circle? ASSISTANT: No.</s>").input_ids
     assert ids[0] == 1 and ids[-1] == 2 and ids.count(img_id) == 1 and ids.count(2) == 1
     assert tok.convert_ids_to_tokens(ids).count("<0x0A>") == 1  # newline is LLaMA's byte piece
+    # load_tokenizer skips AutoTokenizer for this plain tokenizer.json, and encodes and decodes as it does
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    auto = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert type(tok) is PreTrainedTokenizerFast and auto(TEXT).input_ids == tok(TEXT).input_ids
+    assert auto.decode(ids) == tok.decode(ids) and auto.special_tokens_map == tok.special_tokens_map
+
     for text in list(world_texts(world.records))[:300] + ["héllo wörld 漢字 ✓"]:
         enc = tok(text, add_special_tokens=False).input_ids
         assert tok.unk_token_id not in enc

@@ -189,9 +189,9 @@ def load_length_check(tokenizer_dir: str | None, max_tokens: int | None, num_ima
         return None
     if tokenizer_dir is None or max_tokens is None:
         raise ConversionError("--tokenizer and --max-tokens go together (give both or neither)")
-    from transformers import AutoTokenizer
+    from jaxlava.data.processor import load_tokenizer
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tok = load_tokenizer(tokenizer_dir)
     except Exception as e:  # transformers raises OSError/ValueError/... for a bad folder
         raise ConversionError(f"{tokenizer_dir}: cannot load a tokenizer ({e})") from None
     return LengthCheck(tok, max_tokens, num_image_tokens=num_image_tokens, template=template)

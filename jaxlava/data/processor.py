@@ -110,8 +110,7 @@ class LlavaProcessor:
                         num_image_tokens: int | None = None, image_token_id: int | None = None):
         """HF tokenizer files + preprocessor_config.json (+ processor_config.json) from `path`.  With a
         `model_config` (jaxlava LlavaConfig) the placeholder count and id come from the model."""
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = load_tokenizer(path)
         proc = _read(os.path.join(path, "processor_config.json"), missing_ok=True)
         pp_path = os.path.join(path, "preprocessor_config.json")
         if not os.path.exists(pp_path) and isinstance(proc.get("image_processor"), dict):
@@ -188,6 +187,21 @@ class LlavaProcessor:
 
     def decode(self, ids, **kw) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, **kw)
+
+
+def load_tokenizer(path: str):
+    """The transformers tokenizer saved in `path`.  A plain fast tokenizer (tokenizer.json and the generic class,
+    as the shapes world saves it) loads through PreTrainedTokenizerFast: importing AutoTokenizer costs a CLI about
+    three seconds more.  Anything else goes through AutoTokenizer."""
+    cfg = _read(os.path.join(path, "tokenizer_config.json"), missing_ok=True)
+    if cfg.get("tokenizer_class") in GENERIC_FAST and os.path.exists(os.path.join(path, "tokenizer.json")):
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+GENERIC_FAST = ("PreTrainedTokenizerFast", "TokenizersBackend")  # the class name transformers 4 and 5 write
 
 
 def _read(path: str, missing_ok: bool = False) -> dict:

@@ -22,8 +22,8 @@ class WorldAssets:
 
     @property
     def tokenizer(self):
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(os.path.join(self.data_dir, "tokenizer"))
+        from jaxlava.shapes.tokenizer import load_tokenizer
+        return load_tokenizer(os.path.join(self.data_dir, "tokenizer"))
 
     def model_config(self, **runtime):
         """The shapes model (`jaxlava.presets.shapes_config`) sized to the world's tokenizer."""

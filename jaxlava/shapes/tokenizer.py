@@ -67,8 +67,8 @@ def save_tokenizer(tokenizer, out_dir: str) -> str:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path)
+    from jaxlava.data.processor import load_tokenizer as load
+    return load(path)
 
 
 def image_token_id(tokenizer) -> int:
