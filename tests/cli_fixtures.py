@@ -2,9 +2,9 @@
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Compilation is most of what the suite's tiny models cost, and LLVM's optimisation passes are about half of an
-# XLA:CPU compile: the suite and every script it starts compile at backend level 0 (docs/decisions.md 39).
-# JAXLAVA_TEST_XLA_OPT=1 keeps XLA's default level.
+# XLA:CPU at backend optimisation level 0 instead of XLA's default 3, for the suite and every script it starts: it
+# compiles a small model's steps about twice as fast and runs some of them slower; on the whole suite it used less
+# CPU time than level 1 (docs/decisions.md 39).  JAXLAVA_TEST_XLA_OPT=1 keeps XLA's default.
 FAST_COMPILE = () if os.environ.get("JAXLAVA_TEST_XLA_OPT") == "1" else ("--xla_backend_optimization_level=0",)
 
 
