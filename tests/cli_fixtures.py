@@ -34,8 +34,9 @@ for command in json.loads(sys.argv[1]):
     words, stdout, stderr, code = command.split(), io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            sys.argv = [words[1] if words[0] == "-m" else words[0], *words[2 if words[0] == "-m" else 1:], "--help"]
-            if words[0] == "-m":
+            module = words[0] == "-m"
+            sys.argv = [*(words[1:] if module else words), "--help"]
+            if module:
                 runpy.run_module(words[1], run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(words[0], run_name="__main__")

@@ -313,7 +313,7 @@ def test_tokenizer(world, tmp_path):
     ids = tok("USER: <image>\nIs there a red circle? ASSISTANT: No.</s>").input_ids
     assert ids[0] == 1 and ids[-1] == 2 and ids.count(img_id) == 1 and ids.count(2) == 1
     assert tok.convert_ids_to_tokens(ids).count("<0x0A>") == 1  # newline is LLaMA's byte piece
-    # load_tokenizer skips AutoTokenizer for this plain tokenizer.json, and encodes and decodes as it does
+    # load_tokenizer (PreTrainedTokenizerFast for this plain tokenizer.json) encodes and decodes as AutoTokenizer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     auto = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     assert type(tok) is PreTrainedTokenizerFast and auto(TEXT).input_ids == tok(TEXT).input_ids
