@@ -22,14 +22,16 @@ TIMING = ("seconds_generate", "seconds_host", "seconds_score", "seconds_update",
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """A small world with a few-step SFT model, RL-init adapter and reward model (quality is not the point)."""
+    """A small world with the SFT model, RL-init adapter and reward model the trainers write before their first
+    step (`steps=0`): PPO's machinery is under test here, not the models' quality, and a trained step would only add
+    compilation (the trainers' steps are tested in test_train_sft.py and test_train_rm.py)."""
     from jaxlava.shapes.world import preset, write_world
     from jaxlava.training import run_rm, run_sft
     d = tmp_path_factory.mktemp("ppo")
     world = str(d / "world")
     write_world(world, preset("small"), progress=False)
-    small = dict(data=world, steps=3, batch_size=4, eval_every=100, checkpoint_every=100)
-    run_sft.run(run_sft.SFTConfig(out=str(d / "sft"), vision_pretrain_steps=10, **small))
+    small = dict(data=world, steps=0, batch_size=4, eval_every=100, checkpoint_every=100)
+    run_sft.run(run_sft.SFTConfig(out=str(d / "sft"), vision_pretrain_steps=0, **small))
     init = str(d / "sft" / "hf")
     run_sft.run(run_sft.SFTConfig(out=str(d / "rlinit"), init=init, lora=True,
                                   adapter=run_sft.LoraConfig(r=4, alpha=8), **small))

@@ -74,18 +74,30 @@ def test_tiny_recipe_end_to_end(tiny_run):
     assert "| system |" in stdout  # the final table is printed
 
 
-@pytest.mark.slow
-def test_demo_reuses_the_stages_and_ends_with_the_three_systems(tiny_run):
-    """`python -m jaxlava.demo` is the reproduction with the demo's defaults: on a finished OUT it reruns no stage,
-    checks transformers' logits on the SFT export and prints the three-row table last."""
-    out = tiny_run[0]
-    r = subprocess.run([sys.executable, "-m", "jaxlava.demo", *TINY, "--out", str(out)], cwd=ROOT, env=cli_env(1),
-                       capture_output=True, text=True, timeout=600, check=False)
+@pytest.fixture(scope="module")
+def rerun(tiny_run, tmp_path_factory):
+    """A copy of the finished tiny run (hard links) given to `python -m jaxlava.demo` with `--ppo-repeats 2`: the
+    demo is the reproduction with the demo's defaults, so one command shows both that a finished OUT reruns no
+    stage and that asking for a second PPO repeat runs only that repeat's stages.  (OUT, its stdout)."""
+    import os
+    import shutil
+    out = tmp_path_factory.mktemp("rerun") / "out"
+    shutil.copytree(tiny_run[0], out, copy_function=os.link)
+    r = subprocess.run([sys.executable, "-m", "jaxlava.demo", *TINY, "--out", str(out), "--ppo-repeats", "2"],
+                       cwd=ROOT, env=cli_env(1), capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert all(f"] {stage}: skipped" in r.stdout for stage in STAGES)
-    diff = float(r.stdout.split("max |logit diff| = ")[1].split()[0])
+    return out, r.stdout
+
+
+@pytest.mark.slow
+def test_demo_reuses_the_stages_and_ends_with_the_three_systems(rerun):
+    """`python -m jaxlava.demo` on a finished OUT reruns none of its stages, checks transformers' logits on the SFT
+    export and prints the three-row table last."""
+    stdout = rerun[1]
+    assert all(f"] {stage}: skipped" in stdout for stage in STAGES)
+    diff = float(stdout.split("max |logit diff| = ")[1].split()[0])
     assert diff < 1e-4
-    tail = r.stdout[r.stdout.index("== the three systems"):]
+    tail = stdout[stdout.index("== the three systems"):]
     rows = [line for line in tail.splitlines() if line.startswith("| ")]
     assert [row.split("|")[1].strip() for row in rows] == ["system", "SFT", "RLHF (no facts)", "Fact-RLHF"]
 
@@ -208,19 +220,14 @@ def test_a_changed_setting_is_refused(tiny_run):
 
 
 @pytest.mark.slow
-def test_ppo_repeats_rerun_only_ppo_and_the_report_takes_their_means(tiny_run, tmp_path):
+def test_ppo_repeats_rerun_only_ppo_and_the_report_takes_their_means(rerun):
     """A finished run asked for 2 PPO repeats (in a copy of it) runs only the second repeat's PPO runs and judges;
     each seed's RLHF numbers are then the means of the two repeats, and results.md lists each one's checks."""
-    import os
-    import shutil
-    out = tmp_path / "out"
-    shutil.copytree(tiny_run[0], out, copy_function=os.link)
-    r, _ = _reproduce(out, "--ppo-repeats", "2")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count(": skipped (cached") == len(STAGES) + 1  # the world and every stage of the first run
-    assert not any(f"] {stage}: done in" in r.stdout for stage in STAGES)
+    out, stdout = rerun
+    assert stdout.count(": skipped (cached") == len(STAGES) + 1  # the world and every stage of the first run
+    assert not any(f"] {stage}: done in" in stdout for stage in STAGES)
     for stage in ("ppo_facts_r1", "ppo_nofacts_r1", "judge_rlhf_nofacts_r1", "judge_fact_rlhf_r1"):
-        assert f"] {stage}: done in" in r.stdout, stage
+        assert f"] {stage}: done in" in stdout, stage
     res = json.loads((out / "results.json").read_text())
     reps = res["repeats"]["0"]
     assert [x["ppo_seed"] for x in reps] == [0, 100]

@@ -28,8 +28,9 @@ def sft(tmp_path_factory):
     d = tmp_path_factory.mktemp("rm")
     world = str(d / "world")
     write_world(world, preset("small", n_pref=60), progress=False)
-    _run("sft.py", "--data", world, "--out", str(d / "sft"), "--steps", "4", "--batch-size", "4",
-         "--eval-every", "100", "--vision-pretrain-steps", "10")
+    # the SFT model before its first step: the reward model's training is under test, not the base's quality
+    _run("sft.py", "--data", world, "--out", str(d / "sft"), "--steps", "0", "--batch-size", "4",
+         "--eval-every", "100", "--vision-pretrain-steps", "0")
     return world, str(d / "sft" / "hf")
 
 

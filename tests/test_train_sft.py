@@ -20,6 +20,15 @@ def world(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    """The 8-step command on one device, uninterrupted: the kill test's reference and the mesh test's one-device
+    run (the same command, so it runs once)."""
+    out = str(tmp_path_factory.mktemp("sft") / "one")
+    subprocess.run(_cmd(world, out), check=True, env=_env(1), capture_output=True, timeout=600)
+    return out
+
+
 def _cmd(world, out, *extra):
     return [sys.executable, os.path.join(ROOT, "train", "sft.py"), "--data", world, "--out", out, "--steps", "8",
             "--batch-size", "4", "--checkpoint-every", "3", "--eval-every", "100", "--vision-pretrain-steps", "20",
@@ -35,15 +44,14 @@ def _rows(out):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_is_exact(world, tmp_path):
+def test_kill_and_resume_is_exact(world, reference, tmp_path):
     """SIGKILL mid-run (after the step-3 checkpoint, before the last step), rerun: same data and losses per step.
 
     The test fails, rather than passing trivially, when the kill came too late (the run had already finished) or the
     rerun did not resume from a step strictly inside the run."""
     total = 8
-    env = _env()  # with the session's compilation cache: the second and third runs load the first's programs
-    ref = str(tmp_path / "ref")
-    subprocess.run(_cmd(world, ref), check=True, env=env, capture_output=True, timeout=600)
+    env = _env()  # with the session's compilation cache: these runs load the reference's programs
+    ref = reference
     out = str(tmp_path / "killed")
     proc = subprocess.Popen(_cmd(world, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = os.path.join(out, "checkpoints", "3")
@@ -71,9 +79,8 @@ def test_kill_and_resume_is_exact(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_loss_falls_and_mesh_matches_one_device(world, tmp_path):
-    one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
-    subprocess.run(_cmd(world, one), check=True, env=_env(1), capture_output=True, timeout=600)
+def test_loss_falls_and_mesh_matches_one_device(world, reference, tmp_path):
+    one, eight = reference, str(tmp_path / "eight")
     r = subprocess.run(_cmd(world, eight, "--mesh", "fsdp=4,tensor=2"), env=_env(8), capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
