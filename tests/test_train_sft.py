@@ -51,7 +51,6 @@ def test_kill_and_resume_is_exact(world, reference, tmp_path):
     rerun did not resume from a step strictly inside the run."""
     total = 8
     env = _env()  # with the session's compilation cache: these runs load the reference's programs
-    ref = reference
     out = str(tmp_path / "killed")
     proc = subprocess.Popen(_cmd(world, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = os.path.join(out, "checkpoints", "3")
@@ -70,7 +69,7 @@ def test_kill_and_resume_is_exact(world, reference, tmp_path):
     resumed = re.findall(r"resumed from step (\d+)", done.stdout)
     assert len(resumed) == 1, done.stdout[-2000:]
     assert 0 < int(resumed[0]) < total, f"resumed from step {resumed[0]}, not from inside the {total}-step run"
-    a, b = _rows(ref), _rows(out)
+    a, b = _rows(reference), _rows(out)
     assert sorted(a) == sorted(b) == list(range(1, total + 1))
     for s in range(1, total + 1):
         assert a[s]["data_crc"] == b[s]["data_crc"], f"data order differs at step {s}"
