@@ -93,8 +93,9 @@ _PAPER = dict(compute_dtype="bfloat16", remat=True, scan_layers=True, checkpoint
               question_stop=True, score_chunk=16, optim=OptimConfig(lr=3e-5, schedule="cosine", warmup_steps=5,
                                                                      max_grad_norm=1.0, grad_accum=2))
 RUN_PRESETS = {
-    # the CPU miniature; lr from docs/decisions.md 15 (2e-4 barely moves in 30 steps, 3e-3 collapses to empty answers)
-    "shapes": PPOConfig(steps=40, rollout_batch_size=32, step_batch_size=16, max_new_tokens=40, rm_seq_len=512,
+    # the CPU miniature; lr from docs/decisions.md 15 (2e-4 barely moves in 30 steps, 3e-3 collapses to empty answers);
+    # 96 response slots hold the world's longest descriptions (40 cut a quarter of them: decisions 42)
+    "shapes": PPOConfig(steps=40, rollout_batch_size=32, step_batch_size=16, max_new_tokens=96, rm_seq_len=512,
                         checkpoint_every=10, eval_every=20, eval_prompts=96,
                         optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=3, max_grad_norm=1.0)),
     "llava-7b-224": PPOConfig(preset="llava-7b-224", **_PAPER),  # 7B policy, 13B reward/value (--reward-base)
