@@ -220,9 +220,6 @@ def test_reward_prompt_layout_comes_from_the_rm_run(tmp_path):
     assert ppo_roles._reward_prompt_layout(str(tmp_path / "none" / "adapter"), False) == (False, False)
 
 
-
-
-
 def test_ppo_update_moves_the_policy_toward_the_better_response(stack):
     """Scores -> shaped rewards -> GAE -> whitening -> clipped loss -> AdamW on the adapters, with the run's own
     functions and optimizer: half the batch answers every prompt with token X, half with token Y, and the reward
@@ -265,10 +262,9 @@ def test_ppo_update_moves_the_policy_toward_the_better_response(stack):
         old_v = ppo.values(roles.value_base, rows, make_lora(params["value"], roles.value_lora), params["value_head"])
         tx = make_optimizer(dataclasses.replace(cfg.optim, warmup_steps=0, warmup_ratio=0.0), total_steps=10)
         update = jax.jit(ppo.make_update_step(graphs, ppo.LossConfig(), tx))
-        before = log_odds(params)
+        before, n = log_odds(params), np.full(8, N, np.int32)
         for sign in (1.0, -1.0):
             score = sign * np.asarray([1.0] * 4 + [-1.0] * 4, np.float32)
-            n = np.full(8, N, np.int32)
             rewards = ppo.token_rewards(score, old_lp, old_lp, n, np.ones(8), np.zeros(8, np.float32), np.zeros(8))
             adv, ret = ppo.advantages(rewards, old_v)
             state = init_state(params, tx, 0)
