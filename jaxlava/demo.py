@@ -52,14 +52,16 @@ def fewer_steps_note(cfg) -> str:
     from jaxlava.reproduce.recipe import RECIPES
     full = RECIPES["full"]
     cut = [f"{name} {getattr(cfg, f)} (full: {getattr(full, f)})" for name, f in
-           (("grounding", "ground_steps"), ("SFT", "sft_steps"), ("RL-init", "rlinit_steps"),
-            ("reward models", "rm_steps"), ("PPO", "ppo_steps"))
+           (("vision stage 0", "vision_pretrain_steps"), ("grounding", "ground_steps"), ("SFT", "sft_steps"),
+            ("RL-init", "rlinit_steps"), ("reward models", "rm_steps"), ("PPO", "ppo_steps"))
            if getattr(cfg, f) < getattr(full, f)]
     if not cut:
         return ""
-    return ("\nThis demo trains fewer steps than the full reproduction (" + ", ".join(cut) + "), so its numbers "
-            "are not docs/results.md's: `python train/reproduce.py` runs the full recipe (45 to 100 minutes per "
-            "seed on 2 cores).")
+    held = "" if cfg.rm_eval_pairs is None else (f"; the reward models' held-out accuracy is on the first "
+                                                 f"{cfg.rm_eval_pairs} test pairs")
+    return ("\nThis demo trains fewer steps than the full reproduction (" + ", ".join(cut) + held + "), so its "
+            "numbers are not docs/results.md's: `python train/reproduce.py` runs the full recipe (45 to 100 "
+            "minutes per seed on 2 cores).")
 
 
 def main(argv: list[str] | None = None) -> int:

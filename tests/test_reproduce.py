@@ -114,6 +114,7 @@ def test_demo_says_which_steps_it_cut():
     from jaxlava.reproduce.recipe import RECIPES, parse_config
     note = fewer_steps_note(parse_config(["--recipe", "demo"]))
     assert f"SFT {RECIPES['demo'].sft_steps} (full: {RECIPES['full'].sft_steps})" in note and "PPO" in note
+    assert f"first {RECIPES['demo'].rm_eval_pairs} test pairs" in note
     assert fewer_steps_note(parse_config(["--recipe", "full"])) == ""
 
 

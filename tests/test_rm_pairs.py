@@ -87,6 +87,10 @@ def test_concatenated_sources_read_in_order(tmp_path):
     assert len(both) == 5 and [both[i]["id"] for i in range(5)] == [f"r{i}" for i in range(5)]
     with pytest.raises(IndexError):
         both[5]
+    head = storage.HeadSource(both, 4)
+    assert len(head) == 4 and head[3]["id"] == "r3" and len(storage.HeadSource(both, 99)) == 5
+    with pytest.raises(IndexError):
+        head[4]
     import pickle
     assert pickle.loads(pickle.dumps(both))[4]["id"] == "r4"  # grain workers receive it pickled
     with pytest.raises(storage.StorageError, match="no preference/train dataset"):

@@ -1,5 +1,6 @@
 """`train/rm.py` end to end on a small shapes world: metrics (held-out accuracy with the pair's own facts and
 with another pair's), the PEFT adapter plus head it writes, and the --no-facts ablation (with image dropout)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -83,6 +84,10 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
             np.testing.assert_allclose(reloaded, trained, rtol=0, atol=1e-5)
             accs.append(float(rm.preference_loss(reloaded, b["choice"])[1]["accuracy"]))
             n += len(b["choice"])
+        # --eval-pairs 3: every held-out set holds the first three pairs only
+        head = held_out_sets(dataclasses.replace(cfg, eval_pairs=3), proc, lambda b: b)
+        assert {k: sum(len(b["choice"]) for b in v) for k, v in head.items()} == {
+            "eval_accuracy": 3, "eval_accuracy_other_facts": 3}
     assert n >= 4
     assert abs(np.mean(accs) - evals[-1]["eval_accuracy"]) < 1e-6
     ablation = str(tmp_path / "rm_nf")

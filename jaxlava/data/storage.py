@@ -201,6 +201,27 @@ class ConcatSource:
         return f"ConcatSource({self.sources!r})"
 
 
+class HeadSource:
+    """The first `n` records of a random-access source (all of them when it holds fewer)."""
+
+    def __init__(self, source, n: int):
+        if n < 1:
+            raise ValueError(f"HeadSource: n must be 1 or more, got {n}")
+        self.source, self.n = source, min(int(n), len(source))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(f"record {i} of {self.n}")
+        return self.source[i]
+
+    def __repr__(self):
+        return f"HeadSource({self.source!r}, n={self.n})"
+
+
 def open_sources(out_dirs: Iterable[str], kind: str, split: str = "train"):
     """One source over the `split` of `kind` in each folder, in order (the only one's own source if one)."""
     found = [open_source(d, kind, split) for d in out_dirs]

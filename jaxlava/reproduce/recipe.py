@@ -36,6 +36,8 @@ class Recipe:
     rm_lr: float = 5e-4
     rm_rank: int = 64
     rm_alpha: float = 128.0
+    rm_eval_pairs: int | None = None
+    """the reward models' held-out accuracy on the first N pairs of the world's test split (None: all)"""
     rm_schedule: Literal["constant_with_warmup", "cosine"] = "constant_with_warmup"
     rm_epochs: float = 1.0  # passes over the preference pairs the reward models may take (steps end them first)
     rm_image_dropout: float = 0.0
@@ -127,12 +129,14 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe(world=TWINS_WORLD, ground_steps=2500, sft_steps=2000, rm_steps=1200, rm_schedule="cosine",
                    rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=10, ppo_eval_every=5,
                    audit_prompts=128),
-    # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores: 12.3 minutes on
-    # 2026-12-02, about 16.5 on the slower machine of the day before (decisions 34). Far too few for this world:
-    # its SFT model names an eighth of the objects and says yes to every POPE question (README)
-    "demo": Recipe(world=TWINS_WORLD, vision_pretrain_steps=1000, ground_steps=600, sft_steps=400, rlinit_steps=40,
-                   rm_steps=120, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200,
-                   ppo_steps=8, ppo_eval_every=4, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64),
+    # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores. Machines differ by 2x:
+    # the recipe before this one took 12.3 minutes on 2026-12-02 and 23.9 on 2026-12-03 (decisions 34, 43), so
+    # these steps are sized for the slowest machine measured. Far too few for this world: its SFT model names
+    # few of the objects and says yes to most POPE questions (README)
+    "demo": Recipe(world=TWINS_WORLD, vision_pretrain_steps=600, ground_steps=250, sft_steps=200, rlinit_steps=30,
+                   rm_steps=60, rm_eval_pairs=200, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS,
+                   eval_every=200, ppo_steps=6, ppo_eval_every=3, ppo_eval_prompts=48, judge_pope_images=16,
+                   judge_descriptions=64),
     # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
     "plain": Recipe(),
     # a smoke test of the whole pipeline (seconds per stage; the numbers mean nothing)

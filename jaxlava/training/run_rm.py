@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxlava import distributed, rm, sharding
 from jaxlava.data.pipeline import OtherFacts, preference_batches, preference_padding
-from jaxlava.data.storage import open_source
+from jaxlava.data.storage import HeadSource, open_source
 from jaxlava.lora import LoraConfig, init_lora
 from jaxlava.model.heads import init_scalar_head
 from jaxlava.peft_io import save_reward_model_adapter
@@ -38,6 +38,8 @@ class RMConfig(runs.RunConfig):
     image_dropout: float = 0.0
     """blank each training pair's image with this probability, so that on those pairs only the facts decide
     (0: off, the paper); the held-out accuracy is then also reported with every image blanked"""
+    eval_pairs: int | None = None
+    """held-out accuracy on the first N pairs of the test split only (None: all of them; the demo's cut)"""
     extra_data: tuple[str, ...] = ()
     """more training pairs: folders holding a preference/train split (such as data/onpolicy_pairs.py writes),
     read after --data's; the held-out pairs stay --data's"""
@@ -67,6 +69,8 @@ def held_out_sets(cfg: RMConfig, processor, put) -> dict[str, list]:
     """Held-out preference batches: with each pair's own facts, (with facts) with another pair's, and (with image
     dropout) with every image blanked."""
     source = open_source(cfg.data, "preference", "test")
+    if cfg.eval_pairs is not None:
+        source = HeadSource(source, cfg.eval_pairs)
 
     def batches(src):
         return list(preference_batches(src, processor, batch_size=min(cfg.batch_size, len(src)), seed=0,
