@@ -129,10 +129,10 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe(world=TWINS_WORLD, ground_steps=2500, sft_steps=2000, rm_steps=1200, rm_schedule="cosine",
                    rm_epochs=4.0, buckets=FINE_BUCKETS, eval_every=200, ppo_steps=10, ppo_eval_every=5,
                    audit_prompts=128),
-    # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores. Machines differ by 2x:
-    # the recipe before this one took 12.3 minutes on 2026-12-02 and 23.9 on 2026-12-03 (decisions 34, 43), so
-    # these steps are sized for the slowest machine measured. Far too few for this world: its SFT model names
-    # few of the objects and says yes to most POPE questions (README)
+    # the same world and stages with the steps that fit make demo's 20 minutes on 2 cores on the slowest machine
+    # measured: 15.1 minutes there on 2026-12-03 (the recipe before this one: 12.3 minutes on 2026-12-02's machine,
+    # 23.9 on a slower one; decisions 34, 43). Far too few for this world: its SFT model names under a third of
+    # the objects and answers every POPE question alike (README)
     "demo": Recipe(world=TWINS_WORLD, vision_pretrain_steps=600, ground_steps=250, sft_steps=200, rlinit_steps=30,
                    rm_steps=60, rm_eval_pairs=200, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS,
                    eval_every=200, ppo_steps=6, ppo_eval_every=3, ppo_eval_prompts=48, judge_pope_images=16,
