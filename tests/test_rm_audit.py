@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxlava.training.rm_audit import pair_accuracy, within_prompt_share
+from jaxlava.training.rm_audit import object_prices, pair_accuracy, within_prompt_share
 
 
 def test_pair_rule_on_hand_made_groups():
@@ -34,6 +34,20 @@ def test_within_prompt_share_is_the_one_way_decomposition():
     assert within_prompt_share(scores) == pytest.approx(1 - between / np.var(flat))
     assert within_prompt_share([[1.0, 2.0], [11.0, 12.0]]) == pytest.approx(0.25 / 25.25)
     assert within_prompt_share([[1.0, 1.0], [1.0]]) is None
+
+
+def test_object_prices_recover_the_rates_under_per_prompt_offsets():
+    rng = np.random.default_rng(5)
+    groups = []
+    for offset in rng.normal(0, 10, size=20):  # each prompt its own level, which the prices must ignore
+        h, r = rng.integers(0, 3, size=8), rng.integers(0, 4, size=8)
+        groups.append([(offset - 1.5 * hi + 0.4 * ri, hi, ri) for hi, ri in zip(h, r)])
+    p = object_prices(groups)
+    assert p["absent"] == pytest.approx(-1.5) and p["present"] == pytest.approx(0.4) and p["r2"] == pytest.approx(1)
+    noisy = [[(s + n, h, r) for (s, h, r), n in zip(g, rng.normal(0, 1, size=8))] for g in groups]
+    q = object_prices(noisy)
+    assert abs(q["absent"] + 1.5) < 0.3 and abs(q["present"] - 0.4) < 0.3 and 0 < q["r2"] < 1
+    assert object_prices([[(1.0, 0, 1), (2.0, 1, 2)], [(0.0, 0, 0), (5.0, 1, 1)]]) is None  # counts move together
 
 
 def test_pair_rule_matches_brute_force_and_flips_with_the_scores():

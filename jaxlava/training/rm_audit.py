@@ -50,7 +50,7 @@ class SampleConfig:
     skip_prompts: int = 0  # leave out the split's first N describe prompts (those the on-policy pairs used)
     samples: int = 8  # sampled responses per prompt
     temperature: float = 1.0  # PPO's sampling temperature
-    max_new_tokens: int = 40  # as the PPO run's
+    max_new_tokens: int = run_ppo.RUN_PRESETS["shapes"].max_new_tokens  # as the shapes PPO preset's (96)
     max_prompt_len: int = 128
     batch_size: int = 32  # prompts per generation and scoring pass
     seed: int = 0
@@ -225,6 +225,27 @@ def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = Fa
     return out
 
 
+def object_prices(groups: list[list[tuple[float, int, int]]]) -> dict | None:
+    """`groups` as `pair_accuracy` takes them -> what one more object named is worth to the reward model within a
+    prompt: the least-squares fit of score on (absent objects named, present objects named), each centred on its
+    prompt's mean, as {"absent", "present", "r2"} (None when the counts do not vary). PPO trades one for the other
+    at this rate: a model that pays more for a present object than it takes for an absent one rewards naming
+    more objects even when some of them are not there."""
+    x, y = [], []
+    for samples in groups:
+        a = np.asarray(samples, np.float64).reshape(-1, 3)
+        c = a - a.mean(0)
+        y.append(c[:, 0])
+        x.append(c[:, 1:])
+    x, y = np.concatenate(x), np.concatenate(y)
+    if np.linalg.matrix_rank(x) < 2:
+        return None
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    total = float(y @ y)
+    r2 = None if total == 0 else float(1 - np.sum((y - x @ coef) ** 2) / total)
+    return {"absent": float(coef[0]), "present": float(coef[1]), "r2": r2}
+
+
 def audit(cfg: AuditConfig) -> dict:
     """Sample once, score with every reward model; returns (and writes to `cfg.out`) the numbers."""
     if not cfg.reward_adapters:
@@ -253,6 +274,7 @@ def audit(cfg: AuditConfig) -> dict:
                 res[name] = pair_accuracy(groups)
                 if name == "own":
                     res["within_prompt_share"] = within_prompt_share(scores)
+                    res["object_prices"] = object_prices(groups)
                     for r, ss in zip(rows, scores):
                         r.setdefault("scores", {})[path] = ss
             results[path] = res
@@ -290,6 +312,11 @@ def table(summary: dict) -> str:
               if r.get("within_prompt_share") is not None]
     if shares:
         lines += ["", "score variance within prompts (its own facts): " + "; ".join(shares)]
+    prices = [f"{p}: absent {r['object_prices']['absent']:+.2f}, present {r['object_prices']['present']:+.2f}"
+              + ("" if r["object_prices"]["r2"] is None else f" (R2 {r['object_prices']['r2']:.2f})")
+              for p, r in summary["reward_models"].items() if r.get("object_prices")]
+    if prices:
+        lines += ["", "score per object named, within prompts (least squares): " + "; ".join(prices)]
     return "\n".join(lines)
 
 
