@@ -228,9 +228,9 @@ def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = Fa
 def object_prices(groups: list[list[tuple[float, int, int]]]) -> dict | None:
     """`groups` as `pair_accuracy` takes them -> what one more object named is worth to the reward model within a
     prompt: the least-squares fit of score on (absent objects named, present objects named), each centred on its
-    prompt's mean, as {"absent", "present", "r2"} (None when the counts do not vary). PPO trades one for the other
-    at this rate: a model that pays more for a present object than it takes for an absent one rewards naming
-    more objects even when some of them are not there."""
+    prompt's mean, as {"absent", "present", "r2"} (None when the two counts do not vary apart). PPO trades one for
+    the other at this rate: a model that pays more for a present object than it takes for an absent one rewards
+    naming more objects even when some of them are not there."""
     x, y = [], []
     for samples in groups:
         a = np.asarray(samples, np.float64).reshape(-1, 3)

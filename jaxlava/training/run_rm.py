@@ -39,7 +39,7 @@ class RMConfig(runs.RunConfig):
     """blank each training pair's image with this probability, so that on those pairs only the facts decide
     (0: off, the paper); the held-out accuracy is then also reported with every image blanked"""
     eval_pairs: int | None = None
-    """held-out accuracy on the first N pairs of the test split only (None: all of them; the demo's cut)"""
+    """held-out accuracy on the first N pairs of the test split only (None: all of them; the demo recipe takes 200)"""
     extra_data: tuple[str, ...] = ()
     """more training pairs: folders holding a preference/train split (such as data/onpolicy_pairs.py writes),
     read after --data's; the held-out pairs stay --data's"""
