@@ -208,16 +208,70 @@ def test_one_ppo_step_is_the_same_on_three_meshes(stack, tmp_path):
                                        err_msg=f"{mesh}: {k}")
 
 
-def test_reward_prompt_layout_comes_from_the_rm_run(tmp_path):
-    """PPO builds the reward prompt as the RM run did: facts or none, and where (its config.json)."""
+def test_reward_reading_comes_from_the_rm_run(tmp_path):
+    """PPO builds the reward prompt as the RM run did (facts or none, and where) and shows it its images as it saw
+    them (its config.json)."""
     from jaxlava.training import ppo_roles
-    for rec, want in [({}, (True, False)), ({"no_facts": True}, (False, False)),
-                      ({"facts_first": True}, (True, True))]:
-        run = tmp_path / str(len(rec)) / ("x" if rec.get("no_facts") else "y")
+    for i, (rec, want) in enumerate([({}, (True, False, 0)), ({"no_facts": True}, (False, False, 0)),
+                                     ({"facts_first": True}, (True, True, 0)), ({"image_pool": 8}, (True, False, 8))]):
+        run = tmp_path / str(i) / "rm"
         (run / "adapter").mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"stage": "rm", **rec}))
-        assert ppo_roles._reward_prompt_layout(str(run / "adapter"), True) == want
-    assert ppo_roles._reward_prompt_layout(str(tmp_path / "none" / "adapter"), False) == (False, False)
+        assert ppo_roles._reward_reading(str(run / "adapter"), True) == want
+    assert ppo_roles._reward_reading(str(tmp_path / "none" / "adapter"), False) == (False, False, 0)
+
+
+def _fixed_rows(cfg, roles, mesh, response: np.ndarray) -> dict:
+    """Rollout rows of the world's first prompts (one per response row) with the given responses."""
+    from jaxlava.data.pipeline import ppo_prompt_batches
+    from jaxlava.data.storage import open_source
+    from jaxlava.training import run_ppo
+    width = run_ppo.query_width(cfg, roles.processor)
+    batch = next(iter(ppo_prompt_batches(open_source(cfg.data, "ppo_prompt", "train"), roles.processor,
+                                         batch_size=len(response), shuffle=False, num_epochs=1, buckets=(width,),
+                                         max_prompt_len=width)))
+    q = run_ppo.prompt_putter(mesh)(batch)["device"]
+    rows = {"input_ids": np.concatenate([q["input_ids"], response], 1), "response": response,
+            "attention_mask": np.concatenate([q["attention_mask"], np.ones_like(response)], 1),
+            "response_mask": np.ones_like(response), "pixel_values": q["pixel_values"]}
+    return rows | {"value_input_ids": rows["input_ids"], "value_attention_mask": rows["attention_mask"],
+                   "reward_pixel_values": q["pixel_values"]}
+
+
+def test_rollout_scores_with_the_reward_models_coarse_sight(stack):
+    """A reward model trained with --image-pool N scores PPO's rollouts (and the audit's samples) on images seen as
+    it saw them: the score of the rows equals the full-sight scorer's on the pre-pooled images, and differs from it
+    on the raw ones."""
+    import dataclasses
+    from flax import nnx
+    from jaxlava import ppo, rm, sharding
+    from jaxlava.training import ppo_roles, rm_audit, rollout, run_ppo, runs
+    cfg = ppo_config(stack, "/tmp/unused")
+    mesh = sharding.make_mesh(None)
+    with sharding.use_mesh(mesh):
+        roles = ppo_roles.load_roles(cfg, mesh, lambda p: runs.build_model(dataclasses.replace(cfg, init=p), mesh))
+        assert roles.reward_image_pool == 0
+        rows = _fixed_rows(cfg, roles, mesh, np.asarray([[11, 12, 13, 14]] * 4, np.int32))
+        n = len(rows["response"])
+        rows |= {"rm_input_ids": rows["input_ids"], "rm_attention_mask": rows["attention_mask"],
+                 "response_length": np.full(n, 4, np.int32), "has_stop": np.ones(n), "length_bonus": np.zeros(n),
+                 "correct": np.zeros(n)}
+        graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
+                            roles.value_lora)
+        params, frozen, rc = roles.initial_params(), run_ppo.frozen_tree(roles), run_ppo.rollout_config(cfg)
+        pool = roles.policy_base.config.vision.image_size // 4
+        coarse = rows | {"reward_pixel_values": rm.coarse_images(rows["reward_pixel_values"], pool)}
+        full = rollout.make_scorer(roles, graphs, rc)
+        seeing = rollout.make_scorer(dataclasses.replace(roles, reward_image_pool=pool), graphs, rc)
+        got = np.asarray(seeing(params, frozen, rows)["score"])
+        np.testing.assert_allclose(got, np.asarray(full(params, frozen, coarse)["score"]), rtol=0, atol=1e-5)
+        assert np.abs(got - np.asarray(full(params, frozen, rows)["score"])).max() > 1e-4
+        # and so does the on-policy audit's scorer
+        args = rows["rm_input_ids"], rows["rm_attention_mask"]
+        audit = rm_audit._scorer(dataclasses.replace(roles, reward_image_pool=pool))(args[0], rows["pixel_values"],
+                                                                                     args[1])
+        np.testing.assert_allclose(np.asarray(audit), np.asarray(
+            rm_audit._scorer(roles)(args[0], coarse["reward_pixel_values"], args[1])), rtol=0, atol=1e-5)
 
 
 def test_ppo_update_moves_the_policy_toward_the_better_response(stack):
@@ -229,8 +283,6 @@ def test_ppo_update_moves_the_policy_toward_the_better_response(stack):
     import dataclasses
     from flax import nnx
     from jaxlava import ppo, sharding
-    from jaxlava.data.pipeline import ppo_prompt_batches
-    from jaxlava.data.storage import open_source
     from jaxlava.lora import make_lora
     from jaxlava.training import ppo_roles, run_ppo, runs
     from jaxlava.training.optim import make_optimizer
@@ -239,18 +291,8 @@ def test_ppo_update_moves_the_policy_toward_the_better_response(stack):
     mesh = sharding.make_mesh(None)
     with sharding.use_mesh(mesh):
         roles = ppo_roles.load_roles(cfg, mesh, lambda p: runs.build_model(dataclasses.replace(cfg, init=p), mesh))
-        width = run_ppo.query_width(cfg, roles.processor)
-        batch = next(iter(ppo_prompt_batches(open_source(cfg.data, "ppo_prompt", "train"), roles.processor,
-                                             batch_size=8, shuffle=False, num_epochs=1, buckets=(width,),
-                                             max_prompt_len=width)))
-        q = run_ppo.prompt_putter(mesh)(batch)["device"]
         X, Y, N = 11, 12, 6
-        response = np.asarray([[X] * N] * 4 + [[Y] * N] * 4, np.int32)
-        rows = {"input_ids": np.concatenate([q["input_ids"], response], 1), "response": response,
-                "attention_mask": np.concatenate([q["attention_mask"], np.ones_like(response)], 1),
-                "response_mask": np.ones_like(response), "pixel_values": q["pixel_values"]}
-        rows |= {"value_input_ids": rows["input_ids"], "value_attention_mask": rows["attention_mask"],
-                 "reward_pixel_values": q["pixel_values"]}
+        rows = _fixed_rows(cfg, roles, mesh, np.asarray([[X] * N] * 4 + [[Y] * N] * 4, np.int32))
         graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
                             roles.value_lora)
         params, frozen = roles.initial_params(), run_ppo.frozen_tree(roles)

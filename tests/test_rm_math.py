@@ -105,3 +105,50 @@ def test_rm_loss_with_image_dropout_scores_the_blanked_batch():
     assert abs(dropped - float(rm_loss(model, tr, blank, lora_cfg=lcfg)[0])) < 1e-6
     assert abs(dropped - with_images) > 1e-6
     assert float(rm_loss(model, tr, batch, lora_cfg=lcfg, image_dropout=0.999999)[0]) == with_images
+
+
+def test_coarse_images_are_block_means():
+    """Each pool x pool block of every channel becomes its mean (numpy reference); 0 and 1 leave the images alone;
+    a pool that does not divide the image is refused, naming it."""
+    from jaxlava.rm import coarse_images
+    px = np.random.default_rng(0).normal(size=(2, 3, 8, 12)).astype(np.float32)
+    want = px.reshape(2, 3, 2, 4, 3, 4).mean(axis=(3, 5))
+    got = np.asarray(coarse_images(jnp.asarray(px), 4))
+    assert got.shape == px.shape and got.dtype == px.dtype
+    np.testing.assert_allclose(got, np.repeat(np.repeat(want, 4, axis=2), 4, axis=3), rtol=0, atol=1e-6)
+    for off in (0, 1):
+        assert coarse_images(px, off) is px
+    try:
+        coarse_images(jnp.asarray(px), 3)
+    except ValueError as e:
+        assert "image_pool 3" in str(e) and "8 x 12" in str(e)
+    else:
+        raise AssertionError("a pool of 3 on 8-pixel rows was accepted")
+
+
+def test_rm_loss_with_image_pool_sees_only_the_block_means():
+    """Two images with the same 4 x 4 block means but different detail: with image_pool 4 the reward model gives
+    them the same loss (that of the pre-pooled batch), without it different ones."""
+    from jaxlava.config import LlavaConfig, TextConfig, VisionConfig
+    from jaxlava.lora import LoraConfig, init_lora
+    from jaxlava.rm import coarse_images, rm_loss
+    cfg = LlavaConfig(vision=VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=16, patch_size=8),
+                      text=TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2), image_token_index=63)
+    model = LlavaModel(cfg, rngs=nnx.Rngs(0))
+    lcfg = LoraConfig(r=4, alpha=8, dropout=0.0)
+    tr = {"lora": init_lora(cfg, lcfg, jax.random.key(1)),
+          "head": {"w": jax.random.normal(jax.random.key(2), (32,)), "b": jnp.asarray(0.0)}}
+    ids = np.array([[[63, 63, 63, 63, 5, 6], [63, 63, 63, 63, 7, 8]]] * 2)
+    px = np.asarray(jax.random.normal(jax.random.key(3), (2, 3, 16, 16)))
+    detail = np.tile(np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32), (8, 8))  # mean 0 in every 4 x 4 block
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "choice": np.array([0, 1]), "pixel_values": px}
+    other = {**batch, "pixel_values": px + detail}
+    pooled = {**batch, "pixel_values": np.asarray(coarse_images(jnp.asarray(px), 4))}
+
+    def loss(b, pool):
+        return float(rm_loss(model, tr, b, lora_cfg=lcfg, image_pool=pool)[0])
+    assert abs(loss(batch, 4) - loss(other, 4)) < 1e-6
+    assert abs(loss(batch, 4) - loss(pooled, 0)) < 1e-6
+    assert abs(loss(batch, 0) - loss(other, 0)) > 1e-6

@@ -92,9 +92,22 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
     assert abs(np.mean(accs) - evals[-1]["eval_accuracy"]) < 1e-6
     ablation = str(tmp_path / "rm_nf")
     _run("rm.py", "--data", world, "--init", init, "--out", ablation, "--no-facts", "--steps", "2",
-         "--batch-size", "4", "--eval-every", "2", "--image-dropout", "0.5")
+         "--batch-size", "4", "--eval-every", "2", "--image-dropout", "0.5", "--image-pool", "8")
     last = read_metrics(ablation)[-1]
     assert "eval_accuracy" in last and "eval_accuracy_other_facts" not in last
     assert 0 <= last["eval_accuracy_blank_image"] <= 1  # image dropout adds the held-out set with blank images
     saved = json.load(open(os.path.join(ablation, "config.json")))
-    assert saved["no_facts"] is True and saved["image_dropout"] == 0.5
+    assert saved["no_facts"] is True and saved["image_dropout"] == 0.5 and saved["image_pool"] == 8
+    # its held-out accuracy was taken on coarse images: the written adapter scores the same pairs seen so, and
+    # seen whole it scores them otherwise
+    nf = dataclasses.replace(cfg, no_facts=True)
+    with sharding.use_mesh(mesh):
+        lora, lcfg, head = load_reward_model_adapter(os.path.join(ablation, "adapter"), model.config)
+        coarse, whole, accs = [], [], []
+        for b in held_out_sets(nf, proc, lambda b: b)["eval_accuracy"]:
+            b = {k: v for k, v in b.items() if isinstance(v, np.ndarray)}
+            coarse.append(np.asarray(rm.pair_scores(model, head, b, lora=make_lora(lora, lcfg), image_pool=8)))
+            whole.append(np.asarray(rm.pair_scores(model, head, b, lora=make_lora(lora, lcfg))))
+            accs.append(float(rm.preference_loss(coarse[-1], b["choice"])[1]["accuracy"]))
+    assert abs(np.mean(accs) - last["eval_accuracy"]) < 1e-6
+    assert np.abs(np.concatenate(coarse) - np.concatenate(whole)).max() > 1e-4

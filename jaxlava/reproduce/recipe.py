@@ -45,6 +45,10 @@ class Recipe:
     rm_nofacts_image_dropout: float | None = None
     """the no-facts reward model's own image dropout, where it should differ from --rm-image-dropout (blanked
     images leave that model nothing to judge by: decisions 22, 36)"""
+    rm_image_pool: int = 0
+    """both reward models see every image at 1/N of its resolution (train/rm.py --image-pool; 0: the full image,
+    the paper): a reward model that sees, but not well enough, where the facts tell it what the image does not
+    (decisions 45)"""
     rm_facts_first: bool = False
     """the facts reward model reads the facts before the response, at the start of the first user turn, not
     after it in the reward prompt (False: the paper; train/rm.py --facts-first, decisions 25)"""

@@ -161,7 +161,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
         out[folder] = dataclasses.replace(rm_p, init=sft_hf, out=os.path.join(d, folder), no_facts=which == "nofacts",
                                           steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,
                                           eval_pairs=cfg.rm_eval_pairs,
-                                          image_dropout=_rm_image_dropout(cfg, which),
+                                          image_dropout=_rm_image_dropout(cfg, which), image_pool=cfg.rm_image_pool,
                                           facts_first=which == "facts" and cfg.rm_facts_first,
                                           lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
                                           optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr, schedule=cfg.rm_schedule),

@@ -40,6 +40,7 @@ class Roles:
     reward_head: dict
     reward_facts: bool  # the RM was trained with facts in its prompt: the prompts must carry them
     reward_facts_first: bool = False  # ... at the start of the first user turn (RMConfig.facts_first)
+    reward_image_pool: int = 0  # the RM sees its images at 1/N of their resolution (RMConfig.image_pool)
 
     def bases(self) -> list:
         """The distinct base models held in memory."""
@@ -77,15 +78,15 @@ def reward_base_of(adapter_dir: str, given: str | None) -> str:
     return given
 
 
-def _reward_prompt_layout(adapter_dir: str, default: bool) -> tuple[bool, bool]:
-    """Whether the RM run behind `adapter_dir` put facts in its prompt, and whether before the response (its
-    config.json), else (`default`, False)."""
+def _reward_reading(adapter_dir: str, default: bool) -> tuple[bool, bool, int]:
+    """Whether the RM run behind `adapter_dir` put facts in its prompt, whether before the response, and its image
+    pooling (its config.json), else (`default`, False, 0)."""
     cfg = os.path.join(os.path.dirname(os.path.abspath(adapter_dir.rstrip("/"))), "config.json")
     if os.path.exists(cfg):
         with open(cfg) as f:
             rec = json.load(f)
-        return not rec.get("no_facts", False), bool(rec.get("facts_first", False))
-    return default, False
+        return not rec.get("no_facts", False), bool(rec.get("facts_first", False)), int(rec.get("image_pool", 0))
+    return default, False, 0
 
 
 def place_adapter(tree, mesh):
@@ -121,7 +122,7 @@ def load_roles(cfg, mesh, build_model) -> Roles:
         raise RoleError(f"the policy ({cfg.init}) and the reward model ({reward_base_path}) use different "
                         "tokenizers; the value model reads the policy's tokens, so they must share one")
     return Roles(policy_base, value_base, processor, reward_processor, pcfg, rcfg, place_adapter(init, mesh), reference,
-                 place_adapter(rlora, mesh), jax.device_put(rhead), *_reward_prompt_layout(cfg.reward_adapter, True))
+                 place_adapter(rlora, mesh), jax.device_put(rhead), *_reward_reading(cfg.reward_adapter, True))
 
 
 def batch_shards(mesh) -> int:

@@ -190,7 +190,8 @@ def _scorer(roles):
 
     @jax.jit
     def score(state, lora, head, ids, pixels, mask):
-        return rm.scores(nnx.merge(graphdef, state), head, ids, pixels, mask, lora=make_lora(lora, roles.value_lora))
+        return rm.scores(nnx.merge(graphdef, state), head, ids, pixels, mask, lora=make_lora(lora, roles.value_lora),
+                         image_pool=roles.reward_image_pool)
     return lambda ids, pixels, mask: score(state, roles.reward_lora, roles.reward_head, ids, pixels, mask)
 
 

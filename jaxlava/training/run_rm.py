@@ -38,6 +38,10 @@ class RMConfig(runs.RunConfig):
     image_dropout: float = 0.0
     """blank each training pair's image with this probability, so that on those pairs only the facts decide
     (0: off, the paper); the held-out accuracy is then also reported with every image blanked"""
+    image_pool: int = 0
+    """coarse sight: the reward model sees each image at 1/N of its resolution (N x N pixel blocks averaged), in
+    training, evaluation and PPO (which reads it from the run's config.json); 0 (off) or 1: the full image, the
+    paper (docs/decisions.md 45)"""
     eval_pairs: int | None = None
     """held-out accuracy on the first N pairs of the test split only (None: all of them; the demo recipe takes 200)"""
     extra_data: tuple[str, ...] = ()
@@ -91,6 +95,8 @@ def run(cfg: RMConfig) -> dict:
     """Train the adapter and head; write RUN_DIR/adapter (PEFT + reward_head).  Returns the last metrics row."""
     if not 0.0 <= cfg.image_dropout < 1.0:
         raise SystemExit(f"--image-dropout must be in [0, 1); got {cfg.image_dropout}")
+    if cfg.image_pool < 0:
+        raise SystemExit(f"--image-pool must be 0 (off) or a divisor of the image size; got {cfg.image_pool}")
     distributed.maybe_initialize()
     run_sft.ensure_sft(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
@@ -106,12 +112,12 @@ def run(cfg: RMConfig) -> dict:
                      "head": init_scalar_head(jax.random.fold_in(key, 1), model.config.text.hidden_size)}
         state = init_state(trainable, tx, cfg.seed)
         step = jax.jit(rm.make_step(graphdef, cfg.lora, tx, cfg.optim.grad_accum, make_schedule(cfg.optim, total),
-                                    image_dropout=cfg.image_dropout), donate_argnums=0)
+                                    image_dropout=cfg.image_dropout, image_pool=cfg.image_pool), donate_argnums=0)
         data = preference_batches(source, processor, batch_size=cfg.batch_size // jax.process_count(),
                                   seed=cfg.seed, num_workers=cfg.num_workers, buckets=cfg.buckets,
                                   **prompt_layout(cfg))
         put = runs.batch_putter(mesh, preference_padding(processor))
-        evaluate = rm.eval_accuracy(graphdef, base, cfg.lora, held_out_sets(cfg, processor, put))
+        evaluate = rm.eval_accuracy(graphdef, base, cfg.lora, held_out_sets(cfg, processor, put), cfg.image_pool)
         state, last = fit(run_dir=cfg.out, step_fn=step, state=state, frozen=base, data=data, total_steps=total,
                           checkpoint_every=cfg.checkpoint_every, config={"stage": "rm", **runs.as_dict(cfg)},
                           put=put, hooks=[Hook(cfg.eval_every, lambda _, s: evaluate(s))],
