@@ -345,6 +345,10 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert o["rm_facts"].image_dropout == 0.5 and o["rm_nofacts"].image_dropout == 0.0
     v = stage_configs(parse_config(["--out", str(tmp_path), "--rm-image-pool", "8"]), 0)
     assert v["rm_facts"].image_pool == v["rm_nofacts"].image_pool == 8 and d["rm_facts"].image_pool == 0
+    pr = stage_configs(parse_config(["--out", str(tmp_path), "--rm-onpolicy-prompts", "4",
+                                     "--rm-onpolicy-repeats"]), 0)
+    assert pr["rm_pairs"].repeats and not stage_configs(parse_config([
+        "--out", str(tmp_path), "--rm-onpolicy-prompts", "4"]), 0)["rm_pairs"].repeats
     f = stage_configs(parse_config(["--out", str(tmp_path), "--rm-facts-first"]), 0)
     assert f["rm_facts"].facts_first and not f["rm_nofacts"].facts_first
     r = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-seed-offset", "100"]), 2)  # PPO repeats

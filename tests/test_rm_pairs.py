@@ -34,6 +34,28 @@ def test_pairs_follow_the_annotators_rule(tradeoff):
         assert len(got) == len(set(got)) and set(got) == _brute(counts, texts, tradeoff)
 
 
+def test_repeats_decide_only_the_ties():
+    """With `repeats`, the pairs are the annotators' rule's plus, among samples that tie on both counts, the one
+    that names fewer categories twice over the other (brute force); without it, the rule's alone."""
+    rng = random.Random(1)
+    made = 0
+    for _ in range(200):
+        n = rng.randint(1, 8)
+        counts = [(rng.randint(0, 1), rng.randint(0, 2)) for _ in range(n)]
+        texts, reps = [rng.choice("abcdefgh") for _ in range(n)], [rng.randint(0, 2) for _ in range(n)]
+        want = _brute(counts, texts, "skip") | {
+            (i, j, "repeat") for i, j in itertools.permutations(range(n), 2)
+            if texts[i] != texts[j] and counts[i] == counts[j] and reps[i] < reps[j]}
+        got = judged_pairs(counts, texts, "skip", reps)
+        assert len(got) == len(set(got)) and set(got) == want
+        assert set(judged_pairs(counts, texts, "skip")) == _brute(counts, texts, "skip")
+        made += sum(k == "repeat" for *_, k in got)
+    assert made > 50
+    # the hand-made case: 0 and 1 tie on (absent, present); 1 names a category twice; 2 has an absent object
+    assert set(judged_pairs([(0, 2), (0, 2), (1, 2)], ["a", "b", "c"], repeats=[0, 1, 0])) == {
+        (0, 1, "repeat"), (0, 2, "hallucination"), (1, 2, "hallucination")}
+
+
 def test_pairs_on_hand_made_counts():
     # (absent, present): 0 beats 1 and 2 on absent objects; 1 and 3 tie on absent, 3 names more present ones;
     # 0 names fewer present objects than 3 but fewer absent ones: kept by the paper's rule, left out by "skip"
@@ -48,9 +70,9 @@ def test_pairs_on_hand_made_counts():
         judged_pairs(counts, texts, "longest")
 
 
-class _J:  # the two fields of a shapes Judgement that the pairs read
-    def __init__(self, absent, present):
-        self.hallucinated, self.recalled = tuple(absent), tuple(present)
+class _J:  # the fields of a shapes Judgement that the pairs read
+    def __init__(self, absent, present, repeated=()):
+        self.hallucinated, self.recalled, self.repeated = tuple(absent), tuple(present), tuple(repeated)
 
 
 def test_records_prefer_the_winner_on_either_side_and_fit_the_schema(tmp_path):
@@ -73,6 +95,13 @@ def test_records_prefer_the_winner_on_either_side_and_fit_the_schema(tmp_path):
     assert {r["preference"] for r in recs} == {1, 2}  # the winner's side is a coin flip
     assert len({r["id"] for r in recs}) == len(recs)
     assert pair_records([{"id": "p0", "texts": texts, "judged": judged}], {"p0": prompt}, seed=3) == recs
+    # with repeats: the two responses that tie, one naming its circle twice, make one more pair, a non-hallucination
+    # one that the response without the repeat wins
+    judged[0] = _J([], [], ["red circle"])
+    more = pair_records([{"id": "p0", "texts": texts, "judged": judged}], {"p0": prompt}, seed=3, repeats=True)
+    extra = [r for r in more if r["id"] == "p0-s6-s0"]
+    assert len(more) == len(recs) + 1 and len(extra) == 1 and not extra[0]["hallucination"]
+    assert extra[0]["conversations"][1]["value"] == texts[6]
 
 
 def test_concatenated_sources_read_in_order(tmp_path):

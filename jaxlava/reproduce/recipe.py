@@ -96,6 +96,9 @@ class Recipe:
     rm_onpolicy_tradeoff: str = "skip"
     """an on-policy pair whose response with fewer absent objects names fewer present ones: 'skip' it, or let
     'fewer_absent' win (the paper's annotators' rule)"""
+    rm_onpolicy_repeats: bool = False
+    """on-policy pairs also from responses that tie on absent and present objects: the one that names fewer
+    categories twice wins (ours; off: the annotators' rule; decisions 45)"""
     audit_prompts: int = 0
     """the on-policy reward-model audit before PPO (eval/rm_audit.py): this many describe prompts of the world's
     ppo_prompt train split (after the ones the on-policy pairs used), 8 samples each from the RL-init policy,

@@ -14,7 +14,10 @@ apart, as the annotators' rule does:
 - fewer absent objects wins;
 - with as many absent objects, more present objects wins;
 - `tradeoff="skip"` leaves out the pairs where the response with fewer absent objects also names fewer present
-  ones (the annotators' rule makes it win).
+  ones (the annotators' rule makes it win);
+- `repeats=True` (ours, off by default) also pairs responses that tie on both counts: the one that introduces
+  fewer categories twice wins (kind "repeat"), the helpfulness the annotators judged after truthfulness. PPO on
+  reward models that never saw such a pair bought descriptions that name an object twice (docs/decisions.md 45).
 
 The pairs are written as a preference/train split of `out` (the world's record schema; the image and facts are the
 prompt's), which `train/rm.py --extra-data` reads after the world's own pairs.
@@ -42,13 +45,17 @@ class PairsConfig(SampleConfig):
     tradeoff: str = "fewer_absent"
     """a pair where the response with fewer absent objects names fewer present ones: 'fewer_absent' (it wins, as
     the paper's annotators chose) or 'skip' (no pair)"""
+    repeats: bool = False
+    """also pair responses that tie on absent and present objects: fewer categories named twice wins (off: no
+    pair, the annotators' rule)"""
     out: str = "runs/onpolicy_pairs"  # writes OUT/preference/train and OUT/pairs.json (counts and every sample)
 
 
-def judged_pairs(counts: list[tuple[int, int]], texts: list[str], tradeoff: str = "fewer_absent"
-                 ) -> list[tuple[int, int, str]]:
+def judged_pairs(counts: list[tuple[int, int]], texts: list[str], tradeoff: str = "fewer_absent",
+                 repeats: list[int] | None = None) -> list[tuple[int, int, str]]:
     """`counts`: per sample of one prompt, (absent objects named, present objects named) -> (winner, loser, kind)
-    for each pair the rule decides; kind is "hallucination" or "recall". Samples with the same text make no pair."""
+    for each pair the rule decides; kind is "hallucination" or "recall", or "repeat" where `repeats` (per sample,
+    the categories it names twice) decides a tie. Samples with the same text make no pair."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {TRADEOFFS}; got {tradeoff!r}")
     out = []
@@ -56,6 +63,8 @@ def judged_pairs(counts: list[tuple[int, int]], texts: list[str], tradeoff: str 
         if texts[a] == texts[b]:
             continue
         verdict = pair_verdict(counts[a], counts[b])
+        if verdict is None and repeats is not None and repeats[a] != repeats[b]:
+            verdict = (repeats[a] < repeats[b], ("repeat",))
         if verdict is None or (tradeoff == "skip" and verdict[1] == ("hallucination",)):  # not dominant: skipped
             continue
         better_a, kinds = verdict
@@ -63,21 +72,27 @@ def judged_pairs(counts: list[tuple[int, int]], texts: list[str], tradeoff: str 
     return out
 
 
-def pair_records(rows: list[dict], prompts: dict, seed: int, tradeoff: str = "fewer_absent") -> list[dict]:
+def pair_records(rows: list[dict], prompts: dict, seed: int, tradeoff: str = "fewer_absent",
+                 repeats: bool = False) -> list[dict]:
     """Preference records of `rows` (as `sample_describe` returns them); `prompts`: id -> its ppo_prompt record.
     Which response is output_1 is a coin flip (seeded), so the position tells nothing."""
+    return [rec for rec, _ in _kinded_records(rows, prompts, seed, tradeoff, repeats)]
+
+
+def _kinded_records(rows, prompts, seed, tradeoff, repeats):
     rng, out = random.Random(seed), []
     for r in rows:
         p = prompts[r["id"]]
         counts = [(len(j.hallucinated), len(j.recalled)) for j in r["judged"]]
+        reps = [len(j.repeated) for j in r["judged"]] if repeats else None
         human = [t for t in p["conversations"] if t["from"] == "human"][:1]
-        for win, lose, kind in judged_pairs(counts, r["texts"], tradeoff):
+        for win, lose, kind in judged_pairs(counts, r["texts"], tradeoff, reps):
             first = rng.random() < 0.5
             o1, o2 = (r["texts"][win], r["texts"][lose]) if first else (r["texts"][lose], r["texts"][win])
-            out.append({"id": f"{r['id']}-s{win}-s{lose}", "image": p["image"], "source": "on-policy",
-                        "conversations": human + [{"from": "gpt", "value": r["texts"][win]}],
-                        "output_1": o1, "output_2": o2, "preference": 1 if first else 2,
-                        "hallucination": kind == "hallucination", "facts": p["facts"]})
+            out.append(({"id": f"{r['id']}-s{win}-s{lose}", "image": p["image"], "source": "on-policy",
+                         "conversations": human + [{"from": "gpt", "value": r["texts"][win]}],
+                         "output_1": o1, "output_2": o2, "preference": 1 if first else 2,
+                         "hallucination": kind == "hallucination", "facts": p["facts"]}, kind))
     return out
 
 
@@ -91,17 +106,19 @@ def make_pairs(cfg: PairsConfig) -> dict:
     source = open_source(cfg.data, "ppo_prompt", cfg.split)
     wanted = {r["id"] for r in rows}
     prompts = {rec["id"]: rec for rec in (source[i] for i in range(len(source))) if rec["id"] in wanted}
-    records = pair_records(rows, prompts, cfg.seed, cfg.tradeoff)
+    kinded = _kinded_records(rows, prompts, cfg.seed, cfg.tradeoff, cfg.repeats)
+    records = [rec for rec, _ in kinded]
     if not records:
         raise ValueError(f"{cfg.prompts} prompts x {cfg.samples} samples of {cfg.data} made no pair: every response "
                          "to a prompt was judged alike (more --samples or --prompts, or a higher --temperature)")
     write_records("preference", records, cfg.out, "train")
-    kinds = {k: sum(r["hallucination"] == (k == "hallucination") for r in records) for k in ("hallucination", "recall")}
+    kinds = {k: sum(kind == k for _, kind in kinded) for k in ("hallucination", "recall", "repeat")}
     summary = {"prompts": len(rows), "samples": cfg.samples, "pairs": len(records), **kinds,
                "config": dataclasses.asdict(cfg),
                "responses": [{"id": r["id"], "texts": r["texts"],
                               "hallucinated": [list(j.hallucinated) for j in r["judged"]],
-                              "recalled": [list(j.recalled) for j in r["judged"]]} for r in rows]}
+                              "recalled": [list(j.recalled) for j in r["judged"]],
+                              "repeated": [list(j.repeated) for j in r["judged"]]} for r in rows]}
     write_json(os.path.join(cfg.out, "pairs.json"), summary, indent=1)
     return summary
 
@@ -110,6 +127,7 @@ def main(argv: list[str], description: str | None = None) -> dict:
     from jaxlava.training.cli import parse
     cfg = parse(PairsConfig, argv, description)
     s = make_pairs(cfg)
-    print(f"{s['pairs']} pairs ({s['hallucination']} decided by absent objects, {s['recall']} by present ones) from "
+    print(f"{s['pairs']} pairs ({s['hallucination']} decided by absent objects, {s['recall']} by present ones, "
+          f"{s['repeat']} by repeats) from "
           f"{s['prompts']} describe prompts x {s['samples']} samples: {cfg.out}/preference/train")
     return s
