@@ -82,21 +82,26 @@ def test_image_dropout_blanks_whole_images_at_rate_p_and_is_off_by_default():
     assert not np.array_equal((other == 0).all(axis=(1, 2, 3)), blank)  # a fresh draw per key
 
 
-def test_rm_loss_with_image_dropout_scores_the_blanked_batch():
-    """With p near 1 every image is blanked: the loss is the loss of the batch with zero pixels, and it differs
-    from the loss with the images (so the model did look at them); without an rng nothing is dropped."""
+def _tiny_rm():
+    """A 16-pixel LLaVA with one layer each, a LoRA adapter and head, and a two-pair batch's ids (4 image tokens)."""
     from jaxlava.config import LlavaConfig, TextConfig, VisionConfig
     from jaxlava.lora import LoraConfig, init_lora
-    from jaxlava.rm import rm_loss
     cfg = LlavaConfig(vision=VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                           num_attention_heads=2, image_size=16, patch_size=8),
                       text=TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=2), image_token_index=63)
-    model = LlavaModel(cfg, rngs=nnx.Rngs(0))
     lcfg = LoraConfig(r=4, alpha=8, dropout=0.0)
     tr = {"lora": init_lora(cfg, lcfg, jax.random.key(1)),
           "head": {"w": jax.random.normal(jax.random.key(2), (32,)), "b": jnp.asarray(0.0)}}
     ids = np.array([[[63, 63, 63, 63, 5, 6], [63, 63, 63, 63, 7, 8]]] * 2)
+    return LlavaModel(cfg, rngs=nnx.Rngs(0)), lcfg, tr, ids
+
+
+def test_rm_loss_with_image_dropout_scores_the_blanked_batch():
+    """With p near 1 every image is blanked: the loss is the loss of the batch with zero pixels, and it differs
+    from the loss with the images (so the model did look at them); without an rng nothing is dropped."""
+    from jaxlava.rm import rm_loss
+    model, lcfg, tr, ids = _tiny_rm()
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "choice": np.array([0, 1]),
              "pixel_values": np.asarray(jax.random.normal(jax.random.key(3), (2, 3, 16, 16)))}
     blank = {**batch, "pixel_values": np.zeros_like(batch["pixel_values"])}
@@ -129,18 +134,8 @@ def test_coarse_images_are_block_means():
 def test_rm_loss_with_image_pool_sees_only_the_block_means():
     """Two images with the same 4 x 4 block means but different detail: with image_pool 4 the reward model gives
     them the same loss (that of the pre-pooled batch), without it different ones."""
-    from jaxlava.config import LlavaConfig, TextConfig, VisionConfig
-    from jaxlava.lora import LoraConfig, init_lora
     from jaxlava.rm import coarse_images, rm_loss
-    cfg = LlavaConfig(vision=VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                          num_attention_heads=2, image_size=16, patch_size=8),
-                      text=TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2), image_token_index=63)
-    model = LlavaModel(cfg, rngs=nnx.Rngs(0))
-    lcfg = LoraConfig(r=4, alpha=8, dropout=0.0)
-    tr = {"lora": init_lora(cfg, lcfg, jax.random.key(1)),
-          "head": {"w": jax.random.normal(jax.random.key(2), (32,)), "b": jnp.asarray(0.0)}}
-    ids = np.array([[[63, 63, 63, 63, 5, 6], [63, 63, 63, 63, 7, 8]]] * 2)
+    model, lcfg, tr, ids = _tiny_rm()
     px = np.asarray(jax.random.normal(jax.random.key(3), (2, 3, 16, 16)))
     detail = np.tile(np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32), (8, 8))  # mean 0 in every 4 x 4 block
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "choice": np.array([0, 1]), "pixel_values": px}
