@@ -79,7 +79,8 @@ def pair_records(rows: list[dict], prompts: dict, seed: int, tradeoff: str = "fe
     return [rec for rec, _ in _kinded_records(rows, prompts, seed, tradeoff, repeats)]
 
 
-def _kinded_records(rows, prompts, seed, tradeoff, repeats):
+def _kinded_records(rows, prompts, seed, tradeoff, repeats) -> list[tuple[dict, str]]:
+    """`pair_records`' records, each with the kind of pair it is ("hallucination", "recall" or "repeat")."""
     rng, out = random.Random(seed), []
     for r in rows:
         p = prompts[r["id"]]
