@@ -144,11 +144,11 @@ def test_audit_stage_judges_and_scores_each_sample_as_the_judges_and_reward_mode
     from jaxlava.data.processor import LlavaProcessor
     from jaxlava.data.storage import open_source
     from jaxlava.data.templates import encode_reward_input
-    from jaxlava.eval.shapes import prompt_judgement
+    from jaxlava.eval.shapes import prompt_judgement, world_partners
     from jaxlava.hf import from_pretrained
     from jaxlava.lora import make_lora
     from jaxlava.peft_io import load_reward_model_adapter
-    from jaxlava.training.rm_audit import pair_accuracy, table
+    from jaxlava.training.rm_audit import LAPSES, lapse_counts, object_prices, pair_accuracy, table
     from jaxlava.training.rollout import _row_rng
     out = tiny_run[0]
     rec = json.loads((out / "seed0" / "rm_audit" / "audit.json").read_text())
@@ -163,10 +163,15 @@ def test_audit_stage_judges_and_scores_each_sample_as_the_judges_and_reward_mode
         judged[resp["id"]] = [prompt_judgement(p["conversations"], t, p["facts"]) for t in resp["texts"]]
         assert [list(j.hallucinated) for j in judged[resp["id"]]] == resp["hallucinated"]
         assert [list(j.recalled) for j in judged[resp["id"]]] == resp["recalled"]
+        assert [list(j.repeated) for j in judged[resp["id"]]] == resp["repeated"]
+    partners = world_partners(str(out / "world"))
     for path, res in rec["reward_models"].items():
         groups = [[(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(resp["scores"][path], judged[resp["id"]])]
                   for resp in rec["responses"]]
         assert res["own"] == pair_accuracy(groups), path
+        lapses = [[(s, *lapse_counts(j, partners)) for s, j in zip(resp["scores"][path], judged[resp["id"]])]
+                  for resp in rec["responses"]]
+        assert res["lapse_prices"] == object_prices(lapses, LAPSES), path
     md = table(rec)
     assert "fewer absent objects wins" in md and "another prompt's" in md and md.count("\n| ") == 4
     # one sample by hand: the second sample (k = 1, the rollout's fact order for step 1) of the first prompt

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxlava.training.rm_audit import object_prices, pair_accuracy, within_prompt_share
+from jaxlava.eval.shapes import judge, parse_mentions
+from jaxlava.training.rm_audit import LAPSES, lapse_counts, object_prices, pair_accuracy, within_prompt_share
 
 
 def test_pair_rule_on_hand_made_groups():
@@ -48,6 +49,31 @@ def test_object_prices_recover_the_rates_under_per_prompt_offsets():
     q = object_prices(noisy)
     assert abs(q["absent"] + 1.5) < 0.3 and abs(q["present"] - 0.4) < 0.3 and 0 < q["r2"] < 1
     assert object_prices([[(1.0, 0, 1), (2.0, 1, 2)], [(0.0, 0, 0), (5.0, 1, 1)]]) is None  # counts move together
+
+
+def test_lapse_prices_recover_four_rates_and_refuse_counts_that_move_together():
+    rng = np.random.default_rng(7)
+    rates = np.array([-1.2, -0.6, 0.3, -0.4])
+    groups = []
+    for offset in rng.normal(0, 5, size=30):
+        counts = rng.integers(0, 3, size=(8, 4))
+        groups.append([(offset + float(c @ rates), *map(int, c)) for c in counts])
+    p = object_prices(groups, LAPSES)
+    assert [p[n] for n in LAPSES] == pytest.approx(list(rates)) and p["r2"] == pytest.approx(1)
+    tied = [[(s, a, b, c, a) for s, a, b, c, _ in g] for g in groups]  # repeats always equal partners
+    assert object_prices(tied, LAPSES) is None
+
+
+def test_lapse_counts_split_the_planted_partner_from_other_absent_objects():
+    partners = {"red circle": "blue square", "blue square": "red circle", "green star": "yellow star",
+                "yellow star": "green star"}
+    j = judge(parse_mentions("The image shows a red circle, a blue square, a green star and a red circle again. "
+                             "There is a red circle at the top."),
+              ["red circle", "yellow diamond"])
+    # blue square: the absent partner of the present red circle; green star: absent, but its partner is absent too
+    assert set(j.hallucinated) == {"blue square", "green star"} and "red circle" in j.repeated
+    assert lapse_counts(j, partners) == (1, 1, 1, len(j.repeated))
+    assert lapse_counts(j, {}) == (0, 2, 1, len(j.repeated))
 
 
 def test_pair_rule_matches_brute_force_and_flips_with_the_scores():

@@ -226,25 +226,37 @@ def score_rows(cfg: AuditConfig, roles, rows: list[dict], other_facts: bool = Fa
     return out
 
 
-def object_prices(groups: list[list[tuple[float, int, int]]]) -> dict | None:
-    """`groups` as `pair_accuracy` takes them -> what one more object named is worth to the reward model within a
-    prompt: the least-squares fit of score on (absent objects named, present objects named), each centred on its
-    prompt's mean, as {"absent", "present", "r2"} (None when the two counts do not vary apart). PPO trades one for
-    the other at this rate: a model that pays more for a present object than it takes for an absent one rewards
-    naming more objects even when some of them are not there."""
+def object_prices(groups: list[list[tuple[float, ...]]], names: tuple[str, ...] = ("absent", "present")) -> dict | None:
+    """`groups` as `pair_accuracy` takes them (score, then one count per name) -> what one more of each counted
+    thing is worth to the reward model within a prompt: the least-squares fit of score on the counts, each
+    centred on its prompt's mean, as {name: price, ..., "r2"} (None when the counts do not vary apart). PPO trades
+    one for another at these rates: a model that pays more for a present object than it takes for an absent one
+    rewards naming more objects even when some of them are not there."""
     x, y = [], []
     for samples in groups:
-        a = np.asarray(samples, np.float64).reshape(-1, 3)
+        a = np.asarray(samples, np.float64).reshape(-1, 1 + len(names))
         c = a - a.mean(0)
         y.append(c[:, 0])
         x.append(c[:, 1:])
     x, y = np.concatenate(x), np.concatenate(y)
-    if np.linalg.matrix_rank(x) < 2:
+    if np.linalg.matrix_rank(x) < len(names):
         return None
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     total = float(y @ y)
     r2 = None if total == 0 else float(1 - np.sum((y - x @ coef) ** 2) / total)
-    return {"absent": float(coef[0]), "present": float(coef[1]), "r2": r2}
+    return {**{n: float(c) for n, c in zip(names, coef)}, "r2": r2}
+
+
+LAPSES = ("partner", "other_absent", "present", "repeated")
+
+
+def lapse_counts(j, partners: dict[str, str]) -> tuple[int, int, int, int]:
+    """A judged description -> (absent co-occurrence partners of its image's objects named, other absent objects
+    named, present objects named, categories named twice): the lapses the world plants (the partner habit,
+    repeats) apart from the rest, for `object_prices(..., LAPSES)`."""
+    planted = {partners[c] for c in j.present if c in partners}
+    partner = sum(h in planted for h in j.hallucinated)
+    return partner, len(j.hallucinated) - partner, len(j.recalled), len(j.repeated)
 
 
 def audit(cfg: AuditConfig) -> dict:
@@ -258,7 +270,7 @@ def audit(cfg: AuditConfig) -> dict:
         if path not in models:
             models[path] = runs.build_model(runs.RunConfig(init=path), mesh)
         return models[path]
-    results, rows = {}, None
+    results, rows, partners = {}, None, shapes_eval.world_partners(cfg.data)
     with sharding.use_mesh(mesh):
         for path in cfg.reward_adapters:
             roles = ppo_roles.load_roles(_ppo_config(cfg, path), mesh, build)
@@ -276,6 +288,9 @@ def audit(cfg: AuditConfig) -> dict:
                 if name == "own":
                     res["within_prompt_share"] = within_prompt_share(scores)
                     res["object_prices"] = object_prices(groups)
+                    res["lapse_prices"] = object_prices(
+                        [[(s, *lapse_counts(j, partners)) for s, j in zip(ss, r["judged"])]
+                         for ss, r in zip(scores, rows)], LAPSES)
                     for r, ss in zip(rows, scores):
                         r.setdefault("scores", {})[path] = ss
             results[path] = res
@@ -289,7 +304,8 @@ def audit(cfg: AuditConfig) -> dict:
         write_json(cfg.out, summary | {"responses": [
             {"id": r["id"], "texts": r["texts"], "scores": r["scores"],
              "hallucinated": [list(j.hallucinated) for j in r["judged"]],
-             "recalled": [list(j.recalled) for j in r["judged"]]} for r in rows]}, indent=1)
+             "recalled": [list(j.recalled) for j in r["judged"]],
+             "repeated": [list(j.repeated) for j in r["judged"]]} for r in rows]}, indent=1)
     return summary
 
 
@@ -318,6 +334,12 @@ def table(summary: dict) -> str:
               for p, r in summary["reward_models"].items() if r.get("object_prices")]
     if prices:
         lines += ["", "score per object named, within prompts (least squares): " + "; ".join(prices)]
+    lapses = [f"{p}: " + ", ".join(f"{n.replace('_', ' ')} {r['lapse_prices'][n]:+.2f}" for n in LAPSES)
+              + ("" if r["lapse_prices"]["r2"] is None else f" (R2 {r['lapse_prices']['r2']:.2f})")
+              for p, r in summary["reward_models"].items() if r.get("lapse_prices")]
+    if lapses:
+        lines += ["", "the same per planted partner, other absent object, present object and category named twice: "
+                  + "; ".join(lapses)]
     return "\n".join(lines)
 
 
