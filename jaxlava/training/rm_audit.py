@@ -259,6 +259,12 @@ def lapse_counts(j, partners: dict[str, str]) -> tuple[int, int, int, int]:
     return partner, len(j.hallucinated) - partner, len(j.recalled), len(j.repeated)
 
 
+def sample_record(row: dict) -> dict:
+    """A row of `sample_describe` as written to JSON: its id, texts, and per sample the judges' lists."""
+    return {"id": row["id"], "texts": row["texts"],
+            **{k: [list(getattr(j, k)) for j in row["judged"]] for k in ("hallucinated", "recalled", "repeated")}}
+
+
 def audit(cfg: AuditConfig) -> dict:
     """Sample once, score with every reward model; returns (and writes to `cfg.out`) the numbers."""
     if not cfg.reward_adapters:
@@ -301,11 +307,8 @@ def audit(cfg: AuditConfig) -> dict:
         "reward_models": results, "config": dataclasses.asdict(cfg)}
     if cfg.out:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        write_json(cfg.out, summary | {"responses": [
-            {"id": r["id"], "texts": r["texts"], "scores": r["scores"],
-             "hallucinated": [list(j.hallucinated) for j in r["judged"]],
-             "recalled": [list(j.recalled) for j in r["judged"]],
-             "repeated": [list(j.repeated) for j in r["judged"]]} for r in rows]}, indent=1)
+        write_json(cfg.out, summary | {"responses": [sample_record(r) | {"scores": r["scores"]} for r in rows]},
+                   indent=1)
     return summary
 
 

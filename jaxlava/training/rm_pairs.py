@@ -32,7 +32,7 @@ import random
 from jaxlava import sharding
 from jaxlava.data.storage import open_source, write_records
 from jaxlava.fileio import write_json
-from jaxlava.training.rm_audit import SampleConfig, Sampler, pair_verdict, sample_describe
+from jaxlava.training.rm_audit import SampleConfig, Sampler, pair_verdict, sample_describe, sample_record
 
 TRADEOFFS = ("fewer_absent", "skip")
 
@@ -116,10 +116,7 @@ def make_pairs(cfg: PairsConfig) -> dict:
     kinds = {k: sum(kind == k for _, kind in kinded) for k in ("hallucination", "recall", "repeat")}
     summary = {"prompts": len(rows), "samples": cfg.samples, "pairs": len(records), **kinds,
                "config": dataclasses.asdict(cfg),
-               "responses": [{"id": r["id"], "texts": r["texts"],
-                              "hallucinated": [list(j.hallucinated) for j in r["judged"]],
-                              "recalled": [list(j.recalled) for j in r["judged"]],
-                              "repeated": [list(j.repeated) for j in r["judged"]]} for r in rows]}
+               "responses": [sample_record(r) for r in rows]}
     write_json(os.path.join(cfg.out, "pairs.json"), summary, indent=1)
     return summary
 
