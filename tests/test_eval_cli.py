@@ -303,7 +303,7 @@ def test_report_tables_and_charts(tmp_path, capsys):
 
 def test_every_cli_explains_itself():
     wanted = {"eval/pope.py": "--questions", "eval/mmhal.py": "--judge-url", "eval/mmbench.py": "--matcher",
-              "eval/llavabench.py": "--references", "eval/report.py": "--runs"}
+              "eval/llavabench.py": "--references", "eval/report.py": "--runs", "eval/checks.py": "--nofacts"}
     for command, got in help_texts(wanted).items():
         assert got["returncode"] == 0, (command, got["stderr"][-1000:])
         assert wanted[command] in got["stdout"] and "Example" in got["stdout"], (command, got["stdout"])
