@@ -18,7 +18,7 @@ from jaxlava.eval.shapes import JUDGEMENTS
 from jaxlava.reproduce import report
 from jaxlava.reproduce.uncertainty import RESAMPLES, bootstrap_checks, image_counts
 
-ROLES = (("sft", "SFT"), ("rlhf_nofacts", "RLHF (no facts)"), ("fact_rlhf", "Fact-RLHF"))
+ROLES = tuple((key, label) for key, label, _ in report.SYSTEMS)  # (key, label): SFT, RLHF (no facts), Fact-RLHF
 
 
 def _counts_of(folder: str) -> dict:
