@@ -6,7 +6,7 @@ import random
 import pytest
 
 from jaxlava.data import storage
-from jaxlava.training.rm_pairs import judged_pairs, pair_records
+from jaxlava.training.rm_pairs import judged_pairs, length_balanced, pair_records
 
 
 def _brute(counts, texts, tradeoff):
@@ -68,6 +68,27 @@ def test_pairs_on_hand_made_counts():
     assert judged_pairs([(0, 1), (1, 1)], ["same", "same"]) == []  # one text twice is no pair
     with pytest.raises(ValueError, match="tradeoff"):
         judged_pairs(counts, texts, "longest")
+
+
+def _rec(win: str, lose: str, first: bool) -> dict:
+    return {"output_1": win if first else lose, "output_2": lose if first else win, "preference": 1 if first else 2}
+
+
+def test_length_balance_keeps_as_many_longer_as_shorter_winners():
+    """Hand-made: 5 pairs the shorter response wins, 2 the longer, 1 of equal length; balanced, 2 of the 5 stay
+    (a seeded choice), with the 2, the tie and the order kept; already balanced input is returned whole."""
+    short = [(_rec(f"a{i} b", f"a{i} b c", i % 2 == 0), "hallucination") for i in range(5)]
+    long_ = [(_rec("a b c d", "a", True), "recall"), (_rec("x y", "x", False), "recall")]
+    tie = [(_rec("p q", "r s", True), "repeat")]
+    kinded = short[:3] + long_[:1] + tie + short[3:] + long_[1:]
+    got = length_balanced(kinded, seed=7)
+    assert len(got) == 5 and [k for k in kinded if k in got] == got  # a subsequence, order kept
+    assert all(k in got for k in long_ + tie) and sum(k in got for k in short) == 2
+    assert length_balanced(kinded, seed=7) == got
+    assert any(length_balanced(kinded, seed=s) != got for s in range(20))  # the choice is random
+    assert length_balanced(long_ + tie + short[:2], seed=0) == long_ + tie + short[:2]
+    # the other way round: more pairs that the longer response wins
+    assert sum(k in length_balanced(long_ + short[:1], seed=0) for k in long_) == 1
 
 
 class _J:  # the fields of a shapes Judgement that the pairs read

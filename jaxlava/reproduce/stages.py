@@ -156,8 +156,9 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                   max_new_tokens=cfg.ppo_max_new_tokens, batch_size=cfg.judge_batch_size, seed=seed)
     if cfg.rm_onpolicy_prompts:
         out[report.PAIRS] = rm_pairs.PairsConfig(prompts=cfg.rm_onpolicy_prompts, tradeoff=cfg.rm_onpolicy_tradeoff,
-                                                 repeats=cfg.rm_onpolicy_repeats, out=os.path.join(d, report.PAIRS),
-                                                 **sample)
+                                                 repeats=cfg.rm_onpolicy_repeats,
+                                                 length_balance=cfg.rm_onpolicy_length_balance,
+                                                 out=os.path.join(d, report.PAIRS), **sample)
     for which, folder in report.RM.items():
         out[folder] = dataclasses.replace(rm_p, init=sft_hf, out=os.path.join(d, folder), no_facts=which == "nofacts",
                                           steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,

@@ -18,6 +18,10 @@ apart, as the annotators' rule does:
 - `repeats=True` (ours, off by default) also pairs responses that tie on both counts: the one that introduces
   fewer categories twice wins (kind "repeat"), the helpfulness the annotators judged after truthfulness. PPO on
   reward models that never saw such a pair bought descriptions that name an object twice (docs/decisions.md 45).
+- `length_balance=True` (ours, off by default) drops pairs, chosen at random, until the longer response (in words)
+  wins as many pairs as the shorter one. The rule's pairs favour the shorter response (an absent object or a
+  repeat adds words; only recall pairs let the longer win), and reward models trained on them learned to charge
+  for absence but not to pay for presence (docs/decisions.md 49).
 
 The pairs are written as a preference/train split of `out` (the world's record schema; the image and facts are the
 prompt's), which `train/rm.py --extra-data` reads after the world's own pairs.
@@ -48,6 +52,9 @@ class PairsConfig(SampleConfig):
     repeats: bool = False
     """also pair responses that tie on absent and present objects: fewer categories named twice wins (off: no
     pair, the annotators' rule)"""
+    length_balance: bool = False
+    """drop pairs at random until the longer response (in words) wins as many as the shorter one (off: every
+    pair the rule decides)"""
     out: str = "runs/onpolicy_pairs"  # writes OUT/preference/train and OUT/pairs.json (counts and every sample)
 
 
@@ -97,6 +104,22 @@ def _kinded_records(rows, prompts, seed, tradeoff, repeats) -> list[tuple[dict, 
     return out
 
 
+def _words(rec: dict) -> tuple[int, int]:
+    """(winner's, loser's) length in words of a preference record."""
+    win, lose = (rec["output_1"], rec["output_2"]) if rec["preference"] == 1 else (rec["output_2"], rec["output_1"])
+    return len(win.split()), len(lose.split())
+
+
+def length_balanced(kinded: list[tuple[dict, str]], seed: int) -> list[tuple[dict, str]]:
+    """`kinded` less a random (seeded) subset of the pairs that the longer or the shorter response wins, whichever
+    are more, so that both are as many; pairs of equal length all stay, and the order is kept."""
+    longer = [i for i, (rec, _) in enumerate(kinded) if _words(rec)[0] > _words(rec)[1]]
+    shorter = [i for i, (rec, _) in enumerate(kinded) if _words(rec)[0] < _words(rec)[1]]
+    more, fewer = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+    drop = set(random.Random(seed).sample(more, len(more) - len(fewer)))
+    return [x for i, x in enumerate(kinded) if i not in drop]
+
+
 def make_pairs(cfg: PairsConfig) -> dict:
     """Sample, judge, pair and write; returns the counts (also in OUT/pairs.json)."""
     if cfg.tradeoff not in TRADEOFFS:
@@ -108,6 +131,9 @@ def make_pairs(cfg: PairsConfig) -> dict:
     wanted = {r["id"] for r in rows}
     prompts = {rec["id"]: rec for rec in (source[i] for i in range(len(source))) if rec["id"] in wanted}
     kinded = _kinded_records(rows, prompts, cfg.seed, cfg.tradeoff, cfg.repeats)
+    judged = len(kinded)
+    if cfg.length_balance:
+        kinded = length_balanced(kinded, cfg.seed + 1)
     records = [rec for rec, _ in kinded]
     if not records:
         raise ValueError(f"{cfg.prompts} prompts x {cfg.samples} samples of {cfg.data} made no pair: every response "
@@ -115,6 +141,7 @@ def make_pairs(cfg: PairsConfig) -> dict:
     write_records("preference", records, cfg.out, "train")
     kinds = {k: sum(kind == k for _, kind in kinded) for k in ("hallucination", "recall", "repeat")}
     summary = {"prompts": len(rows), "samples": cfg.samples, "pairs": len(records), **kinds,
+               "dropped_to_balance_length": judged - len(records),
                "config": dataclasses.asdict(cfg),
                "responses": [sample_record(r) for r in rows]}
     write_json(os.path.join(cfg.out, "pairs.json"), summary, indent=1)
@@ -126,6 +153,6 @@ def main(argv: list[str], description: str | None = None) -> dict:
     cfg = parse(PairsConfig, argv, description)
     s = make_pairs(cfg)
     print(f"{s['pairs']} pairs ({s['hallucination']} decided by absent objects, {s['recall']} by present ones, "
-          f"{s['repeat']} by repeats) from "
+          f"{s['repeat']} by repeats; {s['dropped_to_balance_length']} dropped to balance length) from "
           f"{s['prompts']} describe prompts x {s['samples']} samples: {cfg.out}/preference/train")
     return s
