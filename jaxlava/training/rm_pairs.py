@@ -104,17 +104,17 @@ def _kinded_records(rows, prompts, seed, tradeoff, repeats) -> list[tuple[dict, 
     return out
 
 
-def _words(rec: dict) -> tuple[int, int]:
-    """(winner's, loser's) length in words of a preference record."""
+def _longer_wins(rec: dict) -> int:
+    """+1 where a preference record's winner has more words than its loser, -1 where fewer, 0 where as many."""
     win, lose = (rec["output_1"], rec["output_2"]) if rec["preference"] == 1 else (rec["output_2"], rec["output_1"])
-    return len(win.split()), len(lose.split())
+    return (len(win.split()) > len(lose.split())) - (len(win.split()) < len(lose.split()))
 
 
 def length_balanced(kinded: list[tuple[dict, str]], seed: int) -> list[tuple[dict, str]]:
     """`kinded` less a random (seeded) subset of the pairs that the longer or the shorter response wins, whichever
     are more, so that both are as many; pairs of equal length all stay, and the order is kept."""
-    longer = [i for i, (rec, _) in enumerate(kinded) if _words(rec)[0] > _words(rec)[1]]
-    shorter = [i for i, (rec, _) in enumerate(kinded) if _words(rec)[0] < _words(rec)[1]]
+    sign = [_longer_wins(rec) for rec, _ in kinded]
+    longer, shorter = ([i for i, v in enumerate(sign) if v == want] for want in (1, -1))
     more, fewer = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
     drop = set(random.Random(seed).sample(more, len(more) - len(fewer)))
     return [x for i, x in enumerate(kinded) if i not in drop]
