@@ -107,7 +107,8 @@ def _kinded_records(rows, prompts, seed, tradeoff, repeats) -> list[tuple[dict, 
 def _longer_wins(rec: dict) -> int:
     """+1 where a preference record's winner has more words than its loser, -1 where fewer, 0 where as many."""
     win, lose = (rec["output_1"], rec["output_2"]) if rec["preference"] == 1 else (rec["output_2"], rec["output_1"])
-    return (len(win.split()) > len(lose.split())) - (len(win.split()) < len(lose.split()))
+    w, l = (len(t.split()) for t in (win, lose))
+    return (w > l) - (w < l)
 
 
 def length_balanced(kinded: list[tuple[dict, str]], seed: int) -> list[tuple[dict, str]]:
