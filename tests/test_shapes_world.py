@@ -302,8 +302,10 @@ def test_mmhal_probes(world):
 TEXT = "USER: <image>\nDescribe the image in detail. ASSISTANT: A small green triangle left of a blue star.</s>"
 
 
-def test_tokenizer(world, tmp_path):
-    tok = train_tokenizer(itertools.chain(template_texts(world.records), world_texts(world.records)), vocab_size=900)
+@pytest.mark.parametrize("split", [False, True])
+def test_tokenizer(world, tmp_path, split):
+    tok = train_tokenizer(itertools.chain(template_texts(world.records), world_texts(world.records)), vocab_size=900,
+                          split_punctuation=split)
     save_tokenizer(tok, str(tmp_path / "tok"))
     tok = load_tokenizer(str(tmp_path / "tok"))
     assert 500 < len(tok) <= 900
@@ -325,7 +327,14 @@ def test_tokenizer(world, tmp_path):
         assert tok.decode(enc) == text
     assert len(tok("There are three objects: a large red circle.", add_special_tokens=False).input_ids) <= 12
     system = templates.TEMPLATES["v1"].system  # the chat template's words are whole pieces
-    assert len(tok(system, add_special_tokens=False).input_ids) <= len(system.split()) + 2
+    assert len(tok(system, add_special_tokens=False).input_ids) <= len(system.split()) + 2 + 4 * split
+    pieces = tok.convert_ids_to_tokens(tok("a red triangle, a blue star.", add_special_tokens=False).input_ids)
+    if split:  # as LLaMA's: a word and its punctuation are never one piece
+        assert pieces == ["▁a", "▁red", "▁triangle", ",", "▁a", "▁blue", "▁star", "."]
+        mixed = [p for p in tok.get_vocab() if any(c.isalpha() for c in p) and any(c in ",.:;?!" for c in p)]
+        assert mixed == []
+    else:  # BPE merges them: "triangle," is a piece of its own
+        assert pieces == ["▁a", "▁red", "▁triangle,", "▁a", "▁blue", "▁star."]
 
 
 def test_cli_writes_all_datasets(tmp_path):

@@ -49,6 +49,9 @@ class WorldArgs:
     # answer), or with the categories' frequencies, so that only the image answers
     yesno_negatives: Literal["kinds", "matched"] | None = None
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)
+    # the tokenizer isolates punctuation, as LLaMA's does: "triangle," is two pieces, "triangle" and ","
+    # (default off: BPE may learn "triangle," as one piece of its own; docs/decisions.md 51)
+    tokenizer_split_punctuation: bool | None = None
     # probe images of the judges (eval/shapes.py): POPE images per split (default 32; 6 questions each) and
     # MMHal-style questions (default 96); the judges describe every distinct probe image
     pope_images: int | None = None

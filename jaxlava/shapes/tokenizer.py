@@ -5,6 +5,11 @@ Layout (as LLaMA + llava-hf): 0 `<unk>`, 1 `<s>`, 2 `</s>`, 3..258 the byte-fall
 BPE pieces, then `<image>` and `<pad>` as the last two ids. Metaspace pre-tokenizer ("▁", prepend first), BPE with
 byte_fallback, a BOS-adding post-processor, and LLaMA's decoder. Special tokens typed in text (e.g. `</s>` after
 an assistant turn) are matched as the special ids.
+
+`split_punctuation=True` also isolates punctuation, as LLaMA's SentencePiece model does (it never merges letters
+with punctuation): "triangle," is then "▁triangle" and ",", not one piece of its own. Off (the default), BPE learns
+"▁triangle," and "▁triangle." as pieces unrelated to "▁triangle", so a model has to learn that they name one shape
+(docs/decisions.md 51).
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 UNK, BOS, EOS, PAD, IMAGE_TOKEN = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500, split_punctuation: bool = False):
     """Train on `texts` (include the chat templates' text: see `template_texts` below) and return a
-    transformers `PreTrainedTokenizerFast` of at most `vocab_size` ids (fewer if the corpus has fewer pieces)."""
+    transformers `PreTrainedTokenizerFast` of at most `vocab_size` ids (fewer if the corpus has fewer pieces);
+    `split_punctuation`: punctuation is always a piece of its own (see the module's docstring)."""
     from transformers import PreTrainedTokenizerFast
 
     n_fixed = 3 + len(BYTE_TOKENS) + 2
@@ -27,8 +33,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500):
         raise ValueError(f"shapes tokenizer: vocab_size {vocab_size} is too small (needs > {n_fixed + 64})")
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=UNK))
     # "\n" is its own pre-token and is left out of the vocabulary, so it is always the byte piece <0x0A> (as LLaMA)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
-                                                 pre_tokenizers.Metaspace("▁", prepend_scheme="first")])
+    steps = [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Metaspace("▁", prepend_scheme="first")]
+    if split_punctuation:  # after Metaspace, so that "▁" stays on the word and the mark carries none
+        steps.append(pre_tokenizers.Punctuation(behavior="isolated"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2, special_tokens=[UNK, BOS, EOS] + BYTE_TOKENS,
                                   show_progress=False)
 

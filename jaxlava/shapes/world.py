@@ -90,6 +90,7 @@ class ShapesConfig:
     pope_images: int = 32  # x 6 questions (3 yes, 3 no) x 3 splits
     n_mmhal: int = 96
     vocab_size: int = 1500  # tokenizer
+    tokenizer_split_punctuation: bool = False  # punctuation always a piece of its own, as LLaMA's (decisions 51)
 
     def __post_init__(self):
         if not self.sizes or len(set(self.sizes)) != len(self.sizes) or not set(self.sizes) <= set(SIZES):
@@ -481,13 +482,12 @@ def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = 
     with tqdm(total=n_scenes(cfg), desc="shapes world", unit="img", disable=not progress) as bar:
         world = build_world(cfg, bar.update)
     t1 = time.perf_counter()
-    tok = train_tokenizer(itertools.chain(template_texts(world.records), world_texts(world.records)), cfg.vocab_size)
+    texts = itertools.chain(template_texts(world.records), world_texts(world.records))
+    tok = train_tokenizer(texts, cfg.vocab_size, cfg.tokenizer_split_punctuation)
     save_tokenizer(tok, os.path.join(out_dir, "tokenizer"))
     t2 = time.perf_counter()
-    written = {}
-    for kind, splits in world.records.items():
-        for split, recs in splits.items():
-            written.setdefault(kind, {})[split] = write_records(kind, recs, out_dir, split=split)
+    written = {kind: {split: write_records(kind, recs, out_dir, split=split) for split, recs in splits.items()}
+               for kind, splits in world.records.items()}
     t3 = time.perf_counter()
     info = {"config": cfg.to_dict(), "stats": world.stats, "tokenizer": tokenizer_info(tok), "written": written,
             "seconds": {"generate": round(t1 - t0, 2), "tokenizer": round(t2 - t1, 2), "write": round(t3 - t2, 2)}}
