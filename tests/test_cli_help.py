@@ -31,6 +31,7 @@ COMMANDS = {
     "bench/ppo_step.py": ("--out", "--work", "--steps"),
     "eval/rm_audit.py": ("--reward-adapters", "--init", "--policy-adapter", "--data", "--split", "--prompts",
                          "--samples", "--temperature", "--out", "hallucination pair"),
+    "eval/rm_twins.py": ("--run", "--data", "--split", "--batch-size", "--out", "binding"),
     "data/onpolicy_pairs.py": ("--init", "--policy-adapter", "--data", "--prompts", "--samples", "--tradeoff",
                                "--out", "annotators' rule", "--extra-data"),
 }

@@ -90,6 +90,17 @@ def test_rm_run_metrics_adapter_and_ablation(sft, tmp_path):
             "eval_accuracy": 3, "eval_accuracy_other_facts": 3}
     assert n >= 4
     assert abs(np.mean(accs) - evals[-1]["eval_accuracy"]) < 1e-6
+    # eval/rm_twins.py scores the same pairs alike (its "all" row; this small world's pairs are not twins)
+    from jaxlava.training.rm_twins import TwinsConfig, twins_report
+    with sharding.use_mesh(mesh):  # every held-out pair (the trainer's evaluation leaves a last partial batch out)
+        every = [b for b in held_out_sets(dataclasses.replace(cfg, batch_size=64), proc, lambda b: b)["eval_accuracy"]]
+        assert len(every) == 1 and len(every[0]["choice"]) > n
+        b = {k: v for k, v in every[0].items() if isinstance(v, np.ndarray)}
+        s = np.asarray(score_reloaded(*load_reward_model_adapter(os.path.join(out, "adapter"), model.config)[::2], b))
+        right = [bool(s[i, c] >= s[i, 1 - c]) for i, c in enumerate(b["choice"])]
+    twins = twins_report(TwinsConfig(run=out, batch_size=4))["kinds"]  # 4 does not divide the held-out pairs
+    assert twins["all"]["n"] == len(right) and twins["all"]["own"] == pytest.approx(np.mean(right))
+    assert 0 <= twins["all"]["other"] <= 1
     ablation = str(tmp_path / "rm_nf")
     _run("rm.py", "--data", world, "--init", init, "--out", ablation, "--no-facts", "--steps", "2",
          "--batch-size", "4", "--eval-every", "2", "--image-dropout", "0.5", "--image-pool", "8")
