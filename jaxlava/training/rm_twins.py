@@ -22,7 +22,6 @@ import difflib
 import json
 import os
 import re
-from collections import defaultdict
 
 import jax
 import numpy as np
@@ -92,8 +91,9 @@ def accuracy_table(kinds: list[str], right: dict[str, list[bool]]) -> dict:
     return table
 
 
-def _scores(run_cfg: dict, source, batch_size: int) -> list[bool]:
-    """Per pair of `source` (in order), whether the reward model scores the preferred response at least as high."""
+def _scores(run_cfg: dict, sources: dict, batch_size: int) -> dict[str, list[bool]]:
+    """Per named source, per pair (in order): whether the reward model scores the preferred response at least as
+    high. The model is built and its scorer compiled once for all of them."""
     mesh = sharding.make_mesh(None)
     with sharding.use_mesh(mesh):
         model = runs.build_model(runs.RunConfig(init=run_cfg["init"]), mesh)
@@ -106,22 +106,25 @@ def _scores(run_cfg: dict, source, batch_size: int) -> list[bool]:
         def pair(state, lora, head, batch):
             return rm.pair_scores(nnx.merge(graphdef, state), head, batch, lora=make_lora(lora, lora_cfg),
                                   image_pool=pool)
-        n = len(source)
-        padded = _Cycled(source, -(-n // batch_size) * batch_size)  # the pipeline drops a last partial batch
-        batches = preference_batches(padded, processor, batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                                     buckets=run_cfg["buckets"], with_facts=not run_cfg["no_facts"],
-                                     facts_first=run_cfg.get("facts_first", False))
-        right, choices = [], []
-        for b in tqdm(batches, total=len(padded) // batch_size, desc="scoring twins", unit="batch"):
-            arrays = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "choice")}
-            r = np.asarray(pair(state, lora, head, arrays))
-            choices += [int(c) for c in b["choice"]]
-            c = np.asarray(b["choice"])  # a tie counts as right, as in train/rm.py's accuracy
-            right += [bool(x) for x in r[np.arange(len(r)), c] - r[np.arange(len(r)), 1 - c] >= 0]
-    want = [0 if padded[i]["preference"] == 1 else 1 for i in range(len(padded))]
-    if choices != want:
-        raise RuntimeError(f"{source!r}: the batches came out of the records' order; cannot match pairs to kinds")
-    return right[:n]
+        out = {}
+        for name, source in sources.items():
+            n = len(source)
+            padded = _Cycled(source, -(-n // batch_size) * batch_size)  # the pipeline drops a last partial batch
+            batches = preference_batches(padded, processor, batch_size=batch_size, seed=0, shuffle=False,
+                                         num_epochs=1, buckets=run_cfg["buckets"], with_facts=not run_cfg["no_facts"],
+                                         facts_first=run_cfg.get("facts_first", False))
+            right, choices = [], []
+            for b in tqdm(batches, total=len(padded) // batch_size, desc=f"scoring twins ({name})", unit="batch"):
+                arrays = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "choice")}
+                r = np.asarray(pair(state, lora, head, arrays))
+                c = np.asarray(b["choice"])  # a tie counts as right, as in train/rm.py's accuracy
+                choices += [int(x) for x in c]
+                right += [bool(x) for x in r[np.arange(len(r)), c] - r[np.arange(len(r)), 1 - c] >= 0]
+            if choices != [0 if padded[i]["preference"] == 1 else 1 for i in range(len(padded))]:
+                raise RuntimeError(f"{source!r}: the batches came out of the records' order; cannot match pairs to "
+                                   "kinds")
+            out[name] = right[:n]
+    return out
 
 
 class _Cycled:
@@ -151,9 +154,8 @@ def twins_report(cfg: TwinsConfig) -> dict:
     recs = [source[i] for i in range(len(source))]
     kinds = [twin_kind(*((r["output_1"], r["output_2"]) if r["preference"] == 1 else (r["output_2"], r["output_1"])),
                        r["facts"], colours) for r in recs]
-    right = {"own": _scores(run_cfg, source, cfg.batch_size)}
-    if not run_cfg["no_facts"]:
-        right["other"] = _scores(run_cfg, OtherFacts(source), cfg.batch_size)
+    sources = {"own": source, **({} if run_cfg["no_facts"] else {"other": OtherFacts(source)})}
+    right = _scores(run_cfg, sources, cfg.batch_size)
     report = {"run": cfg.run, "data": data, "split": cfg.split, "kinds": accuracy_table(kinds, right)}
     if cfg.out:
         write_json(cfg.out, report, indent=1)
