@@ -163,8 +163,12 @@ def test_judge_and_description_scores():
     scores = S.description_scores([j1, j2, j3, j4])
     assert scores == {"count": 4, "mentioned": 9, "hallucinated": 2, "present": 16, "recalled": 7,
                       "chair_i": 2 / 9, "chair_s": 0.5, "recall": 7 / 16, "repeats": 0.0,
-                      "recall_by_objects": {"4": {"images": 4, "recall": 7 / 16}}}
+                      "recall_by_objects": {"4": {"images": 4, "recall": 7 / 16}},
+                      "hallucination_kinds": {"new colour": 0, "new shape": 1, "both new": 1, "binding": 0}}
     assert S.description_scores([j4])["chair_i"] == 0.0  # no mention: no division by zero
+    j5 = _judge("A red square, a pink circle and a blue hexagon.")
+    assert S.description_scores([j5])["hallucination_kinds"] == {"new colour": 1, "new shape": 1, "both new": 0,
+                                                                 "binding": 1}
 
 
 @pytest.mark.parametrize("text, expected", [

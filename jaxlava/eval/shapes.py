@@ -140,6 +140,20 @@ def rating(j: Judgement) -> int:
     return 2 if half else 1
 
 
+CONFUSIONS = ("new colour", "new shape", "both new", "binding")
+
+
+def confusion_kind(category: str, present) -> str:
+    """What an absent `category` ("red square") shares with the `present` categories: a shape they have in a
+    colour none has (`new colour`), the reverse (`new shape`), neither (`both new`), or a colour and a shape
+    both present on other objects (`binding`: only pairing them tells)."""
+    colour, shape = category.split(" ")
+    has_colour = any(c.split(" ")[0] == colour for c in present)
+    has_shape = any(c.split(" ")[1] == shape for c in present)
+    return {(False, True): "new colour", (True, False): "new shape", (False, False): "both new"}.get(
+        (has_colour, has_shape), "binding")
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
@@ -158,8 +172,9 @@ def habit_scores(judgements: list[Judgement], partners: dict[str, str]) -> dict:
 
 def description_scores(judgements: list[Judgement], partners: dict[str, str] | None = None) -> dict:
     """CHAIR-i (object hallucination rate), CHAIR-s (descriptions with a hallucination), object recall, the share
-    of descriptions that name a category twice (repeats), recall on the images with k objects (by_objects) and,
-    given the world's co-occurrence partners (category -> partner), the partner habit (`habit_scores`)."""
+    of descriptions that name a category twice (repeats), recall on the images with k objects (by_objects), the
+    hallucinated categories by `confusion_kind` (a bare shape counts as a new shape) and, given the world's
+    co-occurrence partners (category -> partner), the partner habit (`habit_scores`)."""
     n_mentioned = sum(len(j.mentioned) for j in judgements)
     n_halluc = sum(len(j.hallucinated) for j in judgements)
     n_present = sum(len(j.present) for j in judgements)
@@ -174,8 +189,17 @@ def description_scores(judgements: list[Judgement], partners: dict[str, str] | N
             "chair_s": _ratio(sum(bool(j.hallucinated) for j in judgements), len(judgements)),
             "recall": _ratio(n_recalled, n_present),
             "repeats": _ratio(sum(bool(j.repeated) for j in judgements), len(judgements)),
-            "recall_by_objects": by_objects, **({"habit": _habit(judgements, partners, n_halluc, n_mentioned)}
+            "recall_by_objects": by_objects, "hallucination_kinds": _kinds(judgements),
+            **({"habit": _habit(judgements, partners, n_halluc, n_mentioned)}
                                                 if partners else {})}
+
+
+def _kinds(judgements: list[Judgement]) -> dict[str, int]:
+    counts = dict.fromkeys(CONFUSIONS, 0)
+    for j in judgements:
+        for h in j.hallucinated:
+            counts[confusion_kind(h, j.present) if " " in h else "new shape"] += 1
+    return counts
 
 
 def _habit(judgements: list[Judgement], partners: dict[str, str], n_halluc: int, n_mentioned: int) -> dict:

@@ -74,6 +74,10 @@ class WorldArgs:
     # share of twins that leave one present object out instead of renaming one (the loser is the less complete
     # description, every other word kept), so that the reward model also sees completeness (default 0)
     pref_twin_omit_prob: float | None = None
+    # share of the absent objects in preference responses and twins that pair a present colour with another
+    # present object's shape ("a blue square" beside a red square and a blue circle), the kind of hallucination
+    # the shapes SFT models make most (default 0; only the preference records change; docs/decisions.md 52)
+    pref_binding_prob: float | None = None
     # share of twins that add one absent object instead (the loser names one object more, a hallucinated one), so
     # that a longer list is not better by itself: only the image or the facts decide (default 0; decisions 26)
     pref_twin_add_prob: float | None = None

@@ -129,9 +129,18 @@ def absent_partners(scene: Scene, spec: WorldSpec) -> list[str]:
     return [spec.partner[c] for c in sorted(present) if c in spec.partner and spec.partner[c] not in present]
 
 
-def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int) -> list[str]:
+def binding_swaps(scene: Scene) -> list[str]:
+    """Absent categories that pair one present object's colour with another's shape (a blue square beside a red
+    square and a blue circle): only binding a colour to its shape tells them absent."""
+    return sorted({f"{a.colour} {b.shape}" for a in scene.objects for b in scene.objects} - scene.categories)
+
+
+def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int,
+                binding_prob: float = 0.0) -> list[str]:
     """k absent categories a describer would plausibly confuse: first the absent partners of present objects
-    (the co-occurrence a model learns), then popularity-weighted absent ones."""
+    (the co-occurrence a model learns), then popularity-weighted absent ones.  `binding_prob`: each pick in turn
+    is instead, with this probability, one of `binding_swaps` while any is left (0 draws nothing extra, so
+    worlds without it are unchanged)."""
     present = scene.categories
     mates = absent_partners(scene, spec)
     out = [mates[i] for i in rng.permutation(len(mates))][:k]
@@ -140,7 +149,14 @@ def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int)
         p = spec.weights * ok
         picks = rng.choice(len(p), size=k - len(out), replace=False, p=p / p.sum())
         out += [spec.categories[i] for i in picks]
-    return out
+    if not binding_prob:
+        return out
+    swaps, mixed = binding_swaps(scene), []
+    swaps = [swaps[i] for i in rng.permutation(len(swaps))]
+    for use in rng.random(k) < binding_prob:
+        first, second = (swaps, out) if use else (out, swaps)
+        mixed.append(next(c for c in (*first, *second) if c not in mixed))
+    return mixed
 
 
 def fake_object(cat: str, scene: Scene, rng: np.random.Generator) -> Obj:
@@ -247,18 +263,18 @@ def addition_twin(scene: Scene, rng: np.random.Generator, extra: str, *, halluci
 
 
 def swap_object(d: Description, scene: Scene, spec: WorldSpec, rng: np.random.Generator,
-                rename: str = "category") -> Description | None:
+                rename: str = "category", binding_prob: float = 0.0) -> Description | None:
     """A counterfactual twin of `d`: one mentioned present object renamed to an absent category (same size,
     same place in every sentence), all other words unchanged; None when `d` mentions no present object or no
     absent category fits.  `rename`: "category" (any absent category, the describer's plausible confusions
     first), "shape" (same colour, a shape no object of the image has) or "colour" (same shape, a colour no
-    object of the image has)."""
+    object of the image has); `binding_prob` as in `pick_absent`, for "category"."""
     if not d.mentioned:
         return None
     old = d.mentioned[int(rng.integers(len(d.mentioned)))]
     taken = set(scene.categories) | set(d.hallucinated)
     if rename == "category":
-        pool = pick_absent(scene, spec, rng, len(spec.categories) - len(scene.categories))
+        pool = pick_absent(scene, spec, rng, len(spec.categories) - len(scene.categories), binding_prob)
     elif rename in ("shape", "colour"):
         colour, shape = old.split(" ")
         if rename == "shape":
@@ -469,7 +485,7 @@ COMPARE_QUESTION = ("Which objects in the description do the captions not suppor
 
 def compare_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, hallucination_probs=(0.5, 0.3, 0.2),
                omit_prob: float = 0.3, n_captions: int = 2, raster: bool = False,
-               located: bool = False) -> tuple[str, str]:
+               located: bool = False, binding_prob: float = 0.0) -> tuple[str, str]:
     """A text-only reading exercise: a description (which may name absent objects or leave present ones out),
     then some of the scene's captions, then a question asking for the difference.  It plays the part of the
     text-only instructions in LLaVA-1.5's SFT mix: a language model trained from scratch has no reading skills,
@@ -477,7 +493,7 @@ def compare_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, hallucin
     n = len(scene.objects)
     h = int(rng.choice(3, p=np.asarray(hallucination_probs)))
     omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < omit_prob else 0
-    fakes = pick_absent(scene, spec, rng, h) if h else []
+    fakes = pick_absent(scene, spec, rng, h, binding_prob) if h else []
     d = describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes, raster=raster,
                  located=located)
     caps = [c for i, c in enumerate(captions(scene)) if i != 2]  # the shape-only caption names no categories

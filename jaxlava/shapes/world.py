@@ -77,6 +77,7 @@ class ShapesConfig:
     pref_substitute_prob: float = 0.5  # P(hallucinated objects replace real ones rather than add to them)
     pref_minimal_prob: float = 0.0  # P(a pair is a counterfactual twin: one object renamed, every other word kept)
     pref_twin_rename: str = "category"  # what a twin changes: category | shape | colour (see shapes_text.swap_object)
+    pref_binding_prob: float = 0.0  # P(an absent object of a pair is a shapes_text.binding_swaps one; decisions 52)
     pref_twin_omit_prob: float = 0.0  # P(a twin leaves one present object out instead: shapes_text.omission_twin)
     pref_twin_add_prob: float = 0.0  # P(a twin adds one absent object instead: shapes_text.addition_twin)
     pref_twin_counted: bool = False  # omission and addition twins may also use the phrasings that count the list
@@ -108,7 +109,7 @@ class ShapesConfig:
             raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
         for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "ppo_test_frac",
                      "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob",
-                     "pref_twin_omit_prob", "pref_twin_add_prob"):
+                     "pref_twin_omit_prob", "pref_twin_add_prob", "pref_binding_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.noise_kind not in T.NOISE_KINDS:
@@ -292,7 +293,8 @@ class _Builder:
             d1, twin = self.pref_response(scene, rng), None
             if cfg.pref_minimal_prob and rng.random() < cfg.pref_minimal_prob:
                 pair = self.count_twin(scene, rng)
-                d1, twin = pair or (d1, T.swap_object(d1, scene, self.spec, rng, cfg.pref_twin_rename))
+                d1, twin = pair or (d1, T.swap_object(d1, scene, self.spec, rng, cfg.pref_twin_rename,
+                                                              cfg.pref_binding_prob))
             for _ in range(1000):
                 d2 = twin or self.pref_response(scene, rng)
                 winner = T.annotator_prefers(d1, d2)
@@ -323,7 +325,7 @@ class _Builder:
             return None
         h = int(rng.choice(3, p=np.asarray(cfg.pref_hallucination_probs)))
         k = h + (u >= cfg.pref_twin_omit_prob)  # an addition twin picks its extra object too
-        absent = T.pick_absent(scene, self.spec, rng, k) if k else []
+        absent = T.pick_absent(scene, self.spec, rng, k, cfg.pref_binding_prob) if k else []
         make = T.omission_twin if u < cfg.pref_twin_omit_prob else partial(T.addition_twin, extra=absent.pop())
         return make(scene, rng, hallucinate=absent, detailed=bool(rng.random() < cfg.pref_detail_prob),
                     counted=cfg.pref_twin_counted, raster=cfg.raster_order, located=cfg.located_lists)
@@ -337,7 +339,8 @@ class _Builder:
         # may still be phrased as complete ("There are three shapes: ...")
         if h and (rng.random() < cfg.pref_substitute_prob or n - omit + h > cfg.max_objects):
             omit = min(n, omit + h)
-        return T.describe(scene, rng, hallucinate=T.pick_absent(scene, self.spec, rng, h) if h else [], omit=omit,
+        fakes = T.pick_absent(scene, self.spec, rng, h, cfg.pref_binding_prob) if h else []
+        return T.describe(scene, rng, hallucinate=fakes, omit=omit,
                           detailed=bool(rng.random() < cfg.pref_detail_prob), exhaustive=exhaustive,
                           raster=cfg.raster_order, located=cfg.located_lists)
 
