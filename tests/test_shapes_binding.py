@@ -1,4 +1,4 @@
-"""Binding confusions in the shapes world (`ShapesConfig.pref_binding_prob`, `shapes.text.binding_swaps`): what
+"""Binding confusions in the shapes world (`ShapesConfig.pref_binding_prob`, `shapes.scene.binding_swaps`): what
 counts as one, that the option reaches the preference pairs and nothing else, and that a world without it is the
 world it was before."""
 import collections
@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxlava.eval.shapes_reading import fake_kind
 from jaxlava.shapes import text as T
-from jaxlava.shapes.scene import Obj, Scene
+from jaxlava.shapes.scene import Obj, Scene, binding_swaps
 from jaxlava.shapes.world import _Builder, generate_world, preset
 from jaxlava.training.rm_twins import twin_kind
 
@@ -22,10 +22,10 @@ def _scene(*cats):
 
 
 def test_binding_swaps_pair_a_present_colour_with_another_objects_shape():
-    assert T.binding_swaps(_scene("red square", "blue circle")) == ["blue square", "red circle"]
-    assert T.binding_swaps(_scene("red square", "red circle")) == []  # one colour: nothing to mis-bind
-    assert T.binding_swaps(_scene("red square")) == []
-    three = T.binding_swaps(_scene("red square", "blue circle", "blue square"))
+    assert binding_swaps(_scene("red square", "blue circle")) == ["blue square", "red circle"]
+    assert binding_swaps(_scene("red square", "red circle")) == []  # one colour: nothing to mis-bind
+    assert binding_swaps(_scene("red square")) == []
+    three = binding_swaps(_scene("red square", "blue circle", "blue square"))
     assert three == ["red circle"]
     for cat in three:
         assert fake_kind(cat, _scene("red square", "blue circle", "blue square")) == "binding"
@@ -38,7 +38,7 @@ def test_pick_absent_with_binding_prob():
     w = preset("small", seed=5)
     b = _Builder(w, None)
     s = _scene("red square", "blue circle", "green star")
-    swaps = set(T.binding_swaps(s))
+    swaps = set(binding_swaps(s))
     r0, r1 = np.random.default_rng(0), np.random.default_rng(0)
     assert T.pick_absent(s, b.spec, r0, 2) == T.pick_absent(s, b.spec, r1, 2, 0.0)  # off draws nothing extra
     assert r0.random() == r1.random()

@@ -76,6 +76,12 @@ class Scene:
         return next((o for o in self.objects if o.category == category), None)
 
 
+def binding_swaps(scene: Scene) -> list[str]:
+    """Absent categories that pair one present object's colour with another's shape (a blue square beside a red
+    square and a blue circle): only binding a colour to its shape tells them absent."""
+    return sorted({f"{a.colour} {b.shape}" for a in scene.objects for b in scene.objects} - scene.categories)
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldSpec:
     """The world's vocabulary of categories, their popularity and the designed co-occurring pairs."""

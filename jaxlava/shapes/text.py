@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from jaxlava.shapes.scene import RADIUS, Obj, Scene, WorldSpec
+from jaxlava.shapes.scene import RADIUS, Obj, Scene, WorldSpec, binding_swaps
 
 NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 LETTERS = "ABCD"
@@ -127,12 +127,6 @@ def absent_partners(scene: Scene, spec: WorldSpec) -> list[str]:
     most one partner, so none repeats)."""
     present = scene.categories
     return [spec.partner[c] for c in sorted(present) if c in spec.partner and spec.partner[c] not in present]
-
-
-def binding_swaps(scene: Scene) -> list[str]:
-    """Absent categories that pair one present object's colour with another's shape (a blue square beside a red
-    square and a blue circle): only binding a colour to its shape tells them absent."""
-    return sorted({f"{a.colour} {b.shape}" for a in scene.objects for b in scene.objects} - scene.categories)
 
 
 def pick_absent(scene: Scene, spec: WorldSpec, rng: np.random.Generator, k: int,

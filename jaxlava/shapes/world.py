@@ -1,10 +1,9 @@
 """The shapes world: jaxlava's embedded default dataset (no downloads; the whole recipe runs on a CPU).
 
-`generate_world(cfg)` returns `{kind: {split: [record, ...]}}` for the four record kinds of docs/design.md
-("conversation", "preference", "ppo_prompt", "probe"); `build_world(cfg)` also returns the ground truth (scene per
-record id, per-record metadata, statistics); `write_world(out_dir, cfg)` writes the datasets through
-`jaxlava.data.storage.write_records`, the tokenizer to out_dir/tokenizer/ and out_dir/world.json.
-Everything is a deterministic function of the config (numpy Generators seeded with (seed, stream)).
+`generate_world(cfg)` returns `{kind: {split: [record, ...]}}` for the record kinds of docs/design.md (`KINDS`);
+`build_world(cfg)` also returns the ground truth (scene per record id, per-record metadata, statistics);
+`write_world(out_dir, cfg)` writes the datasets (`jaxlava.data.storage.write_records`), the tokenizer to
+out_dir/tokenizer/ and out_dir/world.json; all a deterministic function of the config (seeded by (seed, stream)).
 """
 from __future__ import annotations
 
@@ -77,7 +76,7 @@ class ShapesConfig:
     pref_substitute_prob: float = 0.5  # P(hallucinated objects replace real ones rather than add to them)
     pref_minimal_prob: float = 0.0  # P(a pair is a counterfactual twin: one object renamed, every other word kept)
     pref_twin_rename: str = "category"  # what a twin changes: category | shape | colour (see shapes_text.swap_object)
-    pref_binding_prob: float = 0.0  # P(an absent object of a pair is a shapes_text.binding_swaps one; decisions 52)
+    pref_binding_prob: float = 0.0  # P(an absent object of a pair is a shapes.scene.binding_swaps one; decisions 52)
     pref_twin_omit_prob: float = 0.0  # P(a twin leaves one present object out instead: shapes_text.omission_twin)
     pref_twin_add_prob: float = 0.0  # P(a twin adds one absent object instead: shapes_text.addition_twin)
     pref_twin_counted: bool = False  # omission and addition twins may also use the phrasings that count the list
@@ -87,8 +86,7 @@ class ShapesConfig:
     general_length_bonus: float = -0.5
     other_length_bonus: float = 1.0
     ppo_test_frac: float = 0.1  # PPO prompts held out (the "test" split) for before/after comparisons
-    # probes
-    pope_images: int = 32  # x 6 questions (3 yes, 3 no) x 3 splits
+    pope_images: int = 32  # probes: x 6 questions (3 yes, 3 no) x 3 splits
     n_mmhal: int = 96
     vocab_size: int = 1500  # tokenizer
     tokenizer_split_punctuation: bool = False  # punctuation always a piece of its own, as LLaMA's (decisions 51)
@@ -293,8 +291,8 @@ class _Builder:
             d1, twin = self.pref_response(scene, rng), None
             if cfg.pref_minimal_prob and rng.random() < cfg.pref_minimal_prob:
                 pair = self.count_twin(scene, rng)
-                d1, twin = pair or (d1, T.swap_object(d1, scene, self.spec, rng, cfg.pref_twin_rename,
-                                                              cfg.pref_binding_prob))
+                swap = partial(T.swap_object, d1, scene, self.spec, rng, cfg.pref_twin_rename, cfg.pref_binding_prob)
+                d1, twin = pair or (d1, swap())
             for _ in range(1000):
                 d2 = twin or self.pref_response(scene, rng)
                 winner = T.annotator_prefers(d1, d2)
@@ -340,9 +338,8 @@ class _Builder:
         if h and (rng.random() < cfg.pref_substitute_prob or n - omit + h > cfg.max_objects):
             omit = min(n, omit + h)
         fakes = T.pick_absent(scene, self.spec, rng, h, cfg.pref_binding_prob) if h else []
-        return T.describe(scene, rng, hallucinate=fakes, omit=omit,
-                          detailed=bool(rng.random() < cfg.pref_detail_prob), exhaustive=exhaustive,
-                          raster=cfg.raster_order, located=cfg.located_lists)
+        return T.describe(scene, rng, hallucinate=fakes, omit=omit, detailed=bool(rng.random() < cfg.pref_detail_prob),
+                          exhaustive=exhaustive, raster=cfg.raster_order, located=cfg.located_lists)
 
     # ------------------------------------------------------------------------------------------- PPO prompts
     def ppo_prompts(self) -> list[dict]:
