@@ -107,8 +107,8 @@ def score(items: list[Exercise], answers: dict[str, str], cfg: ShapesConfig) -> 
         exact += text.strip() == ex.answer
         unsupported, left_out = (set(x) for x in parse_answer(text, cfg))
         for cat in ex.unsupported:
-            found[fake_kind(cat, ex.scene)][0] += cat in unsupported
-            found[fake_kind(cat, ex.scene)][1] += 1
+            tally = found[fake_kind(cat, ex.scene)]
+            tally[0], tally[1] = tally[0] + (cat in unsupported), tally[1] + 1
         described = ex.scene.categories - set(ex.left_out)
         alarms, present = alarms + len(unsupported & described), present + len(described)
         caught, missed = caught + len(left_out & set(ex.left_out)), missed + len(ex.left_out)
