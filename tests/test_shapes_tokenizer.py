@@ -1,5 +1,5 @@
 """The shapes world's tokenizer: LLaMA's layout of ids, whole words, exact round trips, AutoTokenizer's reading of
-the saved files, and the opt-in split of punctuation (as LLaMA's)."""
+the saved files, the opt-in split of punctuation (as LLaMA's) and the opt-in object pieces."""
 import itertools
 
 import pytest
@@ -51,3 +51,39 @@ def test_tokenizer(world, tmp_path, split):
         assert mixed == []
     else:  # BPE merges them: "triangle," is a piece of its own
         assert pieces == ["▁a", "▁red", "▁triangle,", "▁a", "▁blue", "▁star."]
+
+
+def test_object_tokens(world, tmp_path):
+    """`objects`: each category one id wherever it stands as whole words, ids before <image> and <pad>, exact
+    round trips, and the world flag that turns it on."""
+    cats = world.spec.categories
+    tok = train_tokenizer(itertools.chain(template_texts(world.records), world_texts(world.records)), vocab_size=900,
+                          split_punctuation=True, objects=cats)
+    save_tokenizer(tok, str(tmp_path / "tok"))
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    assert len(tok) <= 900
+    last = tok.convert_ids_to_tokens(list(range(len(tok) - len(cats) - 2, len(tok))))
+    assert last == list(cats) + [IMAGE_TOKEN, "<pad>"]
+    for c in cats:
+        pieces = tok.convert_ids_to_tokens(tok(f"Only these: {c}, a {c}.", add_special_tokens=False).input_ids)
+        assert pieces == ["▁Only", "▁these", ":", "▁", c, ",", "▁a", "▁", c, "."]
+    shape = cats[0].split()[1]
+    plural = tok.convert_ids_to_tokens(tok(f"two {cats[0]}s", add_special_tokens=False).input_ids)
+    assert cats[0] not in plural and f"▁{shape}s" in plural  # only whole words: a plural stays two words
+    from transformers import AutoTokenizer
+    auto = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    n_obj = 0
+    for text in list(world_texts(world.records))[:300]:
+        enc = tok(text, add_special_tokens=False).input_ids
+        assert tok.unk_token_id not in enc and tok.decode(enc) == text and auto(text).input_ids == tok(text).input_ids
+        n_obj += sum(t in cats for t in tok.convert_ids_to_tokens(enc))
+    assert n_obj > 100
+
+    from jaxlava.shapes.cli import parse_args, world_config
+    from jaxlava.shapes.world import write_world
+    cfg = world_config(parse_args(["--out", "x", "--size", "small", "--n-sft", "40", "--n-pref", "20",
+                                   "--tokenizer-object-tokens", "True"]))
+    assert cfg.tokenizer_object_tokens and not preset("small").tokenizer_object_tokens
+    write_world(str(tmp_path / "w"), cfg, progress=False)
+    tok = load_tokenizer(str(tmp_path / "w" / "tokenizer"))
+    assert all(len(tok(c, add_special_tokens=False).input_ids) == 1 for c in cats)

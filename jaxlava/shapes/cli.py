@@ -52,6 +52,9 @@ class WorldArgs:
     # the tokenizer isolates punctuation, as LLaMA's does: "triangle," is two pieces, "triangle" and ","
     # (default off: BPE may learn "triangle," as one piece of its own; docs/decisions.md 51)
     tokenizer_split_punctuation: bool | None = None
+    # every colour-shape category ("red circle") is one id of the tokenizer wherever it stands, so that a model
+    # compares a response's objects with the facts id by id (default off: "red" and "circle"; decisions 53)
+    tokenizer_object_tokens: bool | None = None
     # probe images of the judges (eval/shapes.py): POPE images per split (default 32; 6 questions each) and
     # MMHal-style questions (default 96); the judges describe every distinct probe image
     pope_images: int | None = None

@@ -10,6 +10,10 @@ an assistant turn) are matched as the special ids.
 with punctuation): "triangle," is then "▁triangle" and ",", not one piece of its own. Off (the default), BPE learns
 "▁triangle," and "▁triangle." as pieces unrelated to "▁triangle", so a model has to learn that they name one shape
 (docs/decisions.md 51).
+
+`objects` (e.g. "red circle", opt-in) are pieces of their own: wherever one stands as whole words it is one id, so
+that a model compares an object of a response with the facts by one id, as it compares colours (decisions 53).
+They take ids after the learned pieces and before `<image>` and `<pad>`; "red circles" is not one of them.
 """
 from __future__ import annotations
 
@@ -22,13 +26,16 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 UNK, BOS, EOS, PAD, IMAGE_TOKEN = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500, split_punctuation: bool = False):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500, split_punctuation: bool = False,
+                    objects: Iterable[str] = ()):
     """Train on `texts` (include the chat templates' text: see `template_texts` below) and return a
     transformers `PreTrainedTokenizerFast` of at most `vocab_size` ids (fewer if the corpus has fewer pieces);
-    `split_punctuation`: punctuation is always a piece of its own (see the module's docstring)."""
+    `split_punctuation`: punctuation is always a piece of its own; `objects`: phrases that are one id each (see
+    the module's docstring)."""
     from transformers import PreTrainedTokenizerFast
 
-    n_fixed = 3 + len(BYTE_TOKENS) + 2
+    objects = list(dict.fromkeys(objects))
+    n_fixed = 3 + len(BYTE_TOKENS) + 2 + len(objects)
     if vocab_size < n_fixed + 64:
         raise ValueError(f"shapes tokenizer: vocab_size {vocab_size} is too small (needs > {n_fixed + 64})")
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=UNK))
@@ -37,8 +44,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500, split_punctuat
     if split_punctuation:  # after Metaspace, so that "▁" stays on the word and the mark carries none
         steps.append(pre_tokenizers.Punctuation(behavior="isolated"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2, special_tokens=[UNK, BOS, EOS] + BYTE_TOKENS,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 2 - len(objects),
+                                  special_tokens=[UNK, BOS, EOS] + BYTE_TOKENS, show_progress=False)
 
     def corpus():
         for t in texts:
@@ -54,6 +61,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1500, split_punctuat
         del vocab["\n"]
         spec["model"]["vocab"] = {t: i for i, t in enumerate(sorted(vocab, key=vocab.get))}
     tok = Tokenizer.from_str(json.dumps(spec))
+    # whole words only: "red circles" stays "▁red" "▁circles"; the space before an object stays a "▁" piece of its
+    # own, so that the object decodes as written
+    tok.add_tokens([AddedToken(o, single_word=True, normalized=False) for o in objects])
     tok.add_special_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False),
                             AddedToken(PAD, special=True, normalized=False)])
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",

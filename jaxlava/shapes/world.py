@@ -3,8 +3,7 @@
 `generate_world(cfg)` returns `{kind: {split: [record, ...]}}` for the record kinds of docs/design.md (`KINDS`);
 `build_world(cfg)` also returns the ground truth (scene per record id, per-record metadata, statistics);
 `write_world(out_dir, cfg)` writes the datasets (`jaxlava.data.storage.write_records`), the tokenizer to
-out_dir/tokenizer/ and out_dir/world.json; all a deterministic function of the config (seeded by (seed, stream)).
-"""
+out_dir/tokenizer/ and out_dir/world.json; all a deterministic function of the config (seeded by (seed, stream))."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +27,7 @@ SFT_KINDS = ("describe", "yesno", "count", "attribute", "mc", "compare", "checkl
 # caption_type values (spec §4.5 AnswerType)
 GENERAL, A_IN_ABCD, NO_IN_YESNO, YES_IN_YESNO = 1, 2, 6, 7
 _STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5, "ground": 6}
-# conversation splits of the grounding stage (n_ground > 0): training, and held out (run_sft.held_out_split's name)
-GROUND_SPLITS = ("ground", "ground_test")
+GROUND_SPLITS = ("ground", "ground_test")  # grounding conversations (n_ground > 0): training and held out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +88,7 @@ class ShapesConfig:
     n_mmhal: int = 96
     vocab_size: int = 1500  # tokenizer
     tokenizer_split_punctuation: bool = False  # punctuation always a piece of its own, as LLaMA's (decisions 51)
+    tokenizer_object_tokens: bool = False  # each colour-shape category is one id ("red circle"; decisions 53)
 
     def __post_init__(self):
         if not self.sizes or len(set(self.sizes)) != len(self.sizes) or not set(self.sizes) <= set(SIZES):
@@ -483,7 +482,8 @@ def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = 
         world = build_world(cfg, bar.update)
     t1 = time.perf_counter()
     texts = itertools.chain(template_texts(world.records), world_texts(world.records))
-    tok = train_tokenizer(texts, cfg.vocab_size, cfg.tokenizer_split_punctuation)
+    tok = train_tokenizer(texts, cfg.vocab_size, cfg.tokenizer_split_punctuation,
+                          world.spec.categories if cfg.tokenizer_object_tokens else ())
     save_tokenizer(tok, os.path.join(out_dir, "tokenizer"))
     t2 = time.perf_counter()
     written = {kind: {split: write_records(kind, recs, out_dir, split=split) for split, recs in splits.items()}
