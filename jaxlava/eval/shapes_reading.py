@@ -108,7 +108,8 @@ def score(items: list[Exercise], answers: dict[str, str], cfg: ShapesConfig) -> 
         unsupported, left_out = (set(x) for x in parse_answer(text, cfg))
         for cat in ex.unsupported:
             tally = found[fake_kind(cat, ex.scene)]
-            tally[0], tally[1] = tally[0] + (cat in unsupported), tally[1] + 1
+            tally[0] += cat in unsupported
+            tally[1] += 1
         described = ex.scene.categories - set(ex.left_out)
         alarms, present = alarms + len(unsupported & described), present + len(described)
         caught, missed = caught + len(left_out & set(ex.left_out)), missed + len(ex.left_out)
