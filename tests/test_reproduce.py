@@ -175,7 +175,10 @@ def test_audit_stage_judges_and_scores_each_sample_as_the_judges_and_reward_mode
     md = table(rec)
     assert "fewer absent objects wins" in md and "another prompt's" in md and md.count("\n| ") == 4
     # one sample by hand: the second sample (k = 1, the rollout's fact order for step 1) of the first prompt
-    resp, k, init = rec["responses"][0], 1, str(out / "seed0" / "sft" / "hf")
+    # on the reward model's own base: the tiny recipe's reading stage, not the SFT model
+    init = json.loads((out / "seed0" / "rm_facts" / "config.json").read_text())["init"]
+    assert init.endswith("seed0/rm_read/hf")
+    resp, k = rec["responses"][0], 1
     p = prompts[resp["id"]]
     proc = LlavaProcessor.from_pretrained(init)
     model = from_pretrained(init, dtype="float32", compute_dtype="float32")
@@ -462,3 +465,23 @@ def test_grounding_stage_comes_first_and_sft_starts_from_it():
     assert list(with_ground)[:2] == ["ground", "sft"] and set(with_ground) <= set(STAGES)
     assert (held_out_split("train"), held_out_split("ground")) == ("test", "ground_test")
     assert (g.split, held_out_split(g.split)) == GROUND_SPLITS  # the splits the world writes
+
+
+def test_reading_stage_gives_both_reward_models_their_base():
+    """With rm_read_steps the seed trains the SFT model further on the world's `factcheck` split, and both reward
+    models start from that model (so PPO's reward and value roles load it as their base); without, there is no
+    such stage and both start from the SFT model."""
+    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.stages import stage_configs
+    from jaxlava.shapes.world import FACTCHECK_SPLITS
+    from jaxlava.training.run_sft import held_out_split
+    with_read = stage_configs(parse_config(["--recipe", "full", "--out", "o", "--rm-read-steps", "7"]), 1)
+    read, sft = with_read["rm_read"], with_read["sft"]
+    assert (read.split, read.steps, read.init, read.optim.lr) == ("factcheck", 7, f"{sft.out}/hf", 1e-3)
+    assert (read.split, held_out_split(read.split)) == FACTCHECK_SPLITS
+    assert with_read["rm_facts"].init == with_read["rm_nofacts"].init == f"{read.out}/hf"
+    assert with_read["rlinit"].init == f"{sft.out}/hf"  # the policy's base is still the SFT model
+    assert set(with_read) <= set(STAGES)  # run in STAGES' order: after the on-policy pairs, before the reward models
+    assert STAGES.index(report.PAIRS) < STAGES.index("rm_read") < STAGES.index("rm_facts")
+    without = stage_configs(parse_config(["--recipe", "full", "--out", "o"]), 1)
+    assert "rm_read" not in without and without["rm_facts"].init == f"{without['sft'].out}/hf"

@@ -31,6 +31,11 @@ class Recipe:
     rlinit_lr: float = 5e-4
     rlinit_rank: int = 16
     rlinit_alpha: float = 32.0
+    rm_read_steps: int = 0
+    """steps of the reading stage: the reward models' base is the SFT model trained further on the world's
+    fact-check conversations (`n-factcheck`: a verdict after each object a description names, against the facts),
+    and both reward models start from it (ours; 0: from the SFT model, the paper; decisions 54)"""
+    rm_read_lr: float = 1e-3
     rm_steps: int = 200  # each of the two reward models (with facts, without)
     rm_batch_size: int = 8
     rm_lr: float = 5e-4
@@ -150,7 +155,8 @@ RECIPES: dict[str, Recipe] = {
     # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
     "plain": Recipe(),
     # a smoke test of the whole pipeline (seconds per stage; the numbers mean nothing)
-    "tiny": Recipe(world=("size=small", "n-ground=16"), vision_pretrain_steps=0, ground_steps=2, sft_steps=3,
+    "tiny": Recipe(world=("size=small", "n-ground=16", "n-factcheck=16"), vision_pretrain_steps=0, ground_steps=2,
+                   sft_steps=3, rm_read_steps=2,
                    sft_batch_size=4, rlinit_steps=2, rlinit_batch_size=4, rlinit_rank=4, rlinit_alpha=8.0,
                    rm_steps=2, rm_batch_size=4, rm_rank=4, rm_alpha=8.0, eval_every=100, checkpoint_every=100,
                    ppo_steps=2, ppo_rollout_batch_size=8, ppo_step_batch_size=8, ppo_max_new_tokens=12,
@@ -182,6 +188,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
         raise SystemExit("--seeds needs at least one seed")
     if cfg.ppo_repeats < 1:
         raise SystemExit(f"--ppo-repeats must be at least 1 (got {cfg.ppo_repeats})")
+    if cfg.rm_read_steps < 0:
+        raise SystemExit(f"--rm-read-steps must be at least 0 (got {cfg.rm_read_steps})")
     return cfg
 
 

@@ -22,10 +22,10 @@ from jaxlava.reproduce import report
 from jaxlava.reproduce.recipe import ReproduceConfig, parse_config, recipe_of
 from jaxlava.shapes.assets import world_exists
 from jaxlava.shapes.cli import parse_args, world_config
-from jaxlava.shapes.world import GROUND_SPLITS, ShapesConfig, load_world_info, write_world
+from jaxlava.shapes.world import FACTCHECK_SPLITS, GROUND_SPLITS, ShapesConfig, load_world_info, write_world
 from jaxlava.training import rm_audit, rm_pairs, run_ppo, run_rm, run_sft
 
-STAGES = ("ground", "sft", "rlinit", report.PAIRS, "rm_facts", "rm_nofacts", report.AUDIT, "ppo_facts",
+STAGES = ("ground", "sft", "rlinit", report.PAIRS, "rm_read", "rm_facts", "rm_nofacts", report.AUDIT, "ppo_facts",
           "ppo_nofacts", *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
 REPEAT_STRIDE = 100  # PPO repeat r of seed S runs with seed S + --ppo-seed-offset + REPEAT_STRIDE * r
 REPEATED = ("ppo_facts", "ppo_nofacts", "judge_rlhf_nofacts", "judge_fact_rlhf")  # the stages a PPO repeat reruns
@@ -48,6 +48,7 @@ class StageMismatch(RuntimeError):
 
 
 GROUND = "ground"  # OUT/seed<S>/ground: the grounding stage's run
+READ = "rm_read"  # OUT/seed<S>/rm_read: the reward models' reading stage (their base)
 
 
 def world_dir(out: str) -> str:
@@ -159,8 +160,14 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                                  repeats=cfg.rm_onpolicy_repeats,
                                                  length_balance=cfg.rm_onpolicy_length_balance,
                                                  out=os.path.join(d, report.PAIRS), **sample)
+    rm_base = sft_hf
+    if cfg.rm_read_steps:  # the reward models' base: the SFT model trained on fact-check conversations
+        out[READ] = dataclasses.replace(sft_p, out=os.path.join(d, READ), split=FACTCHECK_SPLITS[0], init=sft_hf,
+                                        steps=cfg.rm_read_steps, batch_size=cfg.sft_batch_size,
+                                        optim=dataclasses.replace(sft_p.optim, lr=cfg.rm_read_lr), **common)
+        rm_base = os.path.join(d, READ, "hf")
     for which, folder in report.RM.items():
-        out[folder] = dataclasses.replace(rm_p, init=sft_hf, out=os.path.join(d, folder), no_facts=which == "nofacts",
+        out[folder] = dataclasses.replace(rm_p, init=rm_base, out=os.path.join(d, folder), no_facts=which == "nofacts",
                                           steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,
                                           eval_pairs=cfg.rm_eval_pairs,
                                           image_dropout=_rm_image_dropout(cfg, which), image_pool=cfg.rm_image_pool,
@@ -201,7 +208,8 @@ def _what(name: str, c) -> str:
         return f"on-policy audit of both reward models, {c.prompts} describe prompts x {c.samples} samples"
     if name == report.PAIRS:
         return f"on-policy preference pairs, {c.prompts} describe prompts x {c.samples} samples, judged exactly"
-    kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT", "rlinit": "RL-init (LoRA SFT)",
+    kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT",
+            READ: "reading stage of the reward models' base (fact-check SFT)", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
             "ppo_facts": "PPO with the facts RM",
             "ppo_nofacts": "PPO with the no-facts RM"}[re.sub(r"_r\d+$", "", name)]  # a repeat's: as the first's
@@ -215,7 +223,7 @@ def _run_fn(name: str, c):
         return lambda: rm_audit.audit(c)
     if name == report.PAIRS:
         return lambda: {k: v for k, v in rm_pairs.make_pairs(c).items() if k not in ("responses", "config")}
-    train = (run_sft.run if name in ("ground", "sft", "rlinit") else run_rm.run if name.startswith("rm_")
+    train = (run_sft.run if name in ("ground", "sft", "rlinit", READ) else run_rm.run if name.startswith("rm_")
              else run_ppo.run)
     return lambda: train(c)
 
@@ -236,13 +244,21 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
         c = configs[name]
         # SFT's start (`init`, an operational path) is the grounding stage's model when there is one ...
         # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
+        # ... and every stage that uses a reward model records the reading stage its base had, where there is one
         settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
-            {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {})
+            {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {}) | (
+            {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {})
         folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
         rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
                         _what(name, c))
         seconds[name] = rec["seconds"]
     return seconds
+
+
+def _uses_rm(name: str) -> bool:
+    """Whether stage `name` trains or uses a reward model (its result depends on the reward models' base)."""
+    return (name in report.RM.values() or name == report.AUDIT or name.startswith("ppo_")
+            or (name.startswith("judge_") and not name.startswith("judge_sft")))
 
 
 def use_compile_cache(cfg: ReproduceConfig) -> None:

@@ -72,6 +72,10 @@ class WorldArgs:
     # grounding conversations (checklist questions on scenes of their own) in the conversation splits "ground" and
     # "ground_test", for the stage before SFT (`train/sft.py --split ground`; default 0: none)
     n_ground: int | None = None
+    # fact-check conversations (the facts of one scene, descriptions of it that may name absent objects, a yes/no
+    # verdict after each object named; the picture is of another scene) in the conversation splits "factcheck" and
+    # "factcheck_test", for the reward models' reading stage (`train/reproduce.py --rm-read-steps`; default 0)
+    n_factcheck: int | None = None
     # what a twin renames: any absent category, or only the shape (resp. colour) to one the image lacks
     pref_twin_rename: Literal["category", "shape", "colour"] | None = None
     # share of twins that leave one present object out instead of renaming one (the loser is the less complete

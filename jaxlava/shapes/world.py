@@ -17,17 +17,20 @@ from typing import Callable
 import numpy as np
 
 from jaxlava.fileio import write_json
+from jaxlava.shapes import factcheck as F
 from jaxlava.shapes import text as T
 from jaxlava.shapes.scene import (BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, WorldSpec, encode_png, make_spec,
                                   render, sample_scene)
+from jaxlava.shapes.stats import world_stats
 
 KINDS = ("conversation", "preference", "ppo_prompt", "probe")
 SOURCE = "shapes"
 SFT_KINDS = ("describe", "yesno", "count", "attribute", "mc", "compare", "checklist")  # question kinds of the SFT mix
 # caption_type values (spec §4.5 AnswerType)
 GENERAL, A_IN_ABCD, NO_IN_YESNO, YES_IN_YESNO = 1, 2, 6, 7
-_STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5, "ground": 6}
+_STREAMS = {"spec": 0, "sft": 1, "preference": 2, "ppo": 3, "pope": 4, "mmhal": 5, "ground": 6, "factcheck": 7}
 GROUND_SPLITS = ("ground", "ground_test")  # grounding conversations (n_ground > 0): training and held out
+FACTCHECK_SPLITS = ("factcheck", "factcheck_test")  # fact-check conversations (n_factcheck > 0): the same
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,7 @@ class ShapesConfig:
                                               ("attribute", 0.1), ("mc", 0.15))
     checklist_items: int = 6  # objects per checklist question
     n_ground: int = 0  # grounding conversations (checklists on scenes of their own; the stage before SFT, decisions 24)
+    n_factcheck: int = 0  # fact-check conversations (shapes.factcheck: the reward models' base reads; decisions 54)
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
     raster_order: bool = False  # descriptions list objects in reading order, not at random (decisions 33)
     located_lists: bool = False  # each listed object says where it is: "a red square at the top left" (34)
@@ -118,9 +122,11 @@ class ShapesConfig:
                 or sum(w for _, w in self.sft_mix) <= 0):
             raise ValueError(f"ShapesConfig.sft_mix: (kind, weight) pairs with kinds from {SFT_KINDS} and "
                              f"non-negative weights of positive sum, got {self.sft_mix!r}")
-        if not 1 <= self.checklist_items <= len(self.colours) * len(self.shapes) or self.n_ground < 0:
+        if (not 1 <= self.checklist_items <= len(self.colours) * len(self.shapes) or self.n_ground < 0
+                or self.n_factcheck < 0):
             raise ValueError(f"ShapesConfig: checklist_items must be in 1..{len(self.colours) * len(self.shapes)} "
-                             f"and n_ground >= 0, got {self.checklist_items}, {self.n_ground}")
+                             f"and n_ground, n_factcheck >= 0, got {self.checklist_items}, {self.n_ground}, "
+                             f"{self.n_factcheck}")
         if self.max_turns > 1 and not any(k != "describe" and w > 0 for k, w in self.sft_mix):
             raise ValueError("ShapesConfig.sft_mix: a conversation describes its image once, so with max_turns > 1 "
                              "the mix needs a kind other than describe")
@@ -280,6 +286,25 @@ class _Builder:
             self.keep(rid, scene, noisy_descriptions=[])
         return out
 
+    def factchecks(self) -> list[dict]:
+        """n_factcheck conversations of 1..max_turns fact-check exercises (shapes.factcheck): the facts of one scene
+        in the first turn, each turn another description of it, and the picture of another scene."""
+        cfg, rng = self.cfg, self.rng("factcheck")
+        out = []
+        for i, split in enumerate(self.split(cfg.n_factcheck, cfg.sft_test_frac)):
+            (scene, _), (_, png) = self.scene(rng), self.scene(rng)
+            turns = []
+            for t in range(int(rng.integers(1, cfg.max_turns + 1))):
+                q, a, _ = F.factcheck_qa(scene, self.spec, rng, raster=cfg.raster_order, located=cfg.located_lists)
+                turns += [{"from": "human", "value": ("" if t else F.facts_block(scene, rng)) + q},
+                          {"from": "gpt", "value": a}]
+            turns[0]["value"] = "<image>\n" + turns[0]["value"]
+            rid = f"shapes-factcheck-{i:06d}"
+            out.append({"id": rid, "image": png, "conversations": turns, "source": SOURCE,
+                        "_split": FACTCHECK_SPLITS[split == "test"]})
+            self.keep(rid, scene, noisy_descriptions=[])
+        return out
+
     # ------------------------------------------------------------------------------------------- preference pairs
     def preferences(self) -> list[dict]:
         cfg, rng = self.cfg, self.rng("preference")
@@ -402,59 +427,14 @@ class _Builder:
         return out
 
 
-def _rate(k: int, n: int) -> float | None:
-    return round(k / n, 4) if n else None
-
-
-def world_stats(cfg: ShapesConfig, counts: T.Counts, records, scenes: dict[str, Scene], meta: dict[str, dict],
-                sft_scenes: list[Scene]) -> dict:
-    """Statistics written to world.json (and checked by the tests against the configuration)."""
-    hist: dict[str, dict[int, int]] = {}
-    for kind, splits in records.items():
-        seen = {id(scenes[r["id"]]): len(scenes[r["id"]].objects) for recs in splits.values() for r in recs}
-        hist[kind] = {int(k): int(v) for k, v in zip(*np.unique(list(seen.values()), return_counts=True))}
-    both = either = 0
-    for s in sft_scenes:
-        cats = s.categories
-        for a, b in cfg.cooccur_pairs:
-            either += a in cats or b in cats
-            both += a in cats and b in cats
-    noisy = [(r["id"], flag) for recs in records["conversation"].values() for r in recs
-             for flag in meta[r["id"]]["noisy_descriptions"]]
-    pref = {}
-    for split, recs in records["preference"].items():
-        decided = [meta[r["id"]]["decided_by"] for r in recs]
-        pref[split] = {"n": len(recs), "hallucination_rate": _rate(sum(r["hallucination"] for r in recs), len(recs)),
-                       "preference_1_rate": _rate(sum(r["preference"] == 1 for r in recs), len(recs)),
-                       "decided_by_hallucination": _rate(decided.count("hallucination"), len(recs))}
-    ppo = [r["caption_type"] for recs in records["ppo_prompt"].values() for r in recs]
-    probes: dict[str, dict] = {}
-    for r in (r for recs in records["probe"].values() for r in recs):
-        key = f"{r['benchmark']}/{r['split'] if r['benchmark'] == 'pope' else r['extra']['question_type']}"
-        p = probes.setdefault(key, {"n": 0, "yes": 0})
-        p["n"] += 1
-        p["yes"] += r["answer"] == "yes"
-    return {
-        "counts": {kind: {split: len(recs) for split, recs in splits.items()} for kind, splits in records.items()},
-        "object_count_histogram": hist,
-        "cooccurrence": {"configured": cfg.cooccur_prob, "empirical": _rate(both, either), "scene_pairs": either},
-        "noise": {"configured": cfg.noise_rate, "empirical": _rate(sum(f for _, f in noisy), len(noisy)),
-                  "descriptions": len(noisy), "noisy_ids": sorted({i for i, f in noisy if f})},
-        "preference": pref,
-        "ppo_caption_types": {int(k): int(v) for k, v in zip(*np.unique(ppo, return_counts=True))},
-        "probes": probes,
-        "popular_categories": [[c, int(counts.freq[counts.categories.index(c)])] for c in counts.by_popularity()[:10]],
-    }
-
-
 def n_scenes(cfg: ShapesConfig) -> int:
-    return cfg.n_sft + cfg.n_ground + cfg.n_pref + cfg.n_ppo + cfg.pope_images + cfg.n_mmhal
+    return cfg.n_sft + cfg.n_ground + 2 * cfg.n_factcheck + cfg.n_pref + cfg.n_ppo + cfg.pope_images + cfg.n_mmhal
 
 
 def build_world(cfg: ShapesConfig, progress: Callable[[int], None] | None = None) -> World:
     b = _Builder(cfg, progress)
     sft, sft_scenes = b.conversations()
-    flat = {"conversation": sft + b.grounding(), "preference": b.preferences(), "ppo_prompt": b.ppo_prompts(),
+    flat = {"conversation": sft + b.grounding() + b.factchecks(), "preference": b.preferences(), "ppo_prompt": b.ppo_prompts(),
             "probe": b.probes()}
     records: dict[str, dict[str, list[dict]]] = {}
     for kind, recs in flat.items():
@@ -481,7 +461,9 @@ def write_world(out_dir: str, cfg: ShapesConfig | None = None, progress: bool = 
     with tqdm(total=n_scenes(cfg), desc="shapes world", unit="img", disable=not progress) as bar:
         world = build_world(cfg, bar.update)
     t1 = time.perf_counter()
-    texts = itertools.chain(template_texts(world.records), world_texts(world.records))
+    # the fact-check records do not train the tokenizer: a world with them tokenizes everything else as one without
+    read = {k: {s: r for s, r in v.items() if s not in FACTCHECK_SPLITS} for k, v in world.records.items()}
+    texts = itertools.chain(template_texts(read), world_texts(read))
     tok = train_tokenizer(texts, cfg.vocab_size, cfg.tokenizer_split_punctuation,
                           world.spec.categories if cfg.tokenizer_object_tokens else ())
     save_tokenizer(tok, os.path.join(out_dir, "tokenizer"))

@@ -1,0 +1,61 @@
+"""The fact-check exercise: the reading stage of the reward models' base (docs/decisions.md 54).
+
+A facts reward model has to notice that a response names an object its facts do not back.  The 4 x 128 shapes
+decoder does not bring that skill from pretraining, and preference pairs teach it slowly or not at all for
+binding confusions (a "red square" beside a red circle and a blue square; decisions 52-53).  This exercise asks
+for the check itself, densely: the image's facts in the reward model's own block, a description that may name
+absent objects, then a verdict after each object it names ("red diamond yes; green diamond no.").
+
+The picture shown with it is of another scene, so the answer comes from the facts and not from the image.  Absent
+objects are drawn like the preference pairs' (partners first, then popular ones), each a binding confusion with
+probability `BINDING_PROB` where the scene has one.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from jaxlava.data.templates import FACTS_HEADER
+from jaxlava.shapes import text as T
+from jaxlava.shapes.scene import Scene, WorldSpec
+
+QUESTION = "Which objects of this description do the descriptions above back?"
+BINDING_PROB = 0.6  # share of absent objects that are binding confusions, where the scene has one
+HALLUCINATED = (0.2, 0.3, 0.3, 0.2)  # P(0, 1, 2, 3 absent objects in a description)
+OMIT_PROB = 0.3  # P(a description leaves some present objects out)
+
+
+def mention_order(text: str, categories) -> list[str]:
+    """The `categories` that `text` names, in the order it first names them."""
+    hits = ((m.start(), c) for c in categories for m in [re.search(r"\b%s\b" % re.escape(c), text)] if m)
+    return [c for _, c in sorted(hits)]
+
+
+def facts_block(scene: Scene, rng: np.random.Generator) -> str:
+    """The scene's captions in random order, laid out as the reward model's facts block."""
+    caps = T.captions(scene)
+    return FACTS_HEADER + "".join(f"  - {caps[i]}\n" for i in rng.permutation(len(caps)))
+
+
+def factcheck_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, *, raster: bool = False,
+                 located: bool = False) -> tuple[str, str, list[str]]:
+    """(question, answer, the categories the description names in order) for one description of `scene`; the
+    question is the description and `QUESTION`, to follow a `facts_block` of the scene."""
+    n = len(scene.objects)
+    h = int(rng.choice(len(HALLUCINATED), p=np.asarray(HALLUCINATED)))
+    omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < OMIT_PROB else 0
+    fakes = T.pick_absent(scene, spec, rng, h, BINDING_PROB) if h else []
+    d = T.describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes, raster=raster,
+                   located=located)
+    named = mention_order(d.text, spec.categories)
+    answer = "; ".join(f"{c} {'yes' if c in scene.categories else 'no'}" for c in named) + "."
+    return f"Description: {d.text}\n{QUESTION}", answer, named
+
+
+def parse_verdicts(text: str) -> dict[str, str]:
+    """{category: "yes" | "no"} from an answer of the exercise's form (the first verdict of each category)."""
+    out: dict[str, str] = {}
+    for cat, verdict in re.findall(r"(\w+ \w+) (yes|no)\b", text):
+        out.setdefault(cat, verdict)
+    return out
