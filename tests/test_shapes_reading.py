@@ -8,8 +8,10 @@ import os
 import pytest
 from cli_fixtures import ROOT
 
+from jaxlava.data.templates import FACTS_HEADER
 from jaxlava.eval import shapes_reading as R
 from jaxlava.eval.runner import EvalError
+from jaxlava.shapes import factcheck as F
 from jaxlava.shapes.world import preset
 
 CFG = preset("small", seed=2, colours=("red", "blue", "green", "yellow"), max_objects=3)
@@ -53,6 +55,20 @@ def test_scores_of_right_and_wrong_answers(items):
     assert "binding" in R.table(right) and "false alarms" in R.table(right)
 
 
+def test_factcheck_exercises_and_their_scores():
+    items = R.factchecks(CFG, 120)
+    assert [e.question for e in R.factchecks(CFG, 120)] == [e.question for e in items]
+    assert all(e.question.startswith(FACTS_HEADER) and e.question.endswith(F.QUESTION) for e in items)
+    right = R.score_factchecks(items, {e.id: e.answer for e in items})
+    assert right["exact"] == 1.0 and right["verdicts_right_all"] == 1.0
+    assert {k for k, v in right["verdicts_right"].items() if v["n"]} == {"present", *R.KINDS}
+    yes = R.score_factchecks(items, {e.id: "; ".join(f"{c} yes" for c in e.named) + "." for e in items})
+    assert yes["verdicts_right"]["present"]["right"] == 1.0 and yes["verdicts_right"]["binding"]["right"] == 0.0
+    none = R.score_factchecks(items, {e.id: "The captions support every object." for e in items})
+    assert none["verdicts_right_all"] == 0.0  # a verdict not given is wrong
+    assert "absent: binding" in R.factcheck_table(right)
+
+
 def _main(argv):
     spec = importlib.util.spec_from_file_location("eval_cli_reading", os.path.join(ROOT, "eval", "reading.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -82,6 +98,11 @@ def test_cli_end_to_end_with_resume(tmp_path, capsys):
         res = json.load(fh)
     assert res["n"] == 5 and res["generation"] == {"new_answers": 1, "reused_answers": 4}
     assert "whole answer exact" in capsys.readouterr().out
+    assert _main(["--model", model, "--data", data, "--out", out + "_fc", "--n", "5", "--max-new-tokens", "3",
+                  "--exercise", "factcheck"]) == 0
+    with open(os.path.join(out + "_fc", "results.json")) as fh:
+        assert json.load(fh)["benchmark"] == "shapes_factcheck"
+    assert "absent: binding" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a shapes world"):
         _main(["--model", model, "--data", str(tmp_path), "--out", out])
     with pytest.raises(EvalError, match="--n must be"):

@@ -15,6 +15,10 @@ reader needs to notice it (the captions list every object of the scene):
 Scores: the share of unsupported objects of each kind that the answer names as unsupported, the share of the
 description's present objects it names wrongly (false alarms), the share of left-out objects it names, and the
 share of whole answers equal to the world's own.
+
+`--exercise factcheck` asks the fact-check exercise instead (`shapes.factcheck`, the reward models' reading stage:
+the facts block, a description, a verdict after each object it names; the picture is of another scene), scored by
+the share of right verdicts on each kind of named object: present ones ("yes") and each kind above ("no").
 """
 from __future__ import annotations
 
@@ -22,11 +26,13 @@ import dataclasses
 import os
 import re
 import time
+from typing import Literal
 
 import numpy as np
 
 from jaxlava.eval.runner import Defaults, EvalConfig, EvalError
 from jaxlava.eval.shapes import CONFUSIONS, confusion_kind, default_out
+from jaxlava.shapes import factcheck as F
 from jaxlava.shapes import text as T
 from jaxlava.shapes.scene import Scene
 from jaxlava.shapes.world import ShapesConfig, _Builder, load_world_info
@@ -75,6 +81,55 @@ def exercises(cfg: ShapesConfig, n: int, seed: int = 0, binding_prob: float = 0.
         named = parse_answer(a, cfg)
         out.append(Exercise(f"reading/{i:05d}", q, png, a, scene, named[0], named[1]))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FactCheck:
+    id: str
+    question: str  # the facts block, the description and the question (no <image> line)
+    image: bytes  # another scene's PNG
+    answer: str
+    scene: Scene  # the scene the facts describe
+    named: tuple[str, ...]  # categories the description names, in order
+
+
+def factchecks(cfg: ShapesConfig, n: int, seed: int = 0) -> list[FactCheck]:
+    """`n` fact-check exercises on fresh scenes of the world `cfg` describes, made as its `n-factcheck` records
+    make them (one turn each), from a stream of their own."""
+    builder = _Builder(cfg, None)
+    rng = np.random.default_rng([cfg.seed, STREAM, seed, 1])
+    out = []
+    for i in range(n):
+        (scene, _), (_, png) = builder.scene(rng), builder.scene(rng)
+        q, a, named = F.factcheck_qa(scene, builder.spec, rng, raster=cfg.raster_order, located=cfg.located_lists)
+        out.append(FactCheck(f"factcheck/{i:05d}", F.facts_block(scene, rng) + q, png, a, scene, tuple(named)))
+    return out
+
+
+def score_factchecks(items: list[FactCheck], answers: dict[str, str]) -> dict:
+    """The share of right verdicts on each kind of named object ("present", or the kind of an absent one; a
+    verdict the answer does not give is wrong), over all, and of whole answers equal to the world's own."""
+    tally = {k: [0, 0] for k in ("present", *KINDS)}
+    for ex in items:
+        got = F.parse_verdicts(answers[ex.id])
+        for cat in ex.named:
+            present = cat in ex.scene.categories
+            t = tally["present" if present else fake_kind(cat, ex.scene)]
+            t[0] += got.get(cat) == ("yes" if present else "no")
+            t[1] += 1
+    right, total = (sum(v[i] for v in tally.values()) for i in (0, 1))
+    return {"n": len(items), "exact": sum(answers[ex.id].strip() == ex.answer for ex in items) / max(len(items), 1),
+            "verdicts_right": {k: {"n": v[1], "right": _rate(*v)} for k, v in tally.items()},
+            "verdicts_right_all": _rate(right, total)}
+
+
+def factcheck_table(res: dict) -> str:
+    from jaxlava.eval.runner import markdown_table, pct
+    rows = [[f"{'present' if k == 'present' else 'absent: ' + k}", v["n"], pct(v["right"])]
+            for k, v in res["verdicts_right"].items()]
+    rows += [["all verdicts", sum(v["n"] for v in res["verdicts_right"].values()), pct(res["verdicts_right_all"])],
+             ["whole answer exact", res["n"], pct(res["exact"])]]
+    return markdown_table(["fact-check exercise (fresh scenes): objects named", "n", "% right"], rows)
 
 
 def _categories(text: str, cfg: ShapesConfig) -> tuple[str, ...]:
@@ -145,9 +200,13 @@ class ReadingConfig(EvalConfig):
     data: str = "runs/shapes_world"
     """the shapes world folder whose configuration makes the exercises"""
     out: str = ""
-    """output folder (default: evals/NAME/reading, NAME = the model folder's name, or its parent's for .../hf)"""
+    """output folder (default: evals/NAME/reading, or evals/NAME/factcheck with --exercise factcheck; NAME = the
+    model folder's name, or its parent's for .../hf)"""
     n: int = 320
     """exercises (fresh scenes)"""
+    exercise: Literal["compare", "factcheck"] = "compare"
+    """compare: the SFT mix's reading exercise; factcheck: the reward models' reading stage's (a verdict per
+    object named; docs/decisions.md 54)"""
     exercise_seed: int = 0
     """which fresh scenes (another seed, another sample)"""
     binding_prob: float = 0.5
@@ -161,16 +220,19 @@ def run(cfg: ReadingConfig) -> dict | None:
     resolve_model(cfg.model, cfg.adapter)
     if cfg.n < 1 or not 0 <= cfg.binding_prob <= 1:
         raise EvalError(f"--n must be at least 1 and --binding-prob in [0, 1], got {cfg.n}, {cfg.binding_prob}")
-    out = cfg.out or os.path.join(os.path.dirname(default_out(cfg.model)), "reading")
+    out = cfg.out or os.path.join(os.path.dirname(default_out(cfg.model)), cfg.exercise.replace("compare", "reading"))
     cfg = dataclasses.replace(cfg, out=out)
     world = world_config(cfg.data)
-    items = exercises(world, cfg.n, cfg.exercise_seed, cfg.binding_prob)
+    check = cfg.exercise == "factcheck"
+    items = (factchecks(world, cfg.n, cfg.exercise_seed) if check
+             else exercises(world, cfg.n, cfg.exercise_seed, cfg.binding_prob))
     answers = generate_answers(cfg, [Item(ex.id, ex.question, ex.image) for ex in items], DEFAULTS)
     if stopped_early(cfg, answers, len(items)):
         return None
-    results = dict(score(items, answers.texts, world), benchmark="shapes_reading", data=os.path.abspath(cfg.data),
+    scores = score_factchecks(items, answers.texts) if check else score(items, answers.texts, world)
+    results = dict(scores, benchmark="shapes_" + ("factcheck" if check else "reading"), data=os.path.abspath(cfg.data),
                    generation=answers.stats(), seconds=round(time.perf_counter() - t0, 1))
-    return finish(cfg.out, results, table(results),
+    return finish(cfg.out, results, (factcheck_table if check else table)(results),
                   extra=lambda: print(f"\n{len(items)} exercises in {results['seconds']} s; results in {cfg.out}"))
 
 
