@@ -271,37 +271,35 @@ class _Builder:
 
     def grounding(self) -> list[dict]:
         """n_ground conversations of 1..max_turns checklist questions about scenes of their own."""
-        cfg, rng = self.cfg, self.rng("ground")
-        out = []
-        for i, split in enumerate(self.split(cfg.n_ground, cfg.sft_test_frac)):
-            scene, png = self.scene(rng)
-            turns = []
-            for _ in range(int(rng.integers(1, cfg.max_turns + 1))):
-                q, a = T.checklist_qa(scene, self.counts, rng, cfg.checklist_items)
-                turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-            turns[0]["value"] = "<image>\n" + turns[0]["value"]
-            rid = f"shapes-ground-{i:06d}"
-            out.append({"id": rid, "image": png, "conversations": turns, "source": SOURCE,
-                        "_split": GROUND_SPLITS[split == "test"]})
-            self.keep(rid, scene, noisy_descriptions=[])
-        return out
+        def turn(scene, rng, t):
+            return T.checklist_qa(scene, self.counts, rng, self.cfg.checklist_items)
+        return self._exercises("ground", self.cfg.n_ground, GROUND_SPLITS, turn)
 
     def factchecks(self) -> list[dict]:
         """n_factcheck conversations of 1..max_turns fact-check exercises (shapes.factcheck): the facts of one scene
         in the first turn, each turn another description of it, and the picture of another scene."""
-        cfg, rng = self.cfg, self.rng("factcheck")
+        def turn(scene, rng, t):
+            q, a, _ = F.factcheck_qa(scene, self.spec, rng, raster=self.cfg.raster_order,
+                                     located=self.cfg.located_lists)
+            return ("" if t else F.facts_block(scene, rng)) + q, a
+        return self._exercises("factcheck", self.cfg.n_factcheck, FACTCHECK_SPLITS, turn, pictured=False)
+
+    def _exercises(self, stream: str, n: int, splits: tuple[str, str], turn, pictured: bool = True) -> list[dict]:
+        """n conversations (ids shapes-<stream>-<i>) of 1..max_turns turns `turn(scene, rng, t) -> (q, a)` about
+        scenes of their own, shown with the scene's picture, or with `pictured=False` another scene's."""
+        cfg, rng = self.cfg, self.rng(stream)
         out = []
-        for i, split in enumerate(self.split(cfg.n_factcheck, cfg.sft_test_frac)):
-            (scene, _), (_, png) = self.scene(rng), self.scene(rng)
+        for i, split in enumerate(self.split(n, cfg.sft_test_frac)):
+            scene, png = self.scene(rng)
+            png = png if pictured else self.scene(rng)[1]
             turns = []
             for t in range(int(rng.integers(1, cfg.max_turns + 1))):
-                q, a, _ = F.factcheck_qa(scene, self.spec, rng, raster=cfg.raster_order, located=cfg.located_lists)
-                turns += [{"from": "human", "value": ("" if t else F.facts_block(scene, rng)) + q},
-                          {"from": "gpt", "value": a}]
+                q, a = turn(scene, rng, t)
+                turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
             turns[0]["value"] = "<image>\n" + turns[0]["value"]
-            rid = f"shapes-factcheck-{i:06d}"
+            rid = f"shapes-{stream}-{i:06d}"
             out.append({"id": rid, "image": png, "conversations": turns, "source": SOURCE,
-                        "_split": FACTCHECK_SPLITS[split == "test"]})
+                        "_split": splits[split == "test"]})
             self.keep(rid, scene, noisy_descriptions=[])
         return out
 
