@@ -46,6 +46,12 @@ def test_verdicts_follow_the_scene_and_include_binding_confusions():
             f"  - {c}" for c in T.captions(scene))
     assert verdicts["no"] > 0.3 * verdicts["yes"]  # absent objects are common, not a rarity
     assert kinds["binding"] > 0.3 * sum(kinds.values())  # BINDING_PROB where the scene allows one
+    rng, only = np.random.default_rng(0), collections.Counter()
+    for _ in range(400):
+        scene, _ = b.scene(rng)
+        _, a, _ = F.factcheck_qa(scene, b.spec, rng, binding_prob=1.0)
+        only.update(fake_kind(c, scene) for c, v in F.parse_verdicts(a).items() if v == "no")
+    assert only["binding"] / sum(only.values()) > kinds["binding"] / sum(kinds.values())
 
 
 def test_world_records_and_nothing_else_changes():

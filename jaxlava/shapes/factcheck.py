@@ -39,13 +39,13 @@ def facts_block(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def factcheck_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, *, raster: bool = False,
-                 located: bool = False) -> tuple[str, str, list[str]]:
+                 located: bool = False, binding_prob: float = BINDING_PROB) -> tuple[str, str, list[str]]:
     """(question, answer, the categories the description names in order) for one description of `scene`; the
     question is the description and `QUESTION`, to follow a `facts_block` of the scene."""
     n = len(scene.objects)
     h = int(rng.choice(len(HALLUCINATED), p=np.asarray(HALLUCINATED)))
     omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < OMIT_PROB else 0
-    fakes = T.pick_absent(scene, spec, rng, h, BINDING_PROB) if h else []
+    fakes = T.pick_absent(scene, spec, rng, h, binding_prob) if h else []
     d = T.describe(scene, rng, hallucinate=fakes, omit=omit, exhaustive=omit == 0 and not fakes, raster=raster,
                    located=located)
     named = mention_order(d.text, spec.categories)
