@@ -485,3 +485,11 @@ def test_reading_stage_gives_both_reward_models_their_base():
     assert STAGES.index(report.PAIRS) < STAGES.index("rm_read") < STAGES.index("rm_facts")
     without = stage_configs(parse_config(["--recipe", "full", "--out", "o"]), 1)
     assert "rm_read" not in without and without["rm_facts"].init == f"{without['sft'].out}/hf"
+
+
+def test_reading_stage_needs_fact_check_conversations(tmp_path):
+    """Asked for a reading stage on a world without fact-check conversations, the command stops after the world,
+    before any stage, and says which world flag is missing."""
+    r, _ = _reproduce(tmp_path / "out", "--world", "size=small", "n-ground=16")
+    assert r.returncode != 0 and "add n-factcheck=N to --world" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "out" / "seed0").exists()

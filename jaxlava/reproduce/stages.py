@@ -277,6 +277,9 @@ def run(cfg: ReproduceConfig) -> dict:
     print(f"reproduction (recipe {cfg.recipe}, seeds {' '.join(map(str, cfg.seeds))}) in {cfg.out}: "
           + ", ".join(f"{k}={v}" for k, v in recipe_of(cfg).items()), flush=True)
     world_seconds = ensure_world(cfg)["seconds"]
+    if cfg.rm_read_steps and not load_world_info(world_dir(cfg.out))["config"].get("n_factcheck"):
+        raise SystemExit(f"--rm-read-steps {cfg.rm_read_steps}: the world {world_dir(cfg.out)} has no fact-check "
+                         "conversations to read; add n-factcheck=N to --world")
     stages: dict[str, dict[str, float]] = {}
     results = {}
     for seed in cfg.seeds:
