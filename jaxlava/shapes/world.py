@@ -432,8 +432,8 @@ def n_scenes(cfg: ShapesConfig) -> int:
 def build_world(cfg: ShapesConfig, progress: Callable[[int], None] | None = None) -> World:
     b = _Builder(cfg, progress)
     sft, sft_scenes = b.conversations()
-    flat = {"conversation": sft + b.grounding() + b.factchecks(), "preference": b.preferences(), "ppo_prompt": b.ppo_prompts(),
-            "probe": b.probes()}
+    flat = {"conversation": sft + b.grounding() + b.factchecks(), "preference": b.preferences(),
+            "ppo_prompt": b.ppo_prompts(), "probe": b.probes()}
     records: dict[str, dict[str, list[dict]]] = {}
     for kind, recs in flat.items():
         records[kind] = {}
