@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from jaxlava.data.templates import FACTS_HEADER
+from jaxlava.data.templates import factual_block
 from jaxlava.shapes import text as T
 from jaxlava.shapes.scene import Scene, WorldSpec
 
@@ -35,7 +35,7 @@ def mention_order(text: str, categories) -> list[str]:
 def facts_block(scene: Scene, rng: np.random.Generator) -> str:
     """The scene's captions in random order, laid out as the reward model's facts block."""
     caps = T.captions(scene)
-    return FACTS_HEADER + "".join(f"  - {caps[i]}\n" for i in rng.permutation(len(caps)))
+    return factual_block([caps[i] for i in rng.permutation(len(caps))], None)
 
 
 def factcheck_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, *, raster: bool = False,
