@@ -485,6 +485,21 @@ def test_reading_stage_gives_both_reward_models_their_base():
     assert STAGES.index(report.PAIRS) < STAGES.index("rm_read") < STAGES.index("rm_facts")
     without = stage_configs(parse_config(["--recipe", "full", "--out", "o"]), 1)
     assert "rm_read" not in without and without["rm_facts"].init == f"{without['sft'].out}/hf"
+    given = stage_configs(parse_config(["--recipe", "full", "--out", "o", "--rm-base", "b/s{seed}/hf"]), 2)
+    assert "rm_read" not in given and given["rm_facts"].init == given["rm_nofacts"].init == "b/s2/hf"
+    assert given["rlinit"].init == f"{given['sft'].out}/hf"
+    with pytest.raises(SystemExit, match="choose one"):
+        parse_config(["--out", "o", "--rm-base", "b", "--rm-read-steps", "7"])
+
+
+def test_reward_model_base_must_exist(tmp_path):
+    """A --rm-base that is not a model folder stops the command before it writes anything, naming the folder."""
+    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.stages import run
+    cfg = parse_config(["--out", str(tmp_path / "out"), "--seeds", "3", "--rm-base", str(tmp_path / "m{seed}")])
+    with pytest.raises(SystemExit, match=f"{tmp_path}/m3 is not an HF LLaVA folder"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_reading_stage_needs_fact_check_conversations(tmp_path):

@@ -36,6 +36,10 @@ class Recipe:
     fact-check conversations (`n-factcheck`: a verdict after each object a description names, against the facts),
     and both reward models start from it (ours; 0: from the SFT model, the paper; decisions 54)"""
     rm_read_lr: float = 1e-3
+    rm_base: str = ""
+    """start both reward models from this HF LLaVA folder ('{seed}' becomes the seed) instead of the SFT model: a
+    base trained elsewhere, as the paper's 13B reward model beside its 7B policy; it must use the world's tokenizer
+    (ours; empty: the SFT model, or the reading stage's with --rm-read-steps; not with it)"""
     rm_steps: int = 200  # each of the two reward models (with facts, without)
     rm_batch_size: int = 8
     rm_lr: float = 5e-4
@@ -190,6 +194,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
         raise SystemExit(f"--ppo-repeats must be at least 1 (got {cfg.ppo_repeats})")
     if cfg.rm_read_steps < 0:
         raise SystemExit(f"--rm-read-steps must be at least 0 (got {cfg.rm_read_steps})")
+    if cfg.rm_base and cfg.rm_read_steps:
+        raise SystemExit("--rm-base and --rm-read-steps both give the reward models their base: choose one")
     return cfg
 
 

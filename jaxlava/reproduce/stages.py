@@ -160,7 +160,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                                  repeats=cfg.rm_onpolicy_repeats,
                                                  length_balance=cfg.rm_onpolicy_length_balance,
                                                  out=os.path.join(d, report.PAIRS), **sample)
-    rm_base = sft_hf
+    rm_base = cfg.rm_base.replace("{seed}", str(seed)) if cfg.rm_base else sft_hf
     if cfg.rm_read_steps:  # the reward models' base: the SFT model trained on fact-check conversations
         out[READ] = dataclasses.replace(sft_p, out=os.path.join(d, READ), split=FACTCHECK_SPLITS[0], init=sft_hf,
                                         steps=cfg.rm_read_steps, batch_size=cfg.sft_batch_size,
@@ -244,10 +244,11 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
         c = configs[name]
         # SFT's start (`init`, an operational path) is the grounding stage's model when there is one ...
         # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
-        # ... and every stage that uses a reward model records the reading stage its base had, where there is one
+        # ... and every stage that uses a reward model records where its base came from, where not the SFT model
         settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
             {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {}) | (
-            {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {})
+            {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {}) | (
+            {"rm_base": cfg.rm_base} if cfg.rm_base and _uses_rm(name) else {})
         folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
         rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
                         _what(name, c))
@@ -271,6 +272,9 @@ def use_compile_cache(cfg: ReproduceConfig) -> None:
 def run(cfg: ReproduceConfig) -> dict:
     """The whole reproduction; returns results.json's content (also written after each finished seed)."""
     t0 = time.perf_counter()
+    for base in (cfg.rm_base.replace("{seed}", str(s)) for s in cfg.seeds if cfg.rm_base):
+        if not os.path.isfile(os.path.join(base, "config.json")):
+            raise SystemExit(f"--rm-base {cfg.rm_base}: {base} is not an HF LLaVA folder (no config.json)")
     os.makedirs(cfg.out, exist_ok=True)
     use_compile_cache(cfg)
     write_json(os.path.join(cfg.out, "reproduce_config.json"), dataclasses.asdict(cfg), indent=1)
