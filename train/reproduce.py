@@ -11,7 +11,8 @@ seed (--seeds, default 0 1 2), in OUT/seed<S>/:
                 (data/onpolicy_pairs.py), which both reward models add to the world's; with --rm-onpolicy-prompts
   rm_read/      the reading stage, with --rm-read-steps: the SFT model trained further on the world's fact-check
                 conversations (--world n-factcheck=N: a verdict after each object a description names, against
-                the facts); both reward models start from its model instead of the SFT model's
+                the facts); both reward models start from its model instead of the SFT model's (or, with
+                --rm-base PATH, from a model trained elsewhere)
   rm_facts/     the reward model with the facts in its prompt (train/rm.py)
   rm_nofacts/   the reward model without them (train/rm.py --no-facts)
   rm_audit/     both reward models on the RL-init policy's own sampled descriptions, judged exactly
