@@ -160,7 +160,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                                  repeats=cfg.rm_onpolicy_repeats,
                                                  length_balance=cfg.rm_onpolicy_length_balance,
                                                  out=os.path.join(d, report.PAIRS), **sample)
-    rm_base = cfg.rm_base.replace("{seed}", str(seed)) if cfg.rm_base else sft_hf
+    rm_base = given_rm_base(cfg, seed) or sft_hf
     if cfg.rm_read_steps:  # the reward models' base: the SFT model trained on fact-check conversations
         out[READ] = dataclasses.replace(sft_p, out=os.path.join(d, READ), split=FACTCHECK_SPLITS[0], init=sft_hf,
                                         steps=cfg.rm_read_steps, batch_size=cfg.sft_batch_size,
@@ -256,6 +256,11 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     return seconds
 
 
+def given_rm_base(cfg: ReproduceConfig, seed: int) -> str:
+    """The reward models' base that --rm-base names for `seed` ('' when none)."""
+    return cfg.rm_base.replace("{seed}", str(seed))
+
+
 def _uses_rm(name: str) -> bool:
     """Whether stage `name` trains or uses a reward model (its result depends on the reward models' base)."""
     return (name in report.RM.values() or name == report.AUDIT or name.startswith("ppo_")
@@ -272,7 +277,7 @@ def use_compile_cache(cfg: ReproduceConfig) -> None:
 def run(cfg: ReproduceConfig) -> dict:
     """The whole reproduction; returns results.json's content (also written after each finished seed)."""
     t0 = time.perf_counter()
-    for base in (cfg.rm_base.replace("{seed}", str(s)) for s in cfg.seeds if cfg.rm_base):
+    for base in (given_rm_base(cfg, s) for s in cfg.seeds if cfg.rm_base):
         if not os.path.isfile(os.path.join(base, "config.json")):
             raise SystemExit(f"--rm-base {cfg.rm_base}: {base} is not an HF LLaVA folder (no config.json)")
     os.makedirs(cfg.out, exist_ok=True)
