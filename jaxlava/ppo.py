@@ -35,6 +35,7 @@ import enum
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax import lax
 
@@ -356,6 +357,9 @@ def update_loss_and_grad(graphs: Graphs, loss_cfg: LossConfig):
 
     def loss_and_grad(params, frozen, mb, rng):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, mb, rng)
+        # each role's share of the gradient (before clipping): one norm over both can hide a starved policy
+        aux = {**aux, "policy_grad_norm": optax.global_norm(grads["policy"]),
+               "value_grad_norm": optax.global_norm({k: grads[k] for k in ("value", "value_head")})}
         return loss, aux, grads
     return loss_and_grad
 

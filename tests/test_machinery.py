@@ -13,7 +13,7 @@ import pytest
 
 from jaxlava.training.checkpoint import Checkpointer
 from jaxlava.training.metrics import MetricsLogger, read_metrics
-from jaxlava.training.optim import OptimConfig, make_optimizer, make_schedule
+from jaxlava.training.optim import OptimConfig, gradient_clip, make_optimizer, make_schedule
 from jaxlava.training.step import init_state, make_train_step
 from jaxlava.training.loop import NonFiniteError, RunDirBusy, fingerprint, fit
 
@@ -26,6 +26,20 @@ def test_schedules_match_hand_computed_values():
     assert abs(float(cos(110))) < 1e-7
     const = make_schedule(OptimConfig(lr=2.0, schedule="constant_with_warmup", warmup_ratio=0.1), 100)
     assert abs(float(const(5)) - 1.0) < 1e-7 and float(const(50)) == 2.0
+
+
+def test_gradient_clip_one_norm_or_one_per_group():
+    g = {"a": jnp.asarray([3.0, 4.0]), "b": {"w": jnp.asarray([0.3])}, "c": jnp.asarray([0.4])}  # norms 5 and 0.5
+    joint = gradient_clip(1.0)
+    out, _ = joint.update(g, joint.init(g))
+    total = math.sqrt(25 + 0.25)
+    np.testing.assert_allclose(out["a"], np.asarray([3.0, 4.0]) / total, rtol=1e-6)
+    np.testing.assert_allclose(out["c"], np.asarray([0.4]) / total, rtol=1e-6)  # the small group shrinks too
+    grouped = gradient_clip(1.0, {"a": "big", "b": "small", "c": "small"})
+    out, _ = grouped.update(g, grouped.init(g))
+    np.testing.assert_allclose(out["a"], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(out["b"]["w"], [0.3], rtol=1e-6)  # under the limit: untouched
+    np.testing.assert_allclose(out["c"], [0.4], rtol=1e-6)
 
 
 def _toy_loss(params, frozen, batch, rng):

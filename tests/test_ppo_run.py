@@ -73,7 +73,8 @@ def test_ppo_command_metrics_outputs_and_no_recompiles(command_run, tmp_path):
     assert [x["step"] for x in rows] == [1, 2, 3, 4]
     wanted = {"score", "stop_penalty", "length_term", "correct_term", "reward_total", "kl", "response_length",
               "stop_rate", "clipfrac", "approxkl", "entropy", "value_loss", "policy_loss", "explained_variance",
-              "seconds_generate", "seconds_score", "seconds_update", "compiles", "lr", "grad_norm"}
+              "seconds_generate", "seconds_score", "seconds_update", "compiles", "lr", "grad_norm",
+              "policy_grad_norm", "value_grad_norm"}
     assert wanted <= set(rows[0]), wanted - set(rows[0])
     assert "eval_score" in rows[1] and "eval_kl" in rows[3]
     assert all(np.isfinite(x["loss"]) for x in rows)
@@ -316,3 +317,14 @@ def test_ppo_update_moves_the_policy_toward_the_better_response(stack):
                 assert out.finite
             after = log_odds(state.params)
             assert sign * (after - before) > 0.5, (sign, before, after)
+            m = out.metrics  # the two roles' norms split the one that the paper clips
+            np.testing.assert_allclose(np.hypot(m["policy_grad_norm"], m["value_grad_norm"]), m["grad_norm"], rtol=1e-5)
+        # --clip-per-role: the same update with one norm per role moves the policy the same way
+        tx = make_optimizer(dataclasses.replace(cfg.optim, warmup_steps=0, warmup_ratio=0.0), total_steps=10,
+                            clip_groups=run_ppo.CLIP_GROUPS)
+        update = jax.jit(ppo.make_update_step(graphs, ppo.LossConfig(), tx))
+        state = init_state(params, tx, 0)
+        for _ in range(4):
+            state, out = update(state, frozen, rows | {"old_logprobs": old_lp, "old_values": old_v,
+                                                       "advantages": adv, "returns": ret})
+        assert before - log_odds(state.params) > 0.5

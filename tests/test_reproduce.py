@@ -344,8 +344,10 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert d["sft"].buckets == DEFAULT_BUCKETS and d["ppo_facts"].length_score == -10.0
     assert not d["rm_facts"].facts_first  # the paper's layout unless asked
     assert not any(d[s].terminal_at_eos or d[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))  # quirk 2 kept
-    q = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads"]), 0)
-    assert all(q[s].terminal_at_eos and q[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))
+    assert not any(d[s].clip_per_role for s in ("ppo_facts", "ppo_nofacts"))  # one norm, as the paper
+    q = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads",
+                                    "--ppo-clip-per-role"]), 0)
+    assert all(q[s].terminal_at_eos and q[s].mask_pads and q[s].clip_per_role for s in ("ppo_facts", "ppo_nofacts"))
     g = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-prompt-group", "4"]), 0)
     assert g["ppo_facts"].prompt_group == g["ppo_nofacts"].prompt_group == 4 and d["ppo_facts"].prompt_group == 0
     o = stage_configs(parse_config(["--out", str(tmp_path), "--rm-image-dropout", "0.5",

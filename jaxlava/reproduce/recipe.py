@@ -81,6 +81,9 @@ class Recipe:
     """PPO's reward sits at the response's EOS (False: at slot T-1, after the padding: the paper's quirk 2)"""
     ppo_mask_pads: bool = False
     """PPO's losses and advantage whitening count response tokens only (False: every slot, pads too: quirk 2)"""
+    ppo_clip_per_role: bool = False
+    """PPO clips the policy's and the value's gradients each by its own norm (train/ppo.py --clip-per-role; False:
+    one norm over both, the paper)"""
     ppo_rm_seq_len: int = 512
     ppo_prompt_group: int = 0
     """PPO samples each prompt this many times per rollout batch and centres the reward model's score per prompt

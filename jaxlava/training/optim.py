@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -49,16 +50,28 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return schedule
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, updates_per_step: int = 1) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, total_steps: int, updates_per_step: int = 1,
+                   clip_groups: dict[str, str] | None = None) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW on the schedule.  `updates_per_step` > 1 steps the schedule once per run
-    step rather than once per update (PPO: several minibatch updates per PPO step, spec §4.9)."""
+    step rather than once per update (PPO: several minibatch updates per PPO step, spec §4.9).
+
+    `clip_groups` maps each top-level key of the parameter dict to a group name; each group's gradient is then
+    clipped to `max_grad_norm` by its own norm (None: one norm over everything)."""
     schedule = make_schedule(cfg, total_steps)
     if updates_per_step > 1:
         schedule = per_run_step(schedule, updates_per_step)
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm),
-        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
-    )
+    return optax.chain(gradient_clip(cfg.max_grad_norm, clip_groups),
+                       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+
+
+def gradient_clip(max_norm: float, clip_groups: dict[str, str] | None = None) -> optax.GradientTransformation:
+    """Scale the gradient down to `max_norm` when its global norm is larger: one norm over the whole tree, or with
+    `clip_groups` (top-level key -> group name) one norm per group."""
+    if clip_groups is None:
+        return optax.clip_by_global_norm(max_norm)
+    per_group = {g: optax.clip_by_global_norm(max_norm) for g in set(clip_groups.values())}
+    return optax.multi_transform(per_group, lambda params: {k: jax.tree.map(lambda _: clip_groups[k], v)
+                                                            for k, v in params.items()})
 
 
 def per_run_step(schedule: optax.Schedule, updates_per_step: int) -> optax.Schedule:

@@ -76,6 +76,9 @@ class PPOConfig(runs.RunConfig):
     clip: float = 0.2  # policy ratio clip
     value_clip: float = 0.2  # value clip (absolute, in the scaled reward units)
     vf_coef: float = 0.1  # weight of the value loss
+    # ours, off by default: clip the policy adapter's gradient and the value's (adapter and head) each by its own
+    # norm; the paper clips one norm over both, so a large value-loss gradient shrinks the policy's step
+    clip_per_role: bool = False
     # fixes of the original's quirks (spec §8); the paper presets keep the paper's behaviour
     terminal_at_eos: bool = False  # terminal reward at the response's last token (paper: at slot T-1, quirk 2)
     mask_pads: bool = False  # average losses and whiten over response tokens only (paper: all slots, quirk 2)
@@ -101,6 +104,9 @@ RUN_PRESETS = {
     "llava-7b-224": PPOConfig(preset="llava-7b-224", **_PAPER),  # 7B policy, 13B reward/value (--reward-base)
     "llava-13b-336": PPOConfig(preset="llava-13b-336", **_PAPER),
 }
+
+
+CLIP_GROUPS = {"policy": "policy", "value": "value", "value_head": "value"}  # --clip-per-role's groups
 
 
 def ensure_inputs(cfg: PPOConfig) -> None:
@@ -319,7 +325,8 @@ def run(cfg: PPOConfig) -> dict:
         source = open_source(cfg.data, "ppo_prompt", "train")
         check_prompts(source, roles, cfg)
         total = cfg.steps or max(1, int(cfg.epochs * len(source) // prompts_per_step(cfg)))
-        tx = make_optimizer(cfg.optim, total, updates_per_step(cfg))
+        tx = make_optimizer(cfg.optim, total, updates_per_step(cfg),
+                            clip_groups=CLIP_GROUPS if cfg.clip_per_role else None)
         graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
                             roles.value_lora)
         scorer = rollout.make_scorer(roles, graphs, rollout_config(cfg))
