@@ -148,7 +148,7 @@ def test_audit_stage_judges_and_scores_each_sample_as_the_judges_and_reward_mode
     from jaxlava.hf import from_pretrained
     from jaxlava.lora import make_lora
     from jaxlava.peft_io import load_reward_model_adapter
-    from jaxlava.training.rm_audit import LAPSES, lapse_counts, object_prices, pair_accuracy, table
+    from jaxlava.training.rm_audit import LAPSES, best_of, lapse_counts, object_prices, pair_accuracy, table
     from jaxlava.training.rollout import _row_rng
     out = tiny_run[0]
     rec = json.loads((out / "seed0" / "rm_audit" / "audit.json").read_text())
@@ -169,6 +169,8 @@ def test_audit_stage_judges_and_scores_each_sample_as_the_judges_and_reward_mode
         groups = [[(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(resp["scores"][path], judged[resp["id"]])]
                   for resp in rec["responses"]]
         assert res["own"] == pair_accuracy(groups), path
+        assert res["best_of"] == [b for k in sorted({min(4, rec["samples"]), rec["samples"]})
+                                  if (b := best_of(groups, k)) is not None], path
         lapses = [[(s, *lapse_counts(j, partners)) for s, j in zip(resp["scores"][path], judged[resp["id"]])]
                   for resp in rec["responses"]]
         assert res["lapse_prices"] == object_prices(lapses, LAPSES), path

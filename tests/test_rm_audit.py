@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jaxlava.eval.shapes import judge, parse_mentions
-from jaxlava.training.rm_audit import LAPSES, lapse_counts, object_prices, pair_accuracy, within_prompt_share
+from jaxlava.training.rm_audit import (LAPSES, best_of, lapse_counts, object_prices, pair_accuracy,
+                                      within_prompt_share)
 
 
 def test_pair_rule_on_hand_made_groups():
@@ -25,6 +26,21 @@ def test_pair_rule_on_hand_made_groups():
     assert acc["hallucination"]["se"] == pytest.approx(np.sqrt(0.25 / 3))
     assert pair_accuracy([[(1.0, 0, 1), (2.0, 0, 1)]])["hallucination"] == {"pairs": 0, "accuracy": None,
                                                                             "se": None}
+
+
+def test_best_of_counts_the_top_scored_sample_against_the_mean():
+    # (score, hallucinated, recalled)
+    groups = [[(2.0, 0, 3), (1.0, 2, 1), (0.0, 1, 2), (5.0, 4, 0)],  # of 3: the first; of 4: the last
+              [(1.0, 1, 1), (1.0, 3, 1), (0.0, 0, 0)]]  # a tie at the top: both count half
+    b3 = best_of(groups, 3)
+    # chosen: (0, 3) + (2, 1); mean of the first three: (1, 2) + (4 / 3, 2 / 3)
+    assert b3 == {"k": 3, "hallucinated": pytest.approx(2 / (7 / 3)), "recalled": pytest.approx(4 / (8 / 3))}
+    b4 = best_of(groups, 4)  # the second prompt has 3 samples: all of them
+    assert b4["hallucinated"] == pytest.approx((4 + 2) / (7 / 4 + 4 / 3))
+    assert b4["recalled"] == pytest.approx((0 + 1) / (6 / 4 + 2 / 3))
+    flipped = best_of([[(-s, h, r) for s, h, r in g] for g in groups], 3)  # the lowest-scored instead
+    assert flipped["hallucinated"] == pytest.approx((1 + 0) / (7 / 3))
+    assert best_of([[(1.0, 0, 1), (2.0, 0, 2)]], 2) is None  # nothing hallucinated: no ratio
 
 
 def test_within_prompt_share_is_the_one_way_decomposition():

@@ -135,6 +135,24 @@ def within_prompt_share(scores: list[list[float]]) -> float | None:
     return None if total == 0 else float(np.var(centred) / total)
 
 
+def best_of(groups: list[list[tuple[float, int, int]]], k: int) -> dict | None:
+    """What choosing by the score would give: per prompt, the top-scored of its first `k` samples (ties share the
+    pick) against the mean of those `k`, summed over prompts -> {"k", "hallucinated", "recalled"} as ratios (e.g.
+    0.25: a quarter of the mean sample's hallucinated mentions); None where a ratio has no denominator."""
+    chosen, mean = np.zeros(2), np.zeros(2)
+    for samples in groups:
+        s = np.asarray([x[0] for x in samples[:k]], np.float64)
+        counts = np.asarray([x[1:3] for x in samples[:k]], np.float64)
+        if not len(s):
+            continue
+        top = s == s.max()
+        chosen += counts[top].mean(axis=0)
+        mean += counts.mean(axis=0)
+    if not mean.all():
+        return None
+    return {"k": k, "hallucinated": float(chosen[0] / mean[0]), "recalled": float(chosen[1] / mean[1])}
+
+
 def _ppo_config(cfg: AuditConfig, reward_adapter: str) -> run_ppo.PPOConfig:
     return dataclasses.replace(run_ppo.RUN_PRESETS["shapes"], data=cfg.data, init=cfg.init,
                                policy_adapter=cfg.policy_adapter, reward_adapter=reward_adapter,
@@ -293,6 +311,8 @@ def audit(cfg: AuditConfig) -> dict:
                 res[name] = pair_accuracy(groups)
                 if name == "own":
                     res["within_prompt_share"] = within_prompt_share(scores)
+                    res["best_of"] = [b for k in sorted({min(4, cfg.samples), cfg.samples})
+                                      if (b := best_of(groups, k)) is not None]
                     res["object_prices"] = object_prices(groups)
                     res["lapse_prices"] = object_prices(
                         [[(s, *lapse_counts(j, partners)) for s, j in zip(ss, r["judged"])]
@@ -332,6 +352,11 @@ def table(summary: dict) -> str:
               if r.get("within_prompt_share") is not None]
     if shares:
         lines += ["", "score variance within prompts (its own facts): " + "; ".join(shares)]
+    best = [f"{p}: " + ", ".join(f"of {b['k']} hallucinated x{b['hallucinated']:.2f} recalled x{b['recalled']:.2f}"
+                                 for b in r["best_of"])
+            for p, r in summary["reward_models"].items() if r.get("best_of")]
+    if best:
+        lines += ["", "the top-scored sample of a prompt against the mean of its samples: " + "; ".join(best)]
     prices = [f"{p}: absent {r['object_prices']['absent']:+.2f}, present {r['object_prices']['present']:+.2f}"
               + ("" if r["object_prices"]["r2"] is None else f" (R2 {r['object_prices']['r2']:.2f})")
               for p, r in summary["reward_models"].items() if r.get("object_prices")]
