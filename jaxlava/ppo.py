@@ -332,6 +332,9 @@ class Graphs:
     value_lora: LoraConfig
 
 
+ROLES = {"policy": "policy", "value": "value", "value_head": "value"}  # the trainable parameters' roles
+
+
 def update_loss_and_grad(graphs: Graphs, loss_cfg: LossConfig):
     """`(params, frozen, minibatch, rng) -> (loss, aux, grads)` over {policy, value, value_head}.
 
@@ -358,8 +361,8 @@ def update_loss_and_grad(graphs: Graphs, loss_cfg: LossConfig):
     def loss_and_grad(params, frozen, mb, rng):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, mb, rng)
         # each role's share of the gradient (before clipping): one norm over both can hide a starved policy
-        aux = {**aux, "policy_grad_norm": optax.global_norm(grads["policy"]),
-               "value_grad_norm": optax.global_norm({k: grads[k] for k in ("value", "value_head")})}
+        aux = {**aux, **{f"{role}_grad_norm": optax.global_norm({k: g for k, g in grads.items() if ROLES[k] == role})
+                         for role in set(ROLES.values())}}
         return loss, aux, grads
     return loss_and_grad
 

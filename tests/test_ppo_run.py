@@ -321,7 +321,7 @@ def test_ppo_update_moves_the_policy_toward_the_better_response(stack):
             np.testing.assert_allclose(np.hypot(m["policy_grad_norm"], m["value_grad_norm"]), m["grad_norm"], rtol=1e-5)
         # --clip-per-role: the same update with one norm per role moves the policy the same way
         tx = make_optimizer(dataclasses.replace(cfg.optim, warmup_steps=0, warmup_ratio=0.0), total_steps=10,
-                            clip_groups=run_ppo.CLIP_GROUPS)
+                            clip_groups=ppo.ROLES)
         update = jax.jit(ppo.make_update_step(graphs, ppo.LossConfig(), tx))
         state = init_state(params, tx, 0)
         for _ in range(4):

@@ -106,9 +106,6 @@ RUN_PRESETS = {
 }
 
 
-CLIP_GROUPS = {"policy": "policy", "value": "value", "value_head": "value"}  # --clip-per-role's groups
-
-
 def ensure_inputs(cfg: PPOConfig) -> None:
     """On an embedded world with the default paths (or --build-missing), build the SFT model, the RL-init adapter
     and the reward model when missing; any other missing input is an error naming it."""
@@ -326,7 +323,7 @@ def run(cfg: PPOConfig) -> dict:
         check_prompts(source, roles, cfg)
         total = cfg.steps or max(1, int(cfg.epochs * len(source) // prompts_per_step(cfg)))
         tx = make_optimizer(cfg.optim, total, updates_per_step(cfg),
-                            clip_groups=CLIP_GROUPS if cfg.clip_per_role else None)
+                            clip_groups=ppo.ROLES if cfg.clip_per_role else None)
         graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
                             roles.value_lora)
         scorer = rollout.make_scorer(roles, graphs, rollout_config(cfg))
