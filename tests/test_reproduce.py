@@ -2,6 +2,7 @@
 their keys, the on-policy pairs, the audit stage's judgements and scores, a rerun that skips every cached stage,
 a changed setting that is refused), the acceptance checks on hand-made numbers, the summary over seeds, and the
 object-hallucination numbers of PPO's held-out evaluation."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -312,7 +313,7 @@ def test_changed_settings_name_what_differs():
 
 def test_world_flags_and_recipes():
     from jaxlava.reproduce.recipe import RECIPES, parse_config
-    from jaxlava.reproduce.stages import world_flags
+    from jaxlava.reproduce.stages import stage_configs, world_flags
     assert world_flags(("size=small", "colours=red blue", "pref_minimal_prob=1")) == [
         "--size", "small", "--colours", "red", "blue", "--pref-minimal-prob", "1"]
     cfg = parse_config(["--recipe", "demo", "--sft-steps", "7", "--set", "ppo_lr=3e-4", "--seeds", "4", "5"])
@@ -324,6 +325,19 @@ def test_world_flags_and_recipes():
     assert RECIPES["demo"].world == RECIPES["full"].world and RECIPES["plain"].world == ()
     assert {"pref-twin-omit-prob=0.25", "pref-twin-add-prob=0.25", "n-mmhal=480"} <= set(RECIPES["full"].world)
     assert RECIPES["full"].ppo_steps == 10
+    # the reading recipe: the twins world with 90 % partner noise, one id per object and the fact-check conversations
+    # its reading stage trains on; both reward models start from that stage
+    reading = parse_config(["--recipe", "reading"])
+    assert set(reading.world) - set(RECIPES["full"].world) == {
+        "noise-rate=0.9", "located-lists=True", "tokenizer-split-punctuation=True", "pref-binding-prob=0.6",
+        "tokenizer-object-tokens=True", "n-factcheck=8000"}
+    assert set(RECIPES["full"].world) - set(reading.world) == {"noise-rate=0.7"}
+    assert reading.rm_read_steps > 0 and not reading.rm_base and reading.ppo_prompt_group == 4
+    c = stage_configs(dataclasses.replace(reading, out="o"), 1)
+    assert c["rm_read"].steps == reading.rm_read_steps and c["rm_read"].init == c["sft"].out + "/hf"
+    assert all(c[s].init == c["rm_read"].out + "/hf" and c[s].facts_first == (s == "rm_facts")
+               for s in ("rm_facts", "rm_nofacts"))
+    assert c["sft"].steps == 5000 and c["ppo_facts"].prompt_group == c["ppo_nofacts"].prompt_group == 4
     flags = world_flags(RECIPES["full"].world)
     assert flags[flags.index("--noise-kind") + 1] == "partner" and len(flags[flags.index("--cooccur-pairs") + 1:
                                                                                flags.index("--yesno-negatives")]) == 6
