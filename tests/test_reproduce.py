@@ -337,7 +337,7 @@ def test_world_flags_and_recipes():
     assert c["rm_read"].steps == reading.rm_read_steps and c["rm_read"].init == c["sft"].out + "/hf"
     assert all(c[s].init == c["rm_read"].out + "/hf" and c[s].facts_first == (s == "rm_facts")
                for s in ("rm_facts", "rm_nofacts"))
-    assert c["sft"].steps == 5000 and c["ppo_facts"].prompt_group == c["ppo_nofacts"].prompt_group == 4
+    assert c["sft"].steps == reading.sft_steps and c["ppo_facts"].prompt_group == c["ppo_nofacts"].prompt_group == 4
     flags = world_flags(RECIPES["full"].world)
     assert flags[flags.index("--noise-kind") + 1] == "partner" and len(flags[flags.index("--cooccur-pairs") + 1:
                                                                                flags.index("--yesno-negatives")]) == 6
