@@ -10,7 +10,7 @@ import glob
 import io
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -220,6 +220,27 @@ class HeadSource:
 
     def __repr__(self):
         return f"HeadSource({self.source!r}, n={self.n})"
+
+
+class SubsetSource:
+    """The records of a random-access source at the given indices, in that order."""
+
+    def __init__(self, source, indices: Sequence[int]):
+        self.source, self.indices = source, [int(i) for i in indices]
+        if not self.indices:
+            raise ValueError(f"SubsetSource: no records selected from {source!r}")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if not 0 <= i < len(self.indices):
+            raise IndexError(f"record {i} of {len(self.indices)}")
+        return self.source[self.indices[i]]
+
+    def __repr__(self):
+        return f"SubsetSource({self.source!r}, n={len(self.indices)})"
 
 
 def open_sources(out_dirs: Iterable[str], kind: str, split: str = "train"):

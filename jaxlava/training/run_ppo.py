@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import time
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from flax import nnx
 
 from jaxlava import distributed, ppo, sharding
 from jaxlava.data.pipeline import ppo_prompt_batches
-from jaxlava.data.storage import open_source
+from jaxlava.data.storage import SubsetSource, open_source
 from jaxlava.eval import shapes as shapes_eval
 from jaxlava.lora import LoraConfig
 from jaxlava.peft_io import save_adapter, save_reward_head
@@ -61,6 +62,10 @@ class PPOConfig(runs.RunConfig):
     step_batch_size: int = 256  # rollouts per optimizer update (global); microbatches: --optim.grad-accum
     noptepochs: int = 2  # passes over each rollout batch
     max_new_tokens: int = 896  # response slots T (also the length normaliser)
+    # ours, empty by default (the paper's mix): train on the PPO prompts of these types only: general (open
+    # questions and descriptions, caption_type 1), mc (multiple choice, 2-5), yesno (6-7); the held-out
+    # evaluation keeps every type
+    prompt_types: tuple[Literal["general", "mc", "yesno"], ...] = ()
     # queries longer than this, counting the image as one token as the paper does (spec §4.2), are dropped with
     # their data; the rest are left padded to this width plus the image placeholders
     max_prompt_len: int = 128
@@ -210,6 +215,24 @@ def query_width(cfg, processor) -> int:
     return cfg.max_prompt_len + processor.num_image_tokens - 1
 
 
+PROMPT_TYPES = {"general": (ppo.AnswerType.GENERAL,),
+                "mc": tuple(ppo.AnswerType(c) for c in range(ppo.AnswerType.A_IN_ABCD, ppo.AnswerType.D_IN_ABCD + 1)),
+                "yesno": (ppo.AnswerType.NO_IN_YESNO, ppo.AnswerType.YES_IN_YESNO)}
+
+
+def select_prompt_types(source, types, data: str):
+    """The PPO prompts whose caption_type is of `types` (names of PROMPT_TYPES; empty: every prompt)."""
+    if not types:
+        return source
+    wanted = {int(c) for t in types for c in PROMPT_TYPES[t]}
+    keep = [i for i in range(len(source)) if int(source[i].get("caption_type", 1)) in wanted]
+    names = " ".join(types)
+    if not keep:
+        raise ValueError(f"--prompt-types {names}: none of the {len(source)} PPO prompts in {data} is of these types")
+    print(f"--prompt-types {names}: PPO trains on {len(keep)} of the {len(source)} prompts in {data}", flush=True)
+    return SubsetSource(source, keep)
+
+
 def check_prompts(source, roles, cfg: PPOConfig, sample: int = 256) -> None:
     """How many of the first prompts fit --max-prompt-len: none is an error (the pipeline would wait forever for
     a batch), some is a printed count (they are dropped with their metadata, spec §4.2)."""
@@ -319,7 +342,7 @@ def run(cfg: PPOConfig) -> dict:
         world = runs.world_for(cfg)
         roles = ppo_roles.load_roles(cfg, mesh, lambda path: runs.build_model(
             dataclasses.replace(cfg, init=path), mesh, world))
-        source = open_source(cfg.data, "ppo_prompt", "train")
+        source = select_prompt_types(open_source(cfg.data, "ppo_prompt", "train"), cfg.prompt_types, cfg.data)
         check_prompts(source, roles, cfg)
         total = cfg.steps or max(1, int(cfg.epochs * len(source) // prompts_per_step(cfg)))
         tx = make_optimizer(cfg.optim, total, updates_per_step(cfg),
