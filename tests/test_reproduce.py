@@ -364,8 +364,11 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     q = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads",
                                     "--ppo-clip-per-role"]), 0)
     assert all(q[s].terminal_at_eos and q[s].mask_pads and q[s].clip_per_role for s in ("ppo_facts", "ppo_nofacts"))
-    g = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-prompt-group", "4"]), 0)
+    g = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-prompt-group", "4", "--ppo-prompt-types",
+                                    "general"]), 0)
     assert g["ppo_facts"].prompt_group == g["ppo_nofacts"].prompt_group == 4 and d["ppo_facts"].prompt_group == 0
+    assert g["ppo_facts"].prompt_types == g["ppo_nofacts"].prompt_types == ("general",)
+    assert d["ppo_facts"].prompt_types == ()  # the paper's mix unless asked
     o = stage_configs(parse_config(["--out", str(tmp_path), "--rm-image-dropout", "0.5",
                                     "--rm-nofacts-image-dropout", "0"]), 0)
     assert o["rm_facts"].image_dropout == 0.5 and o["rm_nofacts"].image_dropout == 0.0

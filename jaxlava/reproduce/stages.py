@@ -189,8 +189,8 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
             steps=cfg.ppo_steps, rollout_batch_size=cfg.ppo_rollout_batch_size,
             step_batch_size=cfg.ppo_step_batch_size, kl_coef=cfg.ppo_kl_coef, length_score=cfg.ppo_length_score,
             max_new_tokens=cfg.ppo_max_new_tokens, terminal_at_eos=cfg.ppo_terminal_at_eos, mask_pads=cfg.ppo_mask_pads,
-            rm_seq_len=cfg.ppo_rm_seq_len, prompt_group=cfg.ppo_prompt_group, eval_every=cfg.ppo_eval_every,
-            eval_prompts=cfg.ppo_eval_prompts, clip_per_role=cfg.ppo_clip_per_role,
+            rm_seq_len=cfg.ppo_rm_seq_len, prompt_group=cfg.ppo_prompt_group, prompt_types=cfg.ppo_prompt_types,
+            eval_every=cfg.ppo_eval_every, eval_prompts=cfg.ppo_eval_prompts, clip_per_role=cfg.ppo_clip_per_role,
             checkpoint_every=cfg.ppo_checkpoint_every, optim=dataclasses.replace(ppo_p.optim, lr=cfg.ppo_lr))
     for key, _, run in report.SYSTEMS:
         for r in range(cfg.ppo_repeats if run else 1):
