@@ -89,8 +89,8 @@ class Recipe:
     """PPO samples each prompt this many times per rollout batch and centres the reward model's score per prompt
     (train/ppo.py --prompt-group; ours, 0 = off, the paper)"""
     ppo_prompt_types: tuple[Literal["general", "mc", "yesno"], ...] = ()
-    """PPO trains on the world's prompts of these types only (train/ppo.py --prompt-types; ours, empty: every
-    type, the paper's mix of half descriptions, a quarter multiple choice and a quarter yes/no)"""
+    """PPO trains on the world's prompts of these types only (train/ppo.py --prompt-types; ours); empty: all of
+    them, the paper's mix of half descriptions, a quarter multiple choice and a quarter yes/no"""
     ppo_eval_every: int = 10  # PPO's held-out greedy evaluation (reward, KL, CHAIR-i ...): the hallucination curve
     ppo_eval_prompts: int = 96
     ppo_checkpoint_every: int = 10
