@@ -26,6 +26,10 @@ class Recipe:
     sft_steps: int = 400
     sft_batch_size: int = 16
     sft_lr: float = 2e-3
+    sft_more: tuple[str, ...] = ()
+    """further SFT phases as STEPS:LR items (`1500:1e-3 1500:5e-4`): each trains on from the last phase's model
+    with a cosine schedule of its own and data order seed S + its number; PPO starts from the last (ours; empty:
+    one schedule; decisions 59)"""
     rlinit_steps: int = 150  # RL-init: LoRA SFT on the frozen SFT model (PPO's start and reference)
     rlinit_batch_size: int = 16
     rlinit_lr: float = 5e-4

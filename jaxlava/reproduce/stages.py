@@ -31,9 +31,32 @@ REPEAT_STRIDE = 100  # PPO repeat r of seed S runs with seed S + --ppo-seed-offs
 REPEATED = ("ppo_facts", "ppo_nofacts", "judge_rlhf_nofacts", "judge_fact_rlhf")  # the stages a PPO repeat reruns
 
 
-def stage_names(repeats: int = 1) -> list[str]:
-    """Every stage of a seed in order: STAGES, then each further PPO repeat's runs and judges."""
-    return [*STAGES, *(f"{n}{report.repeat_suffix(r)}" for r in range(1, repeats) for n in REPEATED)]
+def stage_names(repeats: int = 1, sft_more: int = 0) -> list[str]:
+    """Every stage of a seed in order: STAGES with the further SFT phases after SFT, then each further PPO
+    repeat's runs and judges."""
+    at = STAGES.index(report.SFT) + 1
+    return [*STAGES[:at], *(sft_phase(i) for i in range(1, sft_more + 1)), *STAGES[at:],
+            *(f"{n}{report.repeat_suffix(r)}" for r in range(1, repeats) for n in REPEATED)]
+
+
+def sft_phase(i: int) -> str:
+    """OUT/seed<S>/sft_more<i>: SFT phase i + 1, trained on from phase i's model (--sft-more)."""
+    return f"sft_more{i}"
+
+
+def sft_more_phases(cfg) -> list[tuple[int, float]]:
+    """--sft-more's items STEPS:LR as (steps, lr); an item that is not two positive numbers is an error."""
+    out = []
+    for item in cfg.sft_more:
+        try:
+            steps, lr = item.split(":")
+            phase = (int(steps), float(lr))
+        except ValueError:
+            phase = (0, 0.0)
+        if phase[0] < 1 or not phase[1] > 0:
+            raise SystemExit(f"--sft-more expects STEPS:LR items with positive numbers, e.g. 1500:1e-3; got {item!r}")
+        out.append(phase)
+    return out
 
 
 # fields of a stage config that do not change its result, or that the layout of OUT fixes (paths: OUT may move):
@@ -134,7 +157,8 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     common = dict(data=data, seed=seed, mesh=cfg.mesh, eval_every=cfg.eval_every,
                   checkpoint_every=cfg.checkpoint_every, vision_pretrain_steps=cfg.vision_pretrain_steps,
                   buckets=tuple(cfg.buckets))
-    sft_hf = os.path.join(d, report.SFT, "hf")
+    phases = sft_more_phases(cfg)
+    sft_hf = os.path.join(d, sft_phase(len(phases)) if phases else report.SFT, "hf")  # the last SFT phase's model
     sft_p, lora_p, rm_p, ppo_p = (run_sft.RUN_PRESETS["shapes"], run_sft.LORA_PRESETS["shapes"],
                                   run_rm.RUN_PRESETS["shapes"], run_ppo.RUN_PRESETS["shapes"])
     sft_optim = dataclasses.replace(sft_p.optim, lr=cfg.sft_lr)
@@ -147,6 +171,13 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
         "sft": dataclasses.replace(sft_p, out=os.path.join(d, report.SFT), steps=cfg.sft_steps,
                                    batch_size=cfg.sft_batch_size, optim=sft_optim,
                                    init=os.path.join(d, GROUND, "hf") if cfg.ground_steps else None, **common),
+    }
+    for i, (steps, lr) in enumerate(phases, 1):  # each a schedule of its own, from the last phase's model
+        out[sft_phase(i)] = dataclasses.replace(
+            sft_p, out=os.path.join(d, sft_phase(i)), steps=steps, batch_size=cfg.sft_batch_size,
+            optim=dataclasses.replace(sft_p.optim, lr=lr),
+            init=os.path.join(d, sft_phase(i - 1) if i > 1 else report.SFT, "hf"), **(common | {"seed": seed + i}))
+    out |= {
         "rlinit": dataclasses.replace(lora_p, init=sft_hf, out=os.path.join(d, report.RLINIT), steps=cfg.rlinit_steps,
                                       batch_size=cfg.rlinit_batch_size,
                                       adapter=dataclasses.replace(lora_p.adapter, r=cfg.rlinit_rank,
@@ -208,6 +239,8 @@ def _what(name: str, c) -> str:
         return f"on-policy audit of both reward models, {c.prompts} describe prompts x {c.samples} samples"
     if name == report.PAIRS:
         return f"on-policy preference pairs, {c.prompts} describe prompts x {c.samples} samples, judged exactly"
+    if name.startswith("sft_more"):
+        return f"SFT phase {int(name[len('sft_more'):]) + 1} (from the last phase's model), {c.steps} steps"
     kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT",
             READ: "reading stage of the reward models' base (fact-check SFT)", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
@@ -223,7 +256,7 @@ def _run_fn(name: str, c):
         return lambda: rm_audit.audit(c)
     if name == report.PAIRS:
         return lambda: {k: v for k, v in rm_pairs.make_pairs(c).items() if k not in ("responses", "config")}
-    train = (run_sft.run if name in ("ground", "sft", "rlinit", READ) else run_rm.run if name.startswith("rm_")
+    train = (run_sft.run if name in ("ground", "sft", "rlinit", READ) or name.startswith("sft_more") else run_rm.run if name.startswith("rm_")
              else run_ppo.run)
     return lambda: train(c)
 
@@ -238,7 +271,7 @@ def _judge(c) -> dict:
 def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
     configs = stage_configs(cfg, seed)
-    names = [n for n in stage_names(cfg.ppo_repeats) if n in configs]
+    names = [n for n in stage_names(cfg.ppo_repeats, len(cfg.sft_more)) if n in configs]
     seconds = {}
     for i, name in enumerate(names, 1):
         c = configs[name]
@@ -248,7 +281,8 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
         settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
             {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {}) | (
             {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {}) | (
-            {"rm_base": cfg.rm_base} if cfg.rm_base and _uses_rm(name) else {})
+            {"rm_base": cfg.rm_base} if cfg.rm_base and _uses_rm(name) else {}) | (
+            {"sft_more": list(cfg.sft_more)} if cfg.sft_more and _after_sft(name) else {})
         folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
         rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
                         _what(name, c))
@@ -259,6 +293,11 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
 def given_rm_base(cfg: ReproduceConfig, seed: int) -> str:
     """The reward models' base that --rm-base names for `seed` ('' when none)."""
     return cfg.rm_base.replace("{seed}", str(seed))
+
+
+def _after_sft(name: str) -> bool:
+    """Whether stage `name` is made from the (last phase's) SFT model: every stage after the SFT phases."""
+    return name not in ("ground", report.SFT) and not name.startswith("sft_more")
 
 
 def _uses_rm(name: str) -> bool:
@@ -277,6 +316,7 @@ def use_compile_cache(cfg: ReproduceConfig) -> None:
 def run(cfg: ReproduceConfig) -> dict:
     """The whole reproduction; returns results.json's content (also written after each finished seed)."""
     t0 = time.perf_counter()
+    sft_more_phases(cfg)  # a malformed --sft-more stops the command before it writes anything
     for base in (given_rm_base(cfg, s) for s in cfg.seeds if cfg.rm_base):
         if not os.path.isfile(os.path.join(base, "config.json")):
             raise SystemExit(f"--rm-base {cfg.rm_base}: {base} is not an HF LLaVA folder (no config.json)")
@@ -296,7 +336,7 @@ def run(cfg: ReproduceConfig) -> dict:
         seconds = {"world": world_seconds, "stages": stages,
                    "all_stages": world_seconds + sum(sum(s.values()) for s in stages.values()),
                    "this_command": round(time.perf_counter() - t0, 2)}
-        results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe, stage_names(cfg.ppo_repeats),
+        results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe, stage_names(cfg.ppo_repeats, len(cfg.sft_more)),
                                       seconds, repeats=cfg.ppo_repeats)
     table = os.path.join(cfg.out, report.TABLE)
     with open(table) as f:
