@@ -46,7 +46,7 @@ relative; its CHAIR-i is below the no-facts RLHF's.
          --world <the items it prints, less the last four> --ppo-steps 40 --ppo-eval-every 10
   reading  opt-in: the habit in 90 % of the SFT descriptions, one tokenizer id per object, 5000 SFT steps, both
          reward models on a base trained 3000 steps to check descriptions against the facts, PPO with a
-         per-prompt baseline over 128 rollouts a step (docs/results.md): about 4 hours per seed on 2 cores
+         per-prompt baseline over 128 rollouts a step (docs/results.md): 2.2 to 4 hours per seed on 2 cores
   demo   the full recipe's world and stages with fewer steps (make demo, one seed)
   plain  the generator's default world with the shapes stage presets (the recipe before the habit world)
   tiny   a smoke test of the pipeline on the small world

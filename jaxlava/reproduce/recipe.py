@@ -175,7 +175,8 @@ RECIPES: dict[str, Recipe] = {
     # the reading world (opt-in, decisions 58): SFT long enough that most of its hallucinations are the planted habit,
     # both reward models on a base trained to check a description against the facts (3000 fact-check steps), reward
     # models that see the image coarsely and learn from the RL-init policy's own samples, and PPO with a per-prompt
-    # baseline over 128 rollouts a step; about 4 hours per seed on 2 cores
+    # baseline over 128 rollouts a step; 2.2 hours for seed 1 on 2 cores (run rd, decisions 59; slower machines:
+    # about twice that)
     "reading": Recipe(world=READING_WORLD, ground_steps=2500, sft_steps=5000, rm_read_steps=3000, rm_steps=1200,
                       rm_schedule="cosine", rm_epochs=4.0, rm_image_dropout=0.5, rm_nofacts_image_dropout=0.0,
                       rm_image_pool=8, rm_facts_first=True, rm_onpolicy_prompts=256, rm_onpolicy_repeats=True,
