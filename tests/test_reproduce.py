@@ -232,24 +232,6 @@ def test_a_changed_setting_is_refused(tiny_run):
 
 
 @pytest.mark.slow
-def test_further_sft_phases_train_on_and_refuse_stages_made_without_them(tiny_run, tmp_path):
-    """--sft-more 2:1e-3 on a finished run (a copy): SFT is cached, the new phase trains on from its model, and
-    RL-init, made from the first SFT model, is refused rather than reused."""
-    import os
-    import shutil
-    out = tmp_path / "out"
-    shutil.copytree(tiny_run[0], out, copy_function=os.link)
-    r, _ = _reproduce(out, "--sft-more", "2:1e-3")
-    assert r.returncode != 0
-    assert "] sft: skipped" in r.stdout and "] sft_more1: done in" in r.stdout, r.stdout[-2000:]
-    assert "rlinit was made with other settings (sft_more differ)" in r.stderr, r.stderr[-2000:]
-    cfg = json.loads((out / "seed0" / "sft_more1" / "config.json").read_text())
-    assert cfg["steps"] == 2 and cfg["seed"] == 1 and cfg["init"] == str(out / "seed0" / "sft" / "hf")
-    bad, _ = _reproduce(out, "--sft-more", "2")
-    assert bad.returncode != 0 and "--sft-more expects STEPS:LR items" in bad.stderr
-
-
-@pytest.mark.slow
 def test_ppo_repeats_rerun_only_ppo_and_the_report_takes_their_means(rerun):
     """A finished run asked for 2 PPO repeats (in a copy of it) runs only the second repeat's PPO runs and judges;
     each seed's RLHF numbers are then the means of the two repeats, and results.md lists each one's checks."""

@@ -275,19 +275,26 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     seconds = {}
     for i, name in enumerate(names, 1):
         c = configs[name]
-        # SFT's start (`init`, an operational path) is the grounding stage's model when there is one ...
-        # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
-        # ... and every stage that uses a reward model records where its base came from, where not the SFT model
-        settings = settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
-            {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {}) | (
-            {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {}) | (
-            {"rm_base": cfg.rm_base} if cfg.rm_base and _uses_rm(name) else {}) | (
-            {"sft_more": list(cfg.sft_more)} if cfg.sft_more and _after_sft(name) else {})
+        settings = stage_settings(cfg, name, c)
         folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
         rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
                         _what(name, c))
         seconds[name] = rec["seconds"]
     return seconds
+
+
+def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
+    """What stage `name` (config `c`) records and a cached one must match: its config's settings, and what the
+    paths among them (operational) do not say about the stages it was made from."""
+    # SFT's start (`init`, an operational path) is the grounding stage's model when there is one ...
+    # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
+    # ... and every stage that uses a reward model records where its base came from, where not the SFT model
+    # ... and every stage made from the SFT model records the further SFT phases it came through
+    return settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
+        {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {}) | (
+        {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {}) | (
+        {"rm_base": cfg.rm_base} if cfg.rm_base and _uses_rm(name) else {}) | (
+        {"sft_more": list(cfg.sft_more)} if cfg.sft_more and _after_sft(name) else {})
 
 
 def given_rm_base(cfg: ReproduceConfig, seed: int) -> str:
