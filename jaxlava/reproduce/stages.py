@@ -256,8 +256,8 @@ def _run_fn(name: str, c):
         return lambda: rm_audit.audit(c)
     if name == report.PAIRS:
         return lambda: {k: v for k, v in rm_pairs.make_pairs(c).items() if k not in ("responses", "config")}
-    train = (run_sft.run if name in ("ground", "sft", "rlinit", READ) or name.startswith("sft_more") else run_rm.run if name.startswith("rm_")
-             else run_ppo.run)
+    sft_like = name in ("ground", "sft", "rlinit", READ) or name.startswith("sft_more")
+    train = run_sft.run if sft_like else run_rm.run if name.startswith("rm_") else run_ppo.run
     return lambda: train(c)
 
 
@@ -343,8 +343,9 @@ def run(cfg: ReproduceConfig) -> dict:
         seconds = {"world": world_seconds, "stages": stages,
                    "all_stages": world_seconds + sum(sum(s.values()) for s in stages.values()),
                    "this_command": round(time.perf_counter() - t0, 2)}
-        results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe, stage_names(cfg.ppo_repeats, len(cfg.sft_more)),
-                                      seconds, repeats=cfg.ppo_repeats)
+        results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe,
+                                      stage_names(cfg.ppo_repeats, len(cfg.sft_more)), seconds,
+                                      repeats=cfg.ppo_repeats)
     table = os.path.join(cfg.out, report.TABLE)
     with open(table) as f:
         print("\n" + f.read(), flush=True)
