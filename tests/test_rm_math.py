@@ -136,7 +136,9 @@ def test_rm_loss_with_image_pool_sees_only_the_block_means():
     them the same loss (that of the pre-pooled batch), without it different ones."""
     from jaxlava.rm import coarse_images, rm_loss
     model, lcfg, tr, ids = _tiny_rm()
-    px = np.asarray(jax.random.normal(jax.random.key(3), (2, 3, 16, 16)))
+    # pixels on a 1/64 grid: px + detail and the block sums are exact in float32, so both images pool to the same
+    # bits (random floats pool to means that differ in the last bit, a difference the CPU's rounding decides)
+    px = np.round(np.asarray(jax.random.normal(jax.random.key(3), (2, 3, 16, 16))) * 64) / 64
     detail = np.tile(np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32), (8, 8))  # mean 0 in every 4 x 4 block
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "choice": np.array([0, 1]), "pixel_values": px}
     other = {**batch, "pixel_values": px + detail}
