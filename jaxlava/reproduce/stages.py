@@ -39,9 +39,12 @@ def stage_names(repeats: int = 1, sft_more: int = 0) -> list[str]:
             *(f"{n}{report.repeat_suffix(r)}" for r in range(1, repeats) for n in REPEATED)]
 
 
+SFT_MORE = "sft_more"  # OUT/seed<S>/sft_more<i>: SFT phase i + 1 (--sft-more)
+
+
 def sft_phase(i: int) -> str:
-    """OUT/seed<S>/sft_more<i>: SFT phase i + 1, trained on from phase i's model (--sft-more)."""
-    return f"sft_more{i}"
+    """The stage of SFT phase i + 1, trained on from phase i's model (--sft-more)."""
+    return f"{SFT_MORE}{i}"
 
 
 def sft_more_phases(cfg) -> list[tuple[int, float]]:
@@ -239,8 +242,8 @@ def _what(name: str, c) -> str:
         return f"on-policy audit of both reward models, {c.prompts} describe prompts x {c.samples} samples"
     if name == report.PAIRS:
         return f"on-policy preference pairs, {c.prompts} describe prompts x {c.samples} samples, judged exactly"
-    if name.startswith("sft_more"):
-        return f"SFT phase {int(name[len('sft_more'):]) + 1} (from the last phase's model), {c.steps} steps"
+    if name.startswith(SFT_MORE):
+        return f"SFT phase {int(name[len(SFT_MORE):]) + 1} (from the last phase's model), {c.steps} steps"
     kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT",
             READ: "reading stage of the reward models' base (fact-check SFT)", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
@@ -256,7 +259,7 @@ def _run_fn(name: str, c):
         return lambda: rm_audit.audit(c)
     if name == report.PAIRS:
         return lambda: {k: v for k, v in rm_pairs.make_pairs(c).items() if k not in ("responses", "config")}
-    sft_like = name in ("ground", "sft", "rlinit", READ) or name.startswith("sft_more")
+    sft_like = name in ("ground", "sft", "rlinit", READ) or name.startswith(SFT_MORE)
     train = run_sft.run if sft_like else run_rm.run if name.startswith("rm_") else run_ppo.run
     return lambda: train(c)
 
@@ -304,7 +307,7 @@ def given_rm_base(cfg: ReproduceConfig, seed: int) -> str:
 
 def _after_sft(name: str) -> bool:
     """Whether stage `name` is made from the (last phase's) SFT model: every stage after the SFT phases."""
-    return name not in ("ground", report.SFT) and not name.startswith("sft_more")
+    return name not in ("ground", report.SFT) and not name.startswith(SFT_MORE)
 
 
 def _uses_rm(name: str) -> bool:
