@@ -29,7 +29,7 @@ def _judge(folder, rows, results=None):
 
 
 def _results(repeats, habit_rate):
-    return {"descriptions": {"chair_i": 0.0, "recall": 0.0, "repeats": repeats,
+    return {"descriptions": {"chair_i": 0.0, "recall": 0.0, "repeats": repeats, "empty": 0.125,
                              "habit": {"rate": habit_rate, "share": 0.0, "chair_i_other": 0.0}},
             "pope": {"splits": {}, "overall": {}}}
 
@@ -58,6 +58,7 @@ def test_numbers_and_checks_are_computed_from_the_judgements(folders, tmp_path, 
     assert s["rlhf_nofacts"]["chair_i"] == pytest.approx(0.15) and s["rlhf_nofacts"]["recall"] == pytest.approx(0.75)
     assert s["fact_rlhf"]["chair_i"] == pytest.approx(0.075) and s["fact_rlhf"]["recall"] == pytest.approx(0.775)
     assert s["sft"]["repeats"] == pytest.approx(0.3) and s["sft"]["partner_named"] == pytest.approx(0.25)
+    assert s["sft"]["empty"] == pytest.approx(0.125) and s["rlhf_nofacts"]["empty"] is None
     assert s["fact_rlhf"]["repeats"] is None  # no results.json there
     drop, fall, diff = got["checks"]
     assert drop["value"] == pytest.approx((0.2 - 0.075) / 0.2) and drop["pass"]

@@ -106,7 +106,7 @@ def test_repeats_and_recall_by_object_count():
     assert scores["recall_by_objects"] == {"2": {"images": 2, "recall": 3 / 4},
                                            "3": {"images": 1, "recall": 2 / 3}}
     table = S.description_table(scores)
-    assert "Recall, 2 objects (%)" in table and "Repeats (%)" in table
+    assert "Recall, 2 objects (%)" in table and "Repeats (%)" in table and "No object named (%)" in table
 
 
 PARTNERS = {"red circle": "blue square", "blue square": "red circle", "green star": "yellow hexagon",
@@ -162,7 +162,7 @@ def test_judge_and_description_scores():
     assert j4.mentioned == () and j4.recalled == ()
     scores = S.description_scores([j1, j2, j3, j4])
     assert scores == {"count": 4, "mentioned": 9, "hallucinated": 2, "present": 16, "recalled": 7,
-                      "chair_i": 2 / 9, "chair_s": 0.5, "recall": 7 / 16, "repeats": 0.0,
+                      "chair_i": 2 / 9, "chair_s": 0.5, "recall": 7 / 16, "repeats": 0.0, "empty": 1 / 4,
                       "recall_by_objects": {"4": {"images": 4, "recall": 7 / 16}},
                       "hallucination_kinds": {"new colour": 0, "new shape": 1, "both new": 1, "binding": 0}}
     assert S.description_scores([j4])["chair_i"] == 0.0  # no mention: no division by zero

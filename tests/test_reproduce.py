@@ -70,7 +70,7 @@ def test_tiny_recipe_end_to_end(tiny_run):
     md = (out / "results.md").read_text()
     for text in ("| SFT |", "| RLHF (no facts) |", "| Fact-RLHF |", "CHAIR-i", "POPE F1 adv", "yes pop",
                  "RM with facts, another pair's", "RM without facts", "RM without facts, on the policy's samples",
-                 "partner named %", "## Acceptance checks", "paper's claim"):
+                 "partner named %", "no object %", "## Acceptance checks", "paper's claim"):
         assert text in md, text
     assert "| system |" in stdout  # the final table is printed
 

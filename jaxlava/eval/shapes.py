@@ -172,9 +172,10 @@ def habit_scores(judgements: list[Judgement], partners: dict[str, str]) -> dict:
 
 def description_scores(judgements: list[Judgement], partners: dict[str, str] | None = None) -> dict:
     """CHAIR-i (object hallucination rate), CHAIR-s (descriptions with a hallucination), object recall, the share
-    of descriptions that name a category twice (repeats), recall on the images with k objects (by_objects), the
-    hallucinated categories by `confusion_kind` (a bare shape counts as a new shape) and, given the world's
-    co-occurrence partners (category -> partner), the partner habit (`habit_scores`)."""
+    of descriptions that name a category twice (repeats) and of those that name no object at all (empty: "There
+    are two shapes.", which CHAIR-i cannot see and recall alone charges), recall on the images with k objects
+    (by_objects), the hallucinated categories by `confusion_kind` (a bare shape counts as a new shape) and, given
+    the world's co-occurrence partners (category -> partner), the partner habit (`habit_scores`)."""
     n_mentioned = sum(len(j.mentioned) for j in judgements)
     n_halluc = sum(len(j.hallucinated) for j in judgements)
     n_present = sum(len(j.present) for j in judgements)
@@ -189,6 +190,7 @@ def description_scores(judgements: list[Judgement], partners: dict[str, str] | N
             "chair_s": _ratio(sum(bool(j.hallucinated) for j in judgements), len(judgements)),
             "recall": _ratio(n_recalled, n_present),
             "repeats": _ratio(sum(bool(j.repeated) for j in judgements), len(judgements)),
+            "empty": _ratio(sum(not j.mentioned for j in judgements), len(judgements)),
             "recall_by_objects": by_objects, "hallucination_kinds": _kinds(judgements),
             **({"habit": _habit(judgements, partners, n_halluc, n_mentioned)}
                                                 if partners else {})}
@@ -216,11 +218,13 @@ def description_table(scores: dict) -> str:
     return markdown_table(
         ["Descriptions", "Mentions / description", "CHAIR-i (%)", "CHAIR-s (%)", "Object recall (%)",
          *[f"Recall, {k} objects (%)" for k in scores.get("recall_by_objects", {})], "Repeats (%)",
+         "No object named (%)",
          *(["Absent partner named (%)", "Partner share of hallucinations (%)"] if habit else [])],
         [[scores["count"], f"{_ratio(scores['mentioned'], scores['count']):.2f}", 100 * scores["chair_i"],
           100 * scores["chair_s"], 100 * scores["recall"],
           *[100 * g["recall"] for g in scores.get("recall_by_objects", {}).values()],
-          100 * scores.get("repeats", 0.0), *([100 * habit["rate"], 100 * habit["share"]] if habit else [])]])
+          100 * scores.get("repeats", 0.0), 100 * scores.get("empty", 0.0),
+          *([100 * habit["rate"], 100 * habit["share"]] if habit else [])]])
 
 
 # ----------------------------------------------------------------------------------------------- the world's probes

@@ -29,13 +29,13 @@ def _counts_of(folder: str) -> dict:
 
 
 def _extras(folder: str) -> dict:
-    """Repeats and partner-named shares from a judge's results.json (None where it has none)."""
+    """Repeats, no-object and partner-named shares from a judge's results.json (None where it has none)."""
     path = os.path.join(folder, report.RESULTS)
     if not os.path.isfile(path):
-        return {"repeats": None, "partner_named": None}
+        return {"repeats": None, "empty": None, "partner_named": None}
     with open(path) as f:
         n = report.system_numbers(json.load(f))
-    return {"repeats": n.get("repeats"), "partner_named": n.get("habit_rate")}
+    return {"repeats": n.get("repeats"), "empty": n.get("empty"), "partner_named": n.get("habit_rate")}
 
 
 def _mean(values: list) -> float | None:
@@ -43,8 +43,8 @@ def _mean(values: list) -> float | None:
 
 
 def compare(sft: list[str], nofacts: list[str], facts: list[str], resamples: int = RESAMPLES) -> dict:
-    """{"systems": {role: {"folders", "chair_i", "recall", "repeats", "partner_named"}}, "checks": the three
-    `report.acceptance` checks, each with its "interval" ({"se", "low", "high"})}. A system's rates are the means
+    """{"systems": {role: {"folders", "chair_i", "recall", "repeats", "empty", "partner_named"}}, "checks": the
+    three `report.acceptance` checks, each with its "interval" ({"se", "low", "high"})}. A system's rates are the means
     of its folders' rates."""
     folders = dict(zip((r for r, _ in ROLES), (sft, nofacts, facts)))
     for role, dirs in folders.items():
@@ -58,7 +58,7 @@ def compare(sft: list[str], nofacts: list[str], facts: list[str], resamples: int
             "folders": list(folders[role]),
             "chair_i": _mean([c["hallucinated"].sum() / max(c["mentioned"].sum(), 1) for c in runs]),
             "recall": _mean([c["recalled"].sum() / max(c["present"].sum(), 1) for c in runs]),
-            **{k: _mean([e[k] for e in extras]) for k in ("repeats", "partner_named")}}
+            **{k: _mean([e[k] for e in extras]) for k in ("repeats", "empty", "partner_named")}}
     checks = report.acceptance(*(systems[r] for r, _ in ROLES))
     intervals = bootstrap_checks(counts["sft"], counts["rlhf_nofacts"], counts["fact_rlhf"], report.acceptance,
                                  resamples=resamples)
@@ -68,13 +68,15 @@ def compare(sft: list[str], nofacts: list[str], facts: list[str], resamples: int
 
 
 def markdown(result: dict) -> str:
-    """The systems (CHAIR-i, recall, repeats, partner named, in %) and the checks with their intervals."""
+    """The systems (CHAIR-i, recall, repeats, no object named, partner named, in %) and the checks with their
+    intervals."""
     def pct(x):
         return "–" if x is None else f"{100 * x:.2f}"
     rows = [[label, str(len(result["systems"][role]["folders"])),
-             *(pct(result["systems"][role][k]) for k in ("chair_i", "recall", "repeats", "partner_named"))]
+             *(pct(result["systems"][role][k]) for k in ("chair_i", "recall", "repeats", "empty", "partner_named"))]
             for role, label in ROLES]
-    lines = [report._table(["system", "runs", "CHAIR-i %", "recall %", "repeats %", "partner named %"], rows), ""]
+    head = ["system", "runs", "CHAIR-i %", "recall %", "repeats %", "no object %", "partner named %"]
+    lines = [report._table(head, rows), ""]
     lines += [f"- {c['text']}: {report._verdict(c)}" for c in result["checks"]]
     verdict = "all three checks pass" if result["passed"] else "not every check passes"
     lines += ["", f"{''.join('P' if c['pass'] else 'F' for c in result['checks'])}: {verdict} (95 % paired "

@@ -75,7 +75,8 @@ def system_numbers(results: dict) -> dict:
     """The shapes judges' results.json -> flat numbers: CHAIR-i/-s, recall, rating, POPE per split and mean."""
     d, pope = results.get("descriptions", {}), results["pope"]
     out = {"chair_i": d.get("chair_i"), "chair_s": d.get("chair_s"), "recall": d.get("recall"),
-           "repeats": d.get("repeats"), **{f"habit_{k}": d["habit"][k] for k in ("rate", "share", "chair_i_other")
+           "repeats": d.get("repeats"), "empty": d.get("empty"),
+           **{f"habit_{k}": d["habit"][k] for k in ("rate", "share", "chair_i_other")
                                            if "habit" in d},
            **{f"recall_{k}_objects": g["recall"] for k, g in d.get("recall_by_objects", {}).items()},
            "rating": results.get("rating", {}).get("average"),
@@ -259,14 +260,15 @@ def markdown(results: dict) -> str:
     """results.md: the systems beside the paper's claims, the RM accuracies, the acceptance checks, wall times."""
     summ, seeds = results["summary"], results["seeds"]
     pope = [f"POPE F1 {s[:3]}" for s in SPLITS] + [f"yes {s[:3]}" for s in SPLITS]
-    head = ["system", "CHAIR-i %", "CHAIR-s %", "recall %", "repeats %", "partner named %", *pope, "rating (0-6)",
+    head = ["system", "CHAIR-i %", "CHAIR-s %", "recall %", "repeats %", "no object %", "partner named %", *pope,
+            "rating (0-6)",
             "KL", "length", "paper's claim"]
     rows = []
     for key, label, run in SYSTEMS:
         n = summ["systems"][key]
         ppo = summ["ppo"][run] if run else {}
         rows.append([label, _cell(n["chair_i"]), _cell(n["chair_s"]), _cell(n["recall"]), _cell(n.get("repeats")),
-                     _cell(n.get("habit_rate")),
+                     _cell(n.get("empty")), _cell(n.get("habit_rate")),
                      *[_cell(n[f"pope_{s}_f1"]) for s in SPLITS], *[_cell(n[f"pope_{s}_yes_ratio"]) for s in SPLITS],
                      _cell(n["rating"], pct=False, digits=2), _cell(ppo.get("kl"), pct=False, digits=2),
                      _cell(ppo.get("response_length"), pct=False), PAPER[key]])
@@ -283,7 +285,8 @@ def markdown(results: dict) -> str:
         f"# Shapes-world reproduction: Fact-RLHF vs SFT vs RLHF without facts (recipe `{results['recipe']}`, "
         f"seeds {', '.join(seeds)})",
         "Object hallucination of descriptions of held-out images (CHAIR-i: hallucinated mentions / mentions; "
-        "CHAIR-s: descriptions with a hallucination; recall: present objects named), POPE on the world's probes, "
+        "CHAIR-s: descriptions with a hallucination; recall: present objects named; no object: descriptions "
+        "naming none), POPE on the world's probes, "
         "MMHal-style rating; all exact from the ground truth (jaxlava/eval/shapes.py). KL and length: PPO's last "
         "training rollouts. Mean ± sample std over seeds"
         + (" (each seed's RLHF rows: the mean over its PPO repeats, below)." if results.get("repeats") else "."),
