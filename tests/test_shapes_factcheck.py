@@ -83,3 +83,31 @@ def test_factcheck_records_do_not_train_the_tokenizer(tmp_path):
     write_world(str(tmp_path / "on"), preset("small", n_factcheck=30, **kw), progress=False)
     assert ((tmp_path / "off" / "tokenizer" / "tokenizer.json").read_text()
             == (tmp_path / "on" / "tokenizer" / "tokenizer.json").read_text())
+
+
+def test_omissions_list_what_the_description_leaves_out_and_draw_nothing_more():
+    """`omissions`: the same description and verdicts, then the facts' objects it does not name, in the facts'
+    order; a world with the flag differs from one without only in its fact-check answers and question."""
+    b = _Builder(preset("small", **KW), None)
+    seen = collections.Counter()
+    for seed in range(200):
+        scene, _ = b.scene(np.random.default_rng([seed, 0]))
+        q0, a0, named0 = F.factcheck_qa(scene, b.spec, np.random.default_rng(seed), raster=True)
+        q1, a1, named1 = F.factcheck_qa(scene, b.spec, np.random.default_rng(seed), raster=True, omissions=True)
+        assert named1 == named0 and q1 == q0.replace(F.QUESTION, F.OMISSIONS_QUESTION) and a1.startswith(a0 + " ")
+        missing = [c for c in T.caption_objects(T.captions(scene)) if c not in named0]
+        assert a1.endswith(F.LEFT_OUT + (", ".join(missing) or F.NO_OBJECT) + ".")
+        assert F.parse_omissions(a1) == set(missing) and F.parse_omissions(a0) is None
+        seen[bool(missing)] += 1
+    assert seen[True] > 20 and seen[False] > 20  # both kinds of answer are common
+    assert F.parse_omissions("red circle yes. left out: blue star , green square.") == {"blue star", "green square"}
+    kw = dict(KW, n_factcheck=20)
+    off, on = build_world(preset("small", **kw)), build_world(preset("small", factcheck_omissions=True, **kw))
+    for kind in off.records:
+        for split, recs in off.records[kind].items():
+            other = on.records[kind][split]
+            if split in FACTCHECK_SPLITS:
+                assert all(F.LEFT_OUT in t["value"] for r in other for t in r["conversations"][1::2])
+                assert [r["image"] for r in other] == [r["image"] for r in recs]
+            else:
+                assert [r.get("conversations") for r in other] == [r.get("conversations") for r in recs]

@@ -1,6 +1,7 @@
 """The reading exam (jaxlava/eval/shapes_reading.py, eval/reading.py): the answer parser, the scores of the world's
 own answers and of answers that miss or invent, the exercises' determinism and mix, and the CLI end to end on a
 small world with a random shapes model."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -66,7 +67,20 @@ def test_factcheck_exercises_and_their_scores():
     assert yes["verdicts_right"]["present"]["right"] == 1.0 and yes["verdicts_right"]["binding"]["right"] == 0.0
     none = R.score_factchecks(items, {e.id: "The captions support every object." for e in items})
     assert none["verdicts_right_all"] == 0.0  # a verdict not given is wrong
-    assert "absent: binding" in R.factcheck_table(right)
+    assert "absent: binding" in R.factcheck_table(right) and "omissions_right" not in right
+
+
+def test_factcheck_omissions_are_scored_where_the_world_asks_for_them():
+    items = R.factchecks(dataclasses.replace(CFG, factcheck_omissions=True), 60)
+    assert all(e.question.endswith(F.OMISSIONS_QUESTION) for e in items)
+    right = R.score_factchecks(items, {e.id: e.answer for e in items})
+    assert right["omissions_right"] == 1.0 and "left-out objects exactly right" in R.factcheck_table(right)
+    verdicts_only = R.score_factchecks(items, {e.id: e.answer.split(F.LEFT_OUT)[0] for e in items})
+    assert verdicts_only["omissions_right"] == 0.0 and verdicts_only["verdicts_right_all"] == 1.0
+    nothing = R.score_factchecks(items, {e.id: e.answer.split(F.LEFT_OUT)[0] + F.LEFT_OUT + "no object."
+                                         for e in items})
+    complete = sum(not F.parse_omissions(e.answer) for e in items) / len(items)
+    assert nothing["omissions_right"] == pytest.approx(complete) and 0 < complete < 1
 
 
 def _main(argv):

@@ -101,17 +101,25 @@ def factchecks(cfg: ShapesConfig, n: int, seed: int = 0) -> list[FactCheck]:
     out = []
     for i in range(n):
         (scene, _), (_, png) = builder.scene(rng), builder.scene(rng)
-        q, a, named = F.factcheck_qa(scene, builder.spec, rng, raster=cfg.raster_order, located=cfg.located_lists)
+        q, a, named = F.factcheck_qa(scene, builder.spec, rng, raster=cfg.raster_order, located=cfg.located_lists,
+                                     omissions=cfg.factcheck_omissions)
         out.append(FactCheck(f"factcheck/{i:05d}", F.facts_block(scene, rng) + q, png, a, scene, tuple(named)))
     return out
 
 
 def score_factchecks(items: list[FactCheck], answers: dict[str, str]) -> dict:
     """The share of right verdicts on each kind of named object ("present", or the kind of an absent one; a
-    verdict the answer does not give is wrong), over all, and of whole answers equal to the world's own."""
+    verdict the answer does not give is wrong), over all, and of whole answers equal to the world's own; where
+    the exercise lists omissions (world flag `factcheck-omissions`), also the share of answers whose left-out
+    objects are exactly the scene's unnamed ones (`omissions_right`)."""
     tally = {k: [0, 0] for k in ("present", *KINDS)}
+    omitted = [0, 0]
     for ex in items:
         got = F.parse_verdicts(answers[ex.id])
+        truth = F.parse_omissions(ex.answer)
+        if truth is not None:
+            omitted[0] += F.parse_omissions(answers[ex.id]) == truth
+            omitted[1] += 1
         for cat in ex.named:
             present = cat in ex.scene.categories
             t = tally["present" if present else fake_kind(cat, ex.scene)]
@@ -120,7 +128,7 @@ def score_factchecks(items: list[FactCheck], answers: dict[str, str]) -> dict:
     right, total = (sum(v[i] for v in tally.values()) for i in (0, 1))
     return {"n": len(items), "exact": sum(answers[ex.id].strip() == ex.answer for ex in items) / max(len(items), 1),
             "verdicts_right": {k: {"n": v[1], "right": _rate(*v)} for k, v in tally.items()},
-            "verdicts_right_all": _rate(right, total)}
+            "verdicts_right_all": _rate(right, total), **({"omissions_right": _rate(*omitted)} if omitted[1] else {})}
 
 
 def factcheck_table(res: dict) -> str:
@@ -128,6 +136,8 @@ def factcheck_table(res: dict) -> str:
     rows = [[f"{'present' if k == 'present' else 'absent: ' + k}", v["n"], pct(v["right"])]
             for k, v in res["verdicts_right"].items()]
     rows += [["all verdicts", sum(v["n"] for v in res["verdicts_right"].values()), pct(res["verdicts_right_all"])],
+             *([["left-out objects exactly right", res["n"], pct(res["omissions_right"])]]
+               if "omissions_right" in res else []),
              ["whole answer exact", res["n"], pct(res["exact"])]]
     return markdown_table(["fact-check exercise (fresh scenes): objects named", "n", "% right"], rows)
 
@@ -187,6 +197,8 @@ def table(res: dict) -> str:
              ["present objects named unsupported (false alarms)", "", pct(res["false_alarms"])],
              ["left-out objects named", "", pct(res["left_out_found"])],
              ["clean descriptions judged clean", "", pct(res["clean_judged_clean"])],
+             *([["left-out objects exactly right", res["n"], pct(res["omissions_right"])]]
+               if "omissions_right" in res else []),
              ["whole answer exact", res["n"], pct(res["exact"])]]
     return markdown_table(["reading exercise (fresh scenes)", "n", "%"], rows)
 

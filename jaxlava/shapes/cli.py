@@ -76,6 +76,9 @@ class WorldArgs:
     # verdict after each object named; the picture is of another scene) in the conversation splits "factcheck" and
     # "factcheck_test", for the reward models' reading stage (`train/reproduce.py --rm-read-steps`; default 0)
     n_factcheck: int | None = None
+    # fact-check answers go on to list the facts' objects the description leaves out ("left out: blue star."), so
+    # that the reading stage also teaches completeness (default off; docs/decisions.md 60)
+    factcheck_omissions: bool | None = None
     # what a twin renames: any absent category, or only the shape (resp. colour) to one the image lacks
     pref_twin_rename: Literal["category", "shape", "colour"] | None = None
     # share of twins that leave one present object out instead of renaming one (the loser is the less complete

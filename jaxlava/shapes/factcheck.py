@@ -6,6 +6,10 @@ binding confusions (a "red square" beside a red circle and a blue square; decisi
 for the check itself, densely: the image's facts in the reward model's own block, a description that may name
 absent objects, then a verdict after each object it names ("red diamond yes; green diamond no.").
 
+With `omissions` (world flag `factcheck-omissions`, opt-in; decisions 60) the answer goes on to list the objects
+of the facts that the description leaves out ("left out: blue star." or "left out: no object."), so that the base
+also learns to compare the facts' list with the description's: the reward model's price of completeness.
+
 The picture shown with it is of another scene, so the answer comes from the facts and not from the image.  Absent
 objects are drawn like the preference pairs' (partners first, then popular ones), each a binding confusion with
 probability `BINDING_PROB` where the scene has one.
@@ -21,6 +25,9 @@ from jaxlava.shapes import text as T
 from jaxlava.shapes.scene import Scene, WorldSpec
 
 QUESTION = "Which objects of this description do the descriptions above back?"
+OMISSIONS_QUESTION = ("Which objects of this description do the descriptions above back, and which objects of "
+                      "theirs does it leave out?")
+LEFT_OUT, NO_OBJECT = "left out: ", "no object"
 BINDING_PROB = 0.6  # share of absent objects that are binding confusions, where the scene has one
 HALLUCINATED = (0.2, 0.3, 0.3, 0.2)  # P(0, 1, 2, 3 absent objects in a description)
 OMIT_PROB = 0.3  # P(a description leaves some present objects out)
@@ -39,9 +46,12 @@ def facts_block(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def factcheck_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, *, raster: bool = False,
-                 located: bool = False, binding_prob: float = BINDING_PROB) -> tuple[str, str, list[str]]:
+                 located: bool = False, binding_prob: float = BINDING_PROB,
+                 omissions: bool = False) -> tuple[str, str, list[str]]:
     """(question, answer, the categories the description names in order) for one description of `scene`; the
-    question is the description and `QUESTION`, to follow a `facts_block` of the scene."""
+    question is the description and `QUESTION` (`OMISSIONS_QUESTION` with `omissions`, whose answer then also
+    lists the scene's objects the description does not name, in the facts' order), to follow a `facts_block` of
+    the scene.  `omissions` draws nothing more: both forms describe the same worlds."""
     n = len(scene.objects)
     h = int(rng.choice(len(HALLUCINATED), p=np.asarray(HALLUCINATED)))
     omit = int(rng.integers(1, n)) if n >= 2 and rng.random() < OMIT_PROB else 0
@@ -50,7 +60,26 @@ def factcheck_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, *, ras
                    located=located)
     named = mention_order(d.text, spec.categories)
     answer = "; ".join(f"{c} {'yes' if c in scene.categories else 'no'}" for c in named) + "."
-    return f"Description: {d.text}\n{QUESTION}", answer, named
+    if not omissions:
+        return f"Description: {d.text}\n{QUESTION}", answer, named
+    missing = [c for c in left_out_order(scene) if c not in named]
+    answer += f" {LEFT_OUT}{', '.join(missing) or NO_OBJECT}."
+    return f"Description: {d.text}\n{OMISSIONS_QUESTION}", answer, named
+
+
+def left_out_order(scene: Scene) -> list[str]:
+    """The scene's categories in the order its facts list them (the "Only ... visible:" caption), once each."""
+    return list(dict.fromkeys(T.caption_objects(T.captions(scene))))
+
+
+def parse_omissions(text: str) -> set[str] | None:
+    """The items an answer says the description left out (its "left out:" list up to the full stop; empty for
+    "no object"); None when the answer has no "left out:" part."""
+    at = text.find(LEFT_OUT)
+    if at < 0:
+        return None
+    items = {x.strip() for x in text[at + len(LEFT_OUT):].split(".")[0].split(",")}
+    return items - {"", NO_OBJECT}
 
 
 def parse_verdicts(text: str) -> dict[str, str]:

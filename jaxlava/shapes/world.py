@@ -63,6 +63,7 @@ class ShapesConfig:
     checklist_items: int = 6  # objects per checklist question
     n_ground: int = 0  # grounding conversations (checklists on scenes of their own; the stage before SFT, decisions 24)
     n_factcheck: int = 0  # fact-check conversations (shapes.factcheck: the reward models' base reads; decisions 54)
+    factcheck_omissions: bool = False  # fact-check answers also list the objects left out (decisions 60)
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
     raster_order: bool = False  # descriptions list objects in reading order, not at random (decisions 33)
     located_lists: bool = False  # each listed object says where it is: "a red square at the top left" (34)
@@ -280,7 +281,7 @@ class _Builder:
         in the first turn, each turn another description of it, and the picture of another scene."""
         def turn(scene, rng, t):
             q, a, _ = F.factcheck_qa(scene, self.spec, rng, raster=self.cfg.raster_order,
-                                     located=self.cfg.located_lists)
+                                     located=self.cfg.located_lists, omissions=self.cfg.factcheck_omissions)
             return ("" if t else F.facts_block(scene, rng)) + q, a
         return self._exercises("factcheck", self.cfg.n_factcheck, FACTCHECK_SPLITS, turn, pictured=False)
 
