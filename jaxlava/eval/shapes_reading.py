@@ -197,8 +197,6 @@ def table(res: dict) -> str:
              ["present objects named unsupported (false alarms)", "", pct(res["false_alarms"])],
              ["left-out objects named", "", pct(res["left_out_found"])],
              ["clean descriptions judged clean", "", pct(res["clean_judged_clean"])],
-             *([["left-out objects exactly right", res["n"], pct(res["omissions_right"])]]
-               if "omissions_right" in res else []),
              ["whole answer exact", res["n"], pct(res["exact"])]]
     return markdown_table(["reading exercise (fresh scenes)", "n", "%"], rows)
 

@@ -44,8 +44,8 @@ def _mean(values: list) -> float | None:
 
 def compare(sft: list[str], nofacts: list[str], facts: list[str], resamples: int = RESAMPLES) -> dict:
     """{"systems": {role: {"folders", "chair_i", "recall", "repeats", "empty", "partner_named"}}, "checks": the
-    three `report.acceptance` checks, each with its "interval" ({"se", "low", "high"})}. A system's rates are the means
-    of its folders' rates."""
+    three `report.acceptance` checks, each with its "interval" ({"se", "low", "high"})}. A system's rates are the
+    means of its folders' rates."""
     folders = dict(zip((r for r, _ in ROLES), (sft, nofacts, facts)))
     for role, dirs in folders.items():
         if not dirs:

@@ -261,8 +261,7 @@ def markdown(results: dict) -> str:
     summ, seeds = results["summary"], results["seeds"]
     pope = [f"POPE F1 {s[:3]}" for s in SPLITS] + [f"yes {s[:3]}" for s in SPLITS]
     head = ["system", "CHAIR-i %", "CHAIR-s %", "recall %", "repeats %", "no object %", "partner named %", *pope,
-            "rating (0-6)",
-            "KL", "length", "paper's claim"]
+            "rating (0-6)", "KL", "length", "paper's claim"]
     rows = []
     for key, label, run in SYSTEMS:
         n = summ["systems"][key]
