@@ -68,8 +68,9 @@ def factcheck_qa(scene: Scene, spec: WorldSpec, rng: np.random.Generator, *, ras
 
 
 def left_out_order(scene: Scene) -> list[str]:
-    """The scene's categories in the order its facts list them (the "Only ... visible:" caption), once each."""
-    return list(dict.fromkeys(T.caption_objects(T.captions(scene))))
+    """The scene's categories in the order its facts list them (`text.captions` keeps the objects' order), once
+    each."""
+    return list(dict.fromkeys(o.category for o in scene.objects))
 
 
 def parse_omissions(text: str) -> set[str] | None:
