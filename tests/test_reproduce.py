@@ -330,14 +330,17 @@ def test_world_flags_and_recipes():
     reading = parse_config(["--recipe", "reading"])
     assert set(reading.world) - set(RECIPES["full"].world) == {
         "noise-rate=0.9", "located-lists=True", "tokenizer-split-punctuation=True", "pref-binding-prob=0.6",
-        "tokenizer-object-tokens=True", "n-factcheck=8000"}
+        "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True"}
     assert set(RECIPES["full"].world) - set(reading.world) == {"noise-rate=0.7"}
     assert reading.rm_read_steps > 0 and not reading.rm_base and reading.ppo_prompt_group == 4
     c = stage_configs(dataclasses.replace(reading, out="o"), 1)
-    assert c["rm_read"].steps == reading.rm_read_steps and c["rm_read"].init == c["sft"].out + "/hf"
+    assert c["rm_read"].steps == reading.rm_read_steps and c["rm_read"].init == c["sft_more2"].out + "/hf"
     assert all(c[s].init == c["rm_read"].out + "/hf" and c[s].facts_first == (s == "rm_facts")
                for s in ("rm_facts", "rm_nofacts"))
     assert c["sft"].steps == reading.sft_steps and c["ppo_facts"].prompt_group == c["ppo_nofacts"].prompt_group == 4
+    # SFT in three phases, then 5 PPO steps run three times per reward model (run rdo5's settings, decisions 61)
+    assert [c[s].steps for s in ("sft", "sft_more1", "sft_more2")] == [2000, 1500, 1500]
+    assert reading.ppo_repeats == 3 and {"ppo_facts_r2", "ppo_nofacts_r2"} <= set(c) and c["ppo_facts"].steps == 5
     flags = world_flags(RECIPES["full"].world)
     assert flags[flags.index("--noise-kind") + 1] == "partner" and len(flags[flags.index("--cooccur-pairs") + 1:
                                                                                flags.index("--yesno-negatives")]) == 6

@@ -8,7 +8,8 @@ from jaxlava.reproduce.stages import (StageMismatch, changed_settings, run, run_
 
 
 def test_phases_chain_and_every_later_stage_starts_from_the_last():
-    cfg = parse_config(["--recipe", "reading", "--out", "o", "--sft-more", "1500:1e-3", "700:5e-4"])
+    cfg = parse_config(["--recipe", "reading", "--out", "o", "--sft-more", "1500:1e-3", "700:5e-4",
+                        "--ppo-repeats", "1"])
     c = stage_configs(cfg, 1)
     names = stage_names(1, 2)
     assert names[names.index("sft"):names.index("rlinit") + 1] == ["sft", "sft_more1", "sft_more2", "rlinit"]
@@ -20,7 +21,7 @@ def test_phases_chain_and_every_later_stage_starts_from_the_last():
     last = "o/seed1/sft_more2/hf"
     assert c["rlinit"].init == c["rm_read"].init == c["rm_pairs"].init == c["judge_sft"].model == last
     assert c["ppo_facts"].init == c["ppo_nofacts"].init == last
-    plain = stage_configs(parse_config(["--recipe", "reading", "--out", "o"]), 1)
+    plain = stage_configs(parse_config(["--recipe", "full", "--out", "o"]), 1)
     assert not any(n.startswith("sft_more") for n in plain) and plain["rlinit"].init == "o/seed1/sft/hf"
 
 

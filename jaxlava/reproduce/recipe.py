@@ -151,10 +151,11 @@ TWINS_WORLD = J10_WORLD + ("raster-order=True",)
 FINE_BUCKETS = (64, 128, 192, 256, 320, 384, 512, 1024, 2048)
 # the reading world (decisions 53-58): the twins world with the habit in 90 % of the SFT descriptions, located lists,
 # a tokenizer that gives each colour-shape object one id (so that a binding error is a word the facts lack), 60 % of
-# the renaming twins binding ones, and 8000 fact-check conversations for the reward models' reading stage
+# the renaming twins binding ones, and 8000 fact-check conversations for the reward models' reading stage, whose
+# answers also list the facts' objects a description leaves out (decisions 60)
 READING_WORLD = tuple("noise-rate=0.9" if f == "noise-rate=0.7" else f for f in TWINS_WORLD) + (
     "located-lists=True", "tokenizer-split-punctuation=True", "pref-binding-prob=0.6",
-    "tokenizer-object-tokens=True", "n-factcheck=8000")
+    "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True")
 
 RECIPES: dict[str, Recipe] = {
     # the habit world with the twins, the grounding stage and the steps that make its SFT model answer yes/no
@@ -172,15 +173,17 @@ RECIPES: dict[str, Recipe] = {
                    rm_steps=60, rm_eval_pairs=200, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS,
                    eval_every=200, ppo_steps=6, ppo_eval_every=3, ppo_eval_prompts=48, judge_pope_images=16,
                    judge_descriptions=64),
-    # the reading world (opt-in, decisions 58): SFT long enough that most of its hallucinations are the planted habit,
-    # both reward models on a base trained to check a description against the facts (3000 fact-check steps), reward
-    # models that see the image coarsely and learn from the RL-init policy's own samples, and PPO with a per-prompt
-    # baseline over 128 rollouts a step; 2.2 hours for seed 1 on 2 cores (run rd, decisions 59; slower machines:
-    # about twice that)
-    "reading": Recipe(world=READING_WORLD, ground_steps=2500, sft_steps=5000, rm_read_steps=3000, rm_steps=1200,
+    # the reading world (opt-in, decisions 58): SFT in three phases (2000 + 1500 + 1500 steps, decisions 60) long
+    # enough that most of its hallucinations are the planted habit, both reward models on a base trained to check a
+    # description against the facts and list what it leaves out (3000 fact-check steps), reward models that see the
+    # image coarsely and learn from the RL-init policy's own samples, and PPO with a per-prompt baseline over 128
+    # rollouts a step, 5 steps, three PPO runs per reward model and seed (the settings of run rdo5, chosen on seed 1:
+    # decisions 61); about 2.7 hours a seed on 2 cores
+    "reading": Recipe(world=READING_WORLD, ground_steps=2500, sft_steps=2000, sft_more=("1500:1e-3", "1500:5e-4"),
+                      rm_read_steps=3000, rm_steps=1200,
                       rm_schedule="cosine", rm_epochs=4.0, rm_image_dropout=0.5, rm_nofacts_image_dropout=0.0,
                       rm_image_pool=8, rm_facts_first=True, rm_onpolicy_prompts=256, rm_onpolicy_repeats=True,
-                      buckets=FINE_BUCKETS, eval_every=200, ppo_steps=20, ppo_rollout_batch_size=128,
+                      buckets=FINE_BUCKETS, eval_every=200, ppo_steps=5, ppo_repeats=3, ppo_rollout_batch_size=128,
                       ppo_step_batch_size=32, ppo_length_score=-1.07, ppo_prompt_group=4, ppo_eval_every=5,
                       audit_prompts=128),
     # the generator's default world with the stage presets of the shapes model (the recipe before the habit world)
