@@ -312,7 +312,7 @@ def test_changed_settings_name_what_differs():
 
 
 def test_world_flags_and_recipes():
-    from jaxlava.reproduce.recipe import RECIPES, parse_config
+    from jaxlava.reproduce.recipe import HABIT_WORLD, READING_MIX, RECIPES, parse_config
     from jaxlava.reproduce.stages import stage_configs, world_flags
     assert world_flags(("size=small", "colours=red blue", "pref_minimal_prob=1")) == [
         "--size", "small", "--colours", "red", "blue", "--pref-minimal-prob", "1"]
@@ -329,9 +329,12 @@ def test_world_flags_and_recipes():
     # its reading stage trains on; both reward models start from that stage
     reading = parse_config(["--recipe", "reading"])
     assert set(reading.world) - set(RECIPES["full"].world) == {
-        "noise-rate=0.9", "located-lists=True", "tokenizer-split-punctuation=True", "pref-binding-prob=0.6",
-        "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True"}
-    assert set(RECIPES["full"].world) - set(reading.world) == {"noise-rate=0.7"}
+        "noise-rate=0.9", READING_MIX, "located-lists=True", "tokenizer-split-punctuation=True",
+        "pref-binding-prob=0.6", "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True"}
+    assert set(RECIPES["full"].world) - set(reading.world) == {"noise-rate=0.7", HABIT_WORLD[-1]}
+    # 15 % checklist questions in its SFT mix, against 5 % in the full recipe's (decisions 62)
+    mix = world_flags((READING_MIX,))
+    assert mix[mix.index("checklist") + 1] == "0.15" and HABIT_WORLD[-1].endswith("checklist 0.05")
     assert reading.rm_read_steps > 0 and not reading.rm_base and reading.ppo_prompt_group == 4
     c = stage_configs(dataclasses.replace(reading, out="o"), 1)
     assert c["rm_read"].steps == reading.rm_read_steps and c["rm_read"].init == c["sft_more2"].out + "/hf"

@@ -44,10 +44,11 @@ relative; its CHAIR-i is below the no-facts RLHF's.
          the grounding stage before SFT (checklist questions; --ground-steps 0 leaves it out), the steps its SFT
          model needs and 10 PPO steps: 45 to 100 minutes per seed on 2 cores. The recipe before the twins:
          --world <the items it prints, less the last four> --ppo-steps 40 --ppo-eval-every 10
-  reading  opt-in: the habit in 90 % of the SFT descriptions, one tokenizer id per object, SFT in three phases
-         (2000 + 1500 + 1500 steps), both reward models on a base trained 3000 steps to check descriptions
-         against the facts and list what they leave out, PPO with a per-prompt baseline over 128 rollouts a
-         step, 5 steps, three PPO runs per reward model (docs/results.md): about 2.7 hours per seed on 2 cores
+  reading  opt-in: the habit in 90 % of the SFT descriptions, one tokenizer id per object, checklist questions
+         in 15 % of the SFT mix, SFT in three phases (2000 + 1500 + 1500 steps), both reward models on a base
+         trained 3000 steps to check descriptions against the facts and list what they leave out, PPO with a
+         per-prompt baseline over 128 rollouts a step, 5 steps, three PPO runs per reward model
+         (docs/results.md): about 2.7 hours per seed on 2 cores
   demo   the full recipe's world and stages with fewer steps (make demo, one seed)
   plain  the generator's default world with the shapes stage presets (the recipe before the habit world)
   tiny   a smoke test of the pipeline on the small world

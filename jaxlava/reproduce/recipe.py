@@ -152,8 +152,11 @@ FINE_BUCKETS = (64, 128, 192, 256, 320, 384, 512, 1024, 2048)
 # the reading world (decisions 53-58): the twins world with the habit in 90 % of the SFT descriptions, located lists,
 # a tokenizer that gives each colour-shape object one id (so that a binding error is a word the facts lack), 60 % of
 # the renaming twins binding ones, and 8000 fact-check conversations for the reward models' reading stage, whose
-# answers also list the facts' objects a description leaves out (decisions 60)
-READING_WORLD = tuple("noise-rate=0.9" if f == "noise-rate=0.7" else f for f in TWINS_WORLD) + (
+# answers also list the facts' objects a description leaves out (decisions 60); and checklist questions in 15 % of
+# the SFT mix (yes/no 30 %, compare 10 %): with 5 % the seed-0 SFT model never learnt to answer yes/no (decisions 62)
+READING_MIX = "sft-mix=describe 0.3 yesno 0.3 count 0.05 mc 0.1 compare 0.1 checklist 0.15"
+_READING_SWAPS = {"noise-rate=0.7": "noise-rate=0.9", HABIT_WORLD[-1]: READING_MIX}
+READING_WORLD = tuple(_READING_SWAPS.get(f, f) for f in TWINS_WORLD) + (
     "located-lists=True", "tokenizer-split-punctuation=True", "pref-binding-prob=0.6",
     "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True")
 
@@ -173,12 +176,12 @@ RECIPES: dict[str, Recipe] = {
                    rm_steps=60, rm_eval_pairs=200, rm_schedule="cosine", rm_epochs=4.0, buckets=FINE_BUCKETS,
                    eval_every=200, ppo_steps=6, ppo_eval_every=3, ppo_eval_prompts=48, judge_pope_images=16,
                    judge_descriptions=64),
-    # the reading world (opt-in, decisions 58): SFT in three phases (2000 + 1500 + 1500 steps, decisions 60) long
-    # enough that most of its hallucinations are the planted habit, both reward models on a base trained to check a
-    # description against the facts and list what it leaves out (3000 fact-check steps), reward models that see the
-    # image coarsely and learn from the RL-init policy's own samples, and PPO with a per-prompt baseline over 128
-    # rollouts a step, 5 steps, three PPO runs per reward model and seed (the settings of run rdo5, chosen on seed 1:
-    # decisions 61); about 2.7 hours a seed on 2 cores
+    # the reading world (opt-in, decisions 58) with 15 % checklist questions in SFT (decisions 62): SFT in three
+    # phases (2000 + 1500 + 1500 steps, decisions 60) long enough that most of its hallucinations are the planted
+    # habit, both reward models on a base trained to check a description against the facts and list what it leaves
+    # out (3000 fact-check steps), reward models that see the image coarsely and learn from the RL-init policy's own
+    # samples, and PPO with a per-prompt baseline over 128 rollouts a step, 5 steps, three PPO runs per reward model
+    # and seed (the settings of run rdo5, chosen on seed 1: decisions 61); about 2.7 hours a seed on 2 cores
     "reading": Recipe(world=READING_WORLD, ground_steps=2500, sft_steps=2000, sft_more=("1500:1e-3", "1500:5e-4"),
                       rm_read_steps=3000, rm_steps=1200,
                       rm_schedule="cosine", rm_epochs=4.0, rm_image_dropout=0.5, rm_nofacts_image_dropout=0.0,
