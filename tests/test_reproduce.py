@@ -312,7 +312,7 @@ def test_changed_settings_name_what_differs():
 
 
 def test_world_flags_and_recipes():
-    from jaxlava.reproduce.recipe import HABIT_WORLD, READING_MIX, RECIPES, parse_config
+    from jaxlava.reproduce.recipe import HABIT_MIX, READING_MIX, RECIPES, parse_config
     from jaxlava.reproduce.stages import stage_configs, world_flags
     assert world_flags(("size=small", "colours=red blue", "pref_minimal_prob=1")) == [
         "--size", "small", "--colours", "red", "blue", "--pref-minimal-prob", "1"]
@@ -331,8 +331,8 @@ def test_world_flags_and_recipes():
     assert set(reading.world) - set(RECIPES["full"].world) == {
         "noise-rate=0.9", READING_MIX, "located-lists=True", "tokenizer-split-punctuation=True",
         "pref-binding-prob=0.6", "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True"}
-    assert set(RECIPES["full"].world) - set(reading.world) == {"noise-rate=0.7", HABIT_WORLD[-1]}
-    assert world_flags((READING_MIX,))[-2:] == ["checklist", "0.15"] and HABIT_WORLD[-1].endswith("checklist 0.05")
+    assert set(RECIPES["full"].world) - set(reading.world) == {"noise-rate=0.7", HABIT_MIX}
+    assert world_flags((READING_MIX,))[-2:] == ["checklist", "0.15"] and HABIT_MIX.endswith("checklist 0.05")
     assert reading.rm_read_steps > 0 and not reading.rm_base and reading.ppo_prompt_group == 4
     c = stage_configs(dataclasses.replace(reading, out="o"), 1)
     assert c["rm_read"].steps == reading.rm_read_steps and c["rm_read"].init == c["sft_more2"].out + "/hf"

@@ -136,10 +136,11 @@ class Recipe:
 # yes/no lookup (0: it fades) without the repeated objects of 15 % (decisions 24)
 HABIT_PAIRS = ("red-circle:blue-square yellow-star:green-triangle red-hexagon:yellow-diamond blue-star:green-circle "
                "green-square:red-triangle yellow-hexagon:blue-diamond")
+HABIT_MIX = "sft-mix=describe 0.3 yesno 0.35 count 0.05 mc 0.1 compare 0.2 checklist 0.05"
 HABIT_WORLD = ("cell=16", "cell-jitter=True", "noise-rate=0.7", "noise-kind=partner", "cooccur-prob=0.5",
                f"cooccur-pairs={HABIT_PAIRS}", "yesno-negatives=matched", "colours=red blue green yellow",
                "max-objects=3", "n-sft=6000", "pref-minimal-prob=1", "pref-twin-rename=category", "n-pref=6000",
-               "n-ground=6000", "sft-mix=describe 0.3 yesno 0.35 count 0.05 mc 0.1 compare 0.2 checklist 0.05")
+               "n-ground=6000", HABIT_MIX)
 # the twins of decisions 26 on top: a quarter of the preference twins leave one present object out and a quarter add
 # one absent object, so a longer list wins exactly when the image (or the facts) says so, and both kinds may count
 # their list; and 480 MMHal probes, so that the judges describe 512 images
@@ -155,7 +156,7 @@ FINE_BUCKETS = (64, 128, 192, 256, 320, 384, 512, 1024, 2048)
 # answers also list the facts' objects a description leaves out (decisions 60); and checklist questions in 15 % of
 # the SFT mix (yes/no 30 %, compare 10 %): with 5 % the seed-0 SFT model never learnt to answer yes/no (decisions 62)
 READING_MIX = "sft-mix=describe 0.3 yesno 0.3 count 0.05 mc 0.1 compare 0.1 checklist 0.15"
-_READING_SWAPS = {"noise-rate=0.7": "noise-rate=0.9", HABIT_WORLD[-1]: READING_MIX}
+_READING_SWAPS = {"noise-rate=0.7": "noise-rate=0.9", HABIT_MIX: READING_MIX}
 READING_WORLD = tuple(_READING_SWAPS.get(f, f) for f in TWINS_WORLD) + (
     "located-lists=True", "tokenizer-split-punctuation=True", "pref-binding-prob=0.6",
     "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True")
