@@ -239,27 +239,70 @@ def _fixed_rows(cfg, roles, mesh, response: np.ndarray) -> dict:
                    "reward_pixel_values": q["pixel_values"]}
 
 
+def _scoring_inputs(cfg, roles, mesh):
+    """(rows, graphs, params, frozen, rollout config) for the scorer: four fixed responses, the RM reading the
+    policy's own tokens."""
+    from flax import nnx
+    from jaxlava import ppo
+    from jaxlava.training import run_ppo
+    rows = _fixed_rows(cfg, roles, mesh, np.asarray([[11, 12, 13, 14]] * 4, np.int32))
+    n = len(rows["response"])
+    rows |= {"rm_input_ids": rows["input_ids"], "rm_attention_mask": rows["attention_mask"],
+             "response_length": np.full(n, 4, np.int32), "has_stop": np.ones(n), "length_bonus": np.zeros(n),
+             "correct": np.zeros(n)}
+    graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
+                        roles.value_lora)
+    return rows, graphs, roles.initial_params(), run_ppo.frozen_tree(roles), run_ppo.rollout_config(cfg)
+
+
+def test_reward_ensemble_scores_the_mean_of_its_members(stack, tmp_path):
+    """--reward-ensemble: a second reward model whose head gives 2s + 1 where the first gives s makes the rollout
+    score 1.5 s + 0.5; a member that reads another prompt (no facts) or another base is refused by name."""
+    import dataclasses
+    import shutil
+    from jaxlava import sharding
+    from jaxlava.peft_io import load_reward_head, save_reward_head
+    from jaxlava.training import ppo_roles, rollout, runs
+    run = tmp_path / "rm2"
+    shutil.copytree(os.path.dirname(stack["rm"]), run)
+    head = load_reward_head(str(run / "adapter"))
+    save_reward_head(str(run / "adapter"), {"w": 2 * np.asarray(head["w"]), "b": 2 * np.asarray(head["b"]) + 1})
+    mesh = sharding.make_mesh(None)
+    with sharding.use_mesh(mesh):
+        build = lambda p: runs.build_model(runs.RunConfig(init=p), mesh)  # noqa: E731
+        cfg = ppo_config(stack, "/tmp/unused", "--reward-ensemble", str(run / "adapter"))
+        assert cfg.reward_ensemble == (str(run / "adapter"),)
+        roles = ppo_roles.load_roles(cfg, mesh, build)
+        assert len(roles.reward_extra) == 1
+        rows, graphs, params, frozen, rc = _scoring_inputs(cfg, roles, mesh)
+        scorer = rollout.make_scorer(roles, graphs, rc)
+        s = np.asarray(scorer(params, frozen | {"reward_extra": []}, rows)["score"])
+        got = np.asarray(scorer(params, frozen, rows)["score"])
+        np.testing.assert_allclose(got, 1.5 * s + 0.5, rtol=0, atol=1e-5)
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps(config | {"no_facts": True}))
+        with pytest.raises(ppo_roles.RoleError, match=f"--reward-ensemble {run}/adapter reads a different prompt"):
+            ppo_roles.load_roles(cfg, mesh, build)
+        (run / "config.json").write_text(json.dumps(config))
+        meta = run / "adapter" / "adapter_model" / "adapter_config.json"
+        meta.write_text(json.dumps(json.loads(meta.read_text()) | {"base_model_name_or_path": str(tmp_path)}))
+        with pytest.raises(ppo_roles.RoleError, match="ensemble members must share one base"):
+            ppo_roles.load_roles(cfg, mesh, build)
+
+
 def test_rollout_scores_with_the_reward_models_coarse_sight(stack):
     """A reward model trained with --image-pool N scores PPO's rollouts (and the audit's samples) on images seen as
     it saw them: the score of the rows equals the full-sight scorer's on the pre-pooled images, and differs from it
     on the raw ones."""
     import dataclasses
-    from flax import nnx
-    from jaxlava import ppo, rm, sharding
-    from jaxlava.training import ppo_roles, rm_audit, rollout, run_ppo, runs
+    from jaxlava import rm, sharding
+    from jaxlava.training import ppo_roles, rm_audit, rollout, runs
     cfg = ppo_config(stack, "/tmp/unused")
     mesh = sharding.make_mesh(None)
     with sharding.use_mesh(mesh):
         roles = ppo_roles.load_roles(cfg, mesh, lambda p: runs.build_model(dataclasses.replace(cfg, init=p), mesh))
         assert roles.reward_image_pool == 0
-        rows = _fixed_rows(cfg, roles, mesh, np.asarray([[11, 12, 13, 14]] * 4, np.int32))
-        n = len(rows["response"])
-        rows |= {"rm_input_ids": rows["input_ids"], "rm_attention_mask": rows["attention_mask"],
-                 "response_length": np.full(n, 4, np.int32), "has_stop": np.ones(n), "length_bonus": np.zeros(n),
-                 "correct": np.zeros(n)}
-        graphs = ppo.Graphs(nnx.graphdef(roles.policy_base), nnx.graphdef(roles.value_base), roles.policy_lora,
-                            roles.value_lora)
-        params, frozen, rc = roles.initial_params(), run_ppo.frozen_tree(roles), run_ppo.rollout_config(cfg)
+        rows, graphs, params, frozen, rc = _scoring_inputs(cfg, roles, mesh)
         pool = roles.policy_base.config.vision.image_size // 4
         coarse = rows | {"reward_pixel_values": rm.coarse_images(rows["reward_pixel_values"], pool)}
         full = rollout.make_scorer(roles, graphs, rc)

@@ -2,7 +2,8 @@
 
 - policy    = the SFT base + a trainable adapter (from the RL-init adapter, or fresh: no change to the base);
 - reference = the same base + the RL-init adapter, frozen (or no adapter at all); never a copy of the base;
-- reward    = the RM base + the RM adapter + the reward head, frozen;
+- reward    = the RM base + the RM adapter + the reward head, frozen (with --reward-ensemble, more adapter + head
+              pairs on the same base, their scores averaged);
 - value     = the RM base + an adapter initialised from the RM adapter (trainable) + a zero-initialised head.
 When the policy and the reward model share a base checkpoint, one model serves all four roles.
 """
@@ -41,6 +42,8 @@ class Roles:
     reward_facts: bool  # the RM was trained with facts in its prompt: the prompts must carry them
     reward_facts_first: bool = False  # ... at the start of the first user turn (RMConfig.facts_first)
     reward_image_pool: int = 0  # the RM sees its images at 1/N of their resolution (RMConfig.image_pool)
+    # more reward models on the same base (--reward-ensemble): ({"lora", "head"}, ...); the score is the mean
+    reward_extra: tuple = ()
 
     def bases(self) -> list:
         """The distinct base models held in memory."""
@@ -116,13 +119,39 @@ def load_roles(cfg, mesh, build_model) -> Roles:
     else:
         pcfg = cfg.adapter
         init, reference = init_lora(policy_base.config, pcfg, jax.random.key(cfg.seed)), None
+    extra = _ensemble(cfg, reward_base_path, value_base, rcfg, mesh)
     processor = LlavaProcessor.from_pretrained(cfg.init)
     reward_processor = processor if shared else LlavaProcessor.from_pretrained(reward_base_path)
     if len(processor.tokenizer) != len(reward_processor.tokenizer):
         raise RoleError(f"the policy ({cfg.init}) and the reward model ({reward_base_path}) use different "
                         "tokenizers; the value model reads the policy's tokens, so they must share one")
     return Roles(policy_base, value_base, processor, reward_processor, pcfg, rcfg, place_adapter(init, mesh), reference,
-                 place_adapter(rlora, mesh), jax.device_put(rhead), *_reward_reading(cfg.reward_adapter, True))
+                 place_adapter(rlora, mesh), jax.device_put(rhead), *_reward_reading(cfg.reward_adapter, True),
+                 reward_extra=extra)
+
+
+def _ensemble(cfg, reward_base_path: str, value_base, rcfg: LoraConfig, mesh) -> tuple:
+    """The --reward-ensemble members on `mesh`: each must share the main reward model's base, adapter shape and
+    prompt (facts or not, where, image pooling), since one set of reward inputs and one jitted pass serve all."""
+    out, reading = [], _reward_reading(cfg.reward_adapter, True)
+    for path in getattr(cfg, "reward_ensemble", ()):
+        flag = f"--reward-ensemble {path}"
+        base = reward_base_of(path, None) if cfg.reward_base is None else cfg.reward_base
+        if not _same_checkpoint(base, reward_base_path):
+            raise RoleError(f"{flag} was trained on {base}, the main reward model on {reward_base_path}; "
+                            "ensemble members must share one base")
+        try:
+            lora, lcfg, head = load_reward_model_adapter(path, value_base.config)
+            check_lora(lora, value_base.config)
+        except (ValueError, FileNotFoundError) as e:
+            raise RoleError(f"{flag} does not fit the base {reward_base_path}: {e}") from None
+        if lcfg != rcfg:
+            raise RoleError(f"{flag}: its adapter ({lcfg}) differs from --reward-adapter's ({rcfg})")
+        if _reward_reading(path, True) != reading:
+            raise RoleError(f"{flag} reads a different prompt (facts, facts first, image pooling: "
+                            f"{_reward_reading(path, True)}) from --reward-adapter ({reading})")
+        out.append({"lora": place_adapter(lora, mesh), "head": jax.device_put(head)})
+    return tuple(out)
 
 
 def batch_shards(mesh) -> int:

@@ -108,9 +108,10 @@ def make_scorer(roles, graphs: ppo.Graphs, cfg: RolloutConfig):
         ref_logits = ppo.response_logits(policy, rows, ref_lora, cfg.temperature)
         lp, ref_lp = (ppo.response_logprobs(x, rows["response"], mask) for x in (logits, ref_logits))
         v = ppo.values(value_model, rows, make_lora(params["value"], graphs.value_lora), params["value_head"])
-        score = rm.scores(value_model, frozen["reward_head"], rows["rm_input_ids"], rows["reward_pixel_values"],
-                          rows["rm_attention_mask"], lora=make_lora(frozen["reward_lora"], graphs.value_lora),
-                          image_pool=roles.reward_image_pool)
+        members = [{"lora": frozen["reward_lora"], "head": frozen["reward_head"]}, *frozen.get("reward_extra", ())]
+        score = sum(rm.scores(value_model, m["head"], rows["rm_input_ids"], rows["reward_pixel_values"],
+                              rows["rm_attention_mask"], lora=make_lora(m["lora"], graphs.value_lora),
+                              image_pool=roles.reward_image_pool) for m in members) / len(members)
         return {"old_logprobs": lp, "ref_logprobs": ref_lp, "old_values": v, "score": score,
                 "entropy": ppo.entropy(logits, mask), "kl": ppo.token_kl(logits, ref_logits, mask)}
 

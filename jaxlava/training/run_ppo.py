@@ -53,6 +53,10 @@ class PPOConfig(runs.RunConfig):
     policy_adapter: str | None = DEFAULT_RLINIT
     reward_adapter: str = DEFAULT_RM  # the reward model (train/rm.py RUN_DIR/adapter)
     reward_base: str | None = None  # the RM's base model (default: the one its adapter records)
+    # ours, empty by default (the paper scores with one reward model): more reward models (train/rm.py
+    # RUN_DIR/adapter, e.g. trained with other seeds) on the same base and prompt; the score is the mean of
+    # --reward-adapter's and theirs
+    reward_ensemble: tuple[str, ...] = ()
     epochs: float = 4.0  # passes over the prompts when --steps is not given
     rollout_batch_size: int = 512  # responses sampled per PPO step (global): prompts × max(--prompt-group, 1)
     # ours, off by default (the paper samples each prompt once): sample each prompt this many times in one rollout
@@ -316,7 +320,8 @@ def frozen_tree(roles) -> dict:
     _, policy_state = nnx.split(roles.policy_base)
     value_state = policy_state if roles.value_base is roles.policy_base else nnx.split(roles.value_base)[1]
     return {"policy_base": policy_state, "value_base": value_state, "reference": roles.reference,
-            "reward_lora": roles.reward_lora, "reward_head": roles.reward_head}
+            "reward_lora": roles.reward_lora, "reward_head": roles.reward_head,
+            "reward_extra": list(roles.reward_extra)}
 
 
 def write_outputs(cfg: PPOConfig, roles, params) -> None:
