@@ -65,6 +65,10 @@ class Recipe:
     rm_facts_first: bool = False
     """the facts reward model reads the facts before the response, at the start of the first user turn, not
     after it in the reward prompt (False: the paper; train/rm.py --facts-first, decisions 25)"""
+    rm_ensemble: int = 1
+    """reward models per kind (with facts, without): member k > 0 (folders rm_facts_e<k>/, rm_nofacts_e<k>/) trains
+    as the first with seed S + k, and each PPO run scores with the mean of its kind's members (train/ppo.py
+    --reward-ensemble; ours, 1: one each, the paper; the audit and the accuracies are the first members')"""
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     """sequence-length buckets of SFT, RL-init and the reward models (finer ones waste less padding, e.g.
     64 128 192 256 320 384 512 1024 2048)"""
@@ -228,6 +232,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
         raise SystemExit(f"--ppo-repeats must be at least 1 (got {cfg.ppo_repeats})")
     if cfg.rm_read_steps < 0:
         raise SystemExit(f"--rm-read-steps must be at least 0 (got {cfg.rm_read_steps})")
+    if cfg.rm_ensemble < 1:
+        raise SystemExit(f"--rm-ensemble must be at least 1 (got {cfg.rm_ensemble})")
     if cfg.rm_base and cfg.rm_read_steps:
         raise SystemExit("--rm-base and --rm-read-steps both give the reward models their base: choose one")
     return cfg

@@ -31,12 +31,23 @@ REPEAT_STRIDE = 100  # PPO repeat r of seed S runs with seed S + --ppo-seed-offs
 REPEATED = ("ppo_facts", "ppo_nofacts", "judge_rlhf_nofacts", "judge_fact_rlhf")  # the stages a PPO repeat reruns
 
 
-def stage_names(repeats: int = 1, sft_more: int = 0) -> list[str]:
-    """Every stage of a seed in order: STAGES with the further SFT phases after SFT, then each further PPO
-    repeat's runs and judges."""
-    at = STAGES.index(report.SFT) + 1
-    return [*STAGES[:at], *(sft_phase(i) for i in range(1, sft_more + 1)), *STAGES[at:],
+def stage_names(repeats: int = 1, sft_more: int = 0, ensemble: int = 1) -> list[str]:
+    """Every stage of a seed in order: STAGES with the further SFT phases after SFT and the further reward models
+    of each kind after the first ones, then each further PPO repeat's runs and judges."""
+    at, rm_at = STAGES.index(report.SFT) + 1, STAGES.index(report.RM["nofacts"]) + 1
+    return [*STAGES[:at], *(sft_phase(i) for i in range(1, sft_more + 1)), *STAGES[at:rm_at],
+            *(member(f, k) for k in range(1, ensemble) for f in report.RM.values()), *STAGES[rm_at:],
             *(f"{n}{report.repeat_suffix(r)}" for r in range(1, repeats) for n in REPEATED)]
+
+
+def member(folder: str, k: int) -> str:
+    """Reward model k of a kind (--rm-ensemble): the first is `folder` itself, the others `folder`_e<k>."""
+    return f"{folder}_e{k}" if k else folder
+
+
+def is_rm(name: str) -> bool:
+    """Whether stage `name` trains a reward model (any member of either kind)."""
+    return re.sub(r"_e\d+$", "", name) in report.RM.values()
 
 
 SFT_MORE = "sft_more"  # OUT/seed<S>/sft_more<i>: SFT phase i + 1 (--sft-more)
@@ -66,7 +77,7 @@ def sft_more_phases(cfg) -> list[tuple[int, float]]:
 # a cached stage is reused whatever they are
 OPERATIONAL = ("mesh", "num_workers", "stop_after", "build_missing", "keep_checkpoints", "checkpoint_every",
                "eval_every", "limit", "data", "out", "init", "policy_adapter", "reward_adapter", "model",
-               "reward_adapters", "extra_data")
+               "reward_adapters", "extra_data", "reward_ensemble")
 
 
 class StageMismatch(RuntimeError):
@@ -200,16 +211,15 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                         steps=cfg.rm_read_steps, batch_size=cfg.sft_batch_size,
                                         optim=dataclasses.replace(sft_p.optim, lr=cfg.rm_read_lr), **common)
         rm_base = os.path.join(d, READ, "hf")
-    for which, folder in report.RM.items():
-        out[folder] = dataclasses.replace(rm_p, init=rm_base, out=os.path.join(d, folder), no_facts=which == "nofacts",
-                                          steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,
-                                          eval_pairs=cfg.rm_eval_pairs,
-                                          image_dropout=_rm_image_dropout(cfg, which), image_pool=cfg.rm_image_pool,
-                                          facts_first=which == "facts" and cfg.rm_facts_first,
-                                          lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
-                                          optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr, schedule=cfg.rm_schedule),
-                                          extra_data=(out[report.PAIRS].out,) if report.PAIRS in out else (),
-                                          **common)
+    for k, (which, folder) in ((k, w) for k in range(cfg.rm_ensemble) for w in report.RM.items()):
+        out[member(folder, k)] = dataclasses.replace(
+            rm_p, init=rm_base, out=os.path.join(d, member(folder, k)), no_facts=which == "nofacts",
+            steps=cfg.rm_steps, batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs, eval_pairs=cfg.rm_eval_pairs,
+            image_dropout=_rm_image_dropout(cfg, which), image_pool=cfg.rm_image_pool,
+            facts_first=which == "facts" and cfg.rm_facts_first,
+            lora=dataclasses.replace(rm_p.lora, r=cfg.rm_rank, alpha=cfg.rm_alpha),
+            optim=dataclasses.replace(rm_p.optim, lr=cfg.rm_lr, schedule=cfg.rm_schedule),
+            extra_data=(out[report.PAIRS].out,) if report.PAIRS in out else (), **(common | {"seed": seed + k}))
     if cfg.audit_prompts:
         out[report.AUDIT] = rm_audit.AuditConfig(
             reward_adapters=tuple(os.path.join(d, report.RM[k], "adapter") for k in ("facts", "nofacts")),
@@ -220,6 +230,8 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
             ppo_p, data=data, seed=seed + cfg.ppo_seed_offset + REPEAT_STRIDE * r, mesh=cfg.mesh, init=sft_hf,
             policy_adapter=os.path.join(d, report.RLINIT, "adapter"),
             reward_adapter=os.path.join(d, report.RM[which], "adapter"), out=report.ppo_dir(cfg.out, seed, which, r),
+            reward_ensemble=tuple(os.path.join(d, member(report.RM[which], k), "adapter")
+                                  for k in range(1, cfg.rm_ensemble)),
             steps=cfg.ppo_steps, rollout_batch_size=cfg.ppo_rollout_batch_size,
             step_batch_size=cfg.ppo_step_batch_size, kl_coef=cfg.ppo_kl_coef, length_score=cfg.ppo_length_score,
             max_new_tokens=cfg.ppo_max_new_tokens, terminal_at_eos=cfg.ppo_terminal_at_eos, mask_pads=cfg.ppo_mask_pads,
@@ -248,8 +260,9 @@ def _what(name: str, c) -> str:
             READ: "reading stage of the reward models' base (fact-check SFT)", "rlinit": "RL-init (LoRA SFT)",
             "rm_facts": "reward model with facts", "rm_nofacts": "reward model without facts",
             "ppo_facts": "PPO with the facts RM",
-            "ppo_nofacts": "PPO with the no-facts RM"}[re.sub(r"_r\d+$", "", name)]  # a repeat's: as the first's
-    return f"{kind}, {c.steps} steps" + (f", seed {c.seed}" if name.startswith("ppo_") else "")
+            "ppo_nofacts": "PPO with the no-facts RM"}[re.sub(r"_[re]\d+$", "", name)]  # as the first's
+    seeded = name.startswith("ppo_") or re.search(r"_e\d+$", name)
+    return f"{kind}, {c.steps} steps" + (f", seed {c.seed}" if seeded else "")
 
 
 def _run_fn(name: str, c):
@@ -274,7 +287,7 @@ def _judge(c) -> dict:
 def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
     configs = stage_configs(cfg, seed)
-    names = [n for n in stage_names(cfg.ppo_repeats, len(cfg.sft_more)) if n in configs]
+    names = [n for n in stage_names(cfg.ppo_repeats, len(cfg.sft_more), cfg.rm_ensemble) if n in configs]
     seconds = {}
     for i, name in enumerate(names, 1):
         c = configs[name]
@@ -293,8 +306,10 @@ def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
     # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
     # ... and every stage that uses a reward model records where its base came from, where not the SFT model
     # ... and every stage made from the SFT model records the further SFT phases it came through
+    # ... and every stage that uses the reward models (not trains one) records how many of each kind it used
     return settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
-        {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if name in report.RM.values() and c.extra_data else {}) | (
+        {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if is_rm(name) and c.extra_data else {}) | (
+        {"rm_ensemble": cfg.rm_ensemble} if cfg.rm_ensemble > 1 and _scored_by_rm(name) else {}) | (
         {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {}) | (
         {"rm_base": cfg.rm_base} if cfg.rm_base and _uses_rm(name) else {}) | (
         {"sft_more": list(cfg.sft_more)} if cfg.sft_more and _after_sft(name) else {})
@@ -310,9 +325,14 @@ def _after_sft(name: str) -> bool:
     return name not in ("ground", report.SFT) and not name.startswith(SFT_MORE)
 
 
+def _scored_by_rm(name: str) -> bool:
+    """Whether stage `name` is a PPO run on the reward models' scores, or the judges of one."""
+    return name.startswith("ppo_") or (name.startswith("judge_") and not name.startswith("judge_sft"))
+
+
 def _uses_rm(name: str) -> bool:
     """Whether stage `name` trains or uses a reward model (its result depends on the reward models' base)."""
-    return (name in report.RM.values() or name == report.AUDIT or name.startswith("ppo_")
+    return (is_rm(name) or name == report.AUDIT or name.startswith("ppo_")
             or (name.startswith("judge_") and not name.startswith("judge_sft")))
 
 
@@ -347,7 +367,7 @@ def run(cfg: ReproduceConfig) -> dict:
                    "all_stages": world_seconds + sum(sum(s.values()) for s in stages.values()),
                    "this_command": round(time.perf_counter() - t0, 2)}
         results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe,
-                                      stage_names(cfg.ppo_repeats, len(cfg.sft_more)), seconds,
+                                      stage_names(cfg.ppo_repeats, len(cfg.sft_more), cfg.rm_ensemble), seconds,
                                       repeats=cfg.ppo_repeats)
     table = os.path.join(cfg.out, report.TABLE)
     with open(table) as f:
