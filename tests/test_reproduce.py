@@ -502,6 +502,16 @@ def test_rm_numbers_add_blank_image_accuracy_only_where_logged(tmp_path):
     got = rm_numbers(str(tmp_path), 0)
     assert (got["audit_facts"], got["audit_other_facts"], got["audit_no_facts"]) == (0.6, 0.55, 0.65)
     assert got["audit_no_facts_within"] == 0.4 and "audit_facts_within" not in got  # an older audit: no share
+    # the further members of --rm-ensemble: their own rows, labelled by member
+    from jaxlava.reproduce.report import member_rows
+    assert member_rows(got) == ()
+    write(RM["facts"] + "_e1", [{"step": 2, "eval_accuracy": 0.9, "eval_accuracy_other_facts": 0.52}])
+    assert "facts_e1" not in rm_numbers(str(tmp_path), 0), "a member of one kind only is not an ensemble yet"
+    write(RM["nofacts"] + "_e1", [{"step": 2, "eval_accuracy": 0.66}])
+    got = rm_numbers(str(tmp_path), 0)
+    assert (got["facts_e1"], got["other_facts_e1"], got["no_facts_e1"], got["facts"]) == (0.9, 0.52, 0.66, 0.8)
+    assert [r[0] for r in member_rows(got)] == ["facts_e1", "other_facts_e1", "no_facts_e1"]
+    assert member_rows(got)[2][1] == "RM without facts: ensemble member 2"
 
 
 def test_grounding_stage_comes_first_and_sft_starts_from_it():

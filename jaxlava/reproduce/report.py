@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 
 from jaxlava.eval.pope import SPLITS
@@ -48,6 +49,13 @@ AUDIT_RM_ROWS = (("audit_facts", "RM with facts, on the policy's samples", "ours
                  ("audit_facts_within", "RM with facts, score variance within prompts",
                   "ours: the part that ranks responses to one image; the rest ranks images (decisions 38)"),
                  ("audit_no_facts_within", "RM without facts, score variance within prompts", "ours"))
+
+
+def member_rows(keys) -> tuple:
+    """RM_ROWS for the further --rm-ensemble members whose numbers are among `keys` (facts_e1 ...)."""
+    ks = sorted({int(k.rsplit("_e", 1)[1]) for k in keys if re.fullmatch(r"(other_)?(no_)?facts_e\d+", k)})
+    return tuple((f"{key}_e{k}", f"{label}: ensemble member {k + 1}", "ours (--rm-ensemble): PPO scores with the mean")
+                 for k in ks for key, label, _ in RM_ROWS)
 
 
 def seed_dir(out: str, seed: int) -> str:
@@ -101,6 +109,12 @@ def rm_numbers(out: str, seed: int) -> dict:
     facts, none = (read_metrics(os.path.join(out_dir, RM[k])) for k in ("facts", "nofacts"))
     out = {"facts": _last(facts, "eval_accuracy"), "other_facts": _last(facts, "eval_accuracy_other_facts"),
            "no_facts": _last(none, "eval_accuracy")}
+    k = 1  # the further members of --rm-ensemble, each kind's k-th in <folder>_e<k>
+    while all(os.path.isdir(os.path.join(out_dir, f"{RM[w]}_e{k}")) for w in RM):
+        f, n = (read_metrics(os.path.join(out_dir, f"{RM[w]}_e{k}")) for w in ("facts", "nofacts"))
+        out |= {f"facts_e{k}": _last(f, "eval_accuracy"), f"other_facts_e{k}": _last(f, "eval_accuracy_other_facts"),
+                f"no_facts_e{k}": _last(n, "eval_accuracy")}
+        k += 1
     blank = {"facts_blank_image": _last(facts, "eval_accuracy_blank_image"),
              "no_facts_blank_image": _last(none, "eval_accuracy_blank_image")}
     return out | {k: v for k, v in {**blank, **audit_numbers(out_dir)}.items() if v is not None}
@@ -271,8 +285,8 @@ def markdown(results: dict) -> str:
                      *[_cell(n[f"pope_{s}_f1"]) for s in SPLITS], *[_cell(n[f"pope_{s}_yes_ratio"]) for s in SPLITS],
                      _cell(n["rating"], pct=False, digits=2), _cell(ppo.get("kl"), pct=False, digits=2),
                      _cell(ppo.get("response_length"), pct=False), PAPER[key]])
-    rm = [[label, _cell(summ["rm"][k]), claim] for k, label, claim in RM_ROWS + BLANK_RM_ROWS + AUDIT_RM_ROWS
-          if k in summ["rm"]]
+    rm = [[label, _cell(summ["rm"][k]), claim] for k, label, claim in
+          RM_ROWS + member_rows(summ["rm"]) + BLANK_RM_ROWS + AUDIT_RM_ROWS if k in summ["rm"]]
     names = list(results["checks"]["per_seed"])
     checks = []
     for i, c in enumerate(results["checks"]["overall"]):
