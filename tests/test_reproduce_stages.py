@@ -1,0 +1,59 @@
+"""The stages that PPO repeats (--ppo-repeats) and reward-model ensembles (--rm-ensemble) add to a seed of the
+reproduction: their order, folders, seeds and what their cached records say."""
+import dataclasses
+import os
+
+import pytest
+
+from jaxlava.reproduce.stages import STAGES
+
+
+def test_ppo_repeats_run_each_ppo_and_its_judges_again_with_another_seed(tmp_path):
+    """--ppo-repeats 3: repeat r runs both PPO runs with seed S + offset + 100 r into their own folders, and judges
+    each policy, after every stage of the first; the stages before PPO and the SFT judge run once."""
+    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.stages import REPEATED, stage_configs, stage_names
+    cfg = parse_config(["--out", str(tmp_path), "--ppo-repeats", "3", "--ppo-seed-offset", "7"])
+    c = stage_configs(cfg, 1)
+    names = stage_names(3)
+    assert names[:len(STAGES)] == list(STAGES) and stage_names(1) == list(STAGES)
+    assert names[len(STAGES):] == [f"{n}_r{r}" for r in (1, 2) for n in REPEATED] and set(c) <= set(names)
+    for r, suffix in enumerate(("", "_r1", "_r2")):
+        for which in ("facts", "nofacts"):
+            ppo = c[f"ppo_{which}{suffix}"]
+            assert ppo.seed == 1 + 7 + 100 * r and ppo.out == str(tmp_path / "seed1" / f"ppo_{which}{suffix}")
+            assert ppo.reward_adapter == str(tmp_path / "seed1" / f"rm_{which}" / "adapter")
+        for judge, run in (("rlhf_nofacts", "nofacts"), ("fact_rlhf", "facts")):
+            j = c[f"judge_{judge}{suffix}"]
+            assert j.model == c[f"ppo_{run}{suffix}"].out and j.out.endswith(f"seed1/judge_{judge}{suffix}")
+    assert "judge_sft_r1" not in c and "rm_facts_r1" not in c
+    with pytest.raises(SystemExit, match="--ppo-repeats must be at least 1"):
+        parse_config(["--ppo-repeats", "0"])
+
+
+def test_rm_ensemble_trains_more_reward_models_and_ppo_scores_with_their_mean(tmp_path):
+    """--rm-ensemble 2: a second reward model of each kind after the first ones (seed S + 1, its own folder, the
+    rest of its config the first's), both PPO runs scoring with their kind's two, and only the stages that use their
+    scores recording the ensemble (one of 1 leaves every record, so every cached stage, as it was)."""
+    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.stages import stage_configs, stage_names, stage_settings
+    cfg = parse_config(["--recipe", "reading", "--out", str(tmp_path), "--rm-ensemble", "2"])
+    c, names = stage_configs(cfg, 4), stage_names(1, 2, 2)
+    at = names.index("rm_nofacts") + 1
+    assert names[at:at + 2] == ["rm_facts_e1", "rm_nofacts_e1"]
+    assert names[at + 2:] == list(STAGES[STAGES.index("rm_nofacts") + 1:])
+    assert set(c) == set(stage_names(3, 2, 2)), "every stage has its config, and no other"
+    for which in ("facts", "nofacts"):
+        first, extra = c[f"rm_{which}"], c[f"rm_{which}_e1"]
+        assert (first.seed, extra.seed) == (4, 5) and extra.out == str(tmp_path / "seed4" / f"rm_{which}_e1")
+        assert dataclasses.replace(extra, seed=4, out=first.out) == first
+        for r in ("", "_r1", "_r2"):
+            assert c[f"ppo_{which}{r}"].reward_ensemble == (os.path.join(extra.out, "adapter"),)
+    for name in c:
+        recorded = stage_settings(cfg, name, c[name]).get("rm_ensemble")
+        assert recorded == (2 if name.startswith(("ppo_", "judge_rlhf", "judge_fact")) else None), name
+    one = parse_config(["--recipe", "reading", "--out", str(tmp_path)])
+    alone = stage_settings(one, "ppo_facts", stage_configs(one, 4)["ppo_facts"])
+    assert "rm_ensemble" not in alone and stage_settings(cfg, "ppo_facts", c["ppo_facts"]) == alone | {"rm_ensemble": 2}
+    with pytest.raises(SystemExit, match="--rm-ensemble must be at least 1"):
+        parse_config(["--rm-ensemble", "0"])
