@@ -222,6 +222,26 @@ def test_reward_reading_comes_from_the_rm_run(tmp_path):
     assert ppo_roles._reward_reading(str(tmp_path / "none" / "adapter"), False) == (False, False, 0)
 
 
+def test_a_hard_linked_copy_of_a_base_is_the_same_checkpoint(tmp_path):
+    """A run folder copied with hard links (cp -al) holds the same base as the original, so reward models recorded
+    on either path share it; a byte copy, or a folder with other weights, is another checkpoint."""
+    from jaxlava.training import ppo_roles
+    a, linked, copied = tmp_path / "a", tmp_path / "linked", tmp_path / "copied"
+    a.mkdir()
+    (a / "config.json").write_text("{}")
+    (a / "model.safetensors").write_bytes(b"weights")
+    linked.mkdir()
+    copied.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        os.link(a / name, linked / name)
+        (copied / name).write_bytes((a / name).read_bytes())
+    assert ppo_roles._same_checkpoint(str(a), str(linked) + "/") and ppo_roles._same_checkpoint(str(a), str(a))
+    assert not ppo_roles._same_checkpoint(str(a), str(copied))
+    (linked / "extra.safetensors").write_bytes(b"more")
+    assert not ppo_roles._same_checkpoint(str(a), str(linked))
+    assert not ppo_roles._same_checkpoint(str(tmp_path / "none"), str(tmp_path / "none2"))
+
+
 def _fixed_rows(cfg, roles, mesh, response: np.ndarray) -> dict:
     """Rollout rows of the world's first prompts (one per response row) with the given responses."""
     from jaxlava.data.pipeline import ppo_prompt_batches

@@ -57,7 +57,20 @@ class Roles:
 
 
 def _same_checkpoint(a: str, b: str) -> bool:
-    return os.path.realpath(a.rstrip("/")) == os.path.realpath(b.rstrip("/"))
+    """Whether folders `a` and `b` hold one checkpoint: the same folder, or two whose config and weight files are
+    the same files (hard links, as a copied run folder made with `cp -al` has)."""
+    a, b = (os.path.realpath(p.rstrip("/")) for p in (a, b))
+    if a == b:
+        return True
+    names = sorted(n for n in _listdir(a) if n.endswith(".safetensors") or n == "config.json")
+    if not any(n.endswith(".safetensors") for n in names) or names != sorted(
+            n for n in _listdir(b) if n.endswith(".safetensors") or n == "config.json"):
+        return False
+    return all(os.path.samefile(os.path.join(a, n), os.path.join(b, n)) for n in names)
+
+
+def _listdir(path: str) -> list[str]:
+    return os.listdir(path) if os.path.isdir(path) else []
 
 
 def reward_base_of(adapter_dir: str, given: str | None) -> str:
