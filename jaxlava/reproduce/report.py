@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 
 from jaxlava.eval.pope import SPLITS
 from jaxlava.fileio import write_json, write_text

@@ -306,7 +306,7 @@ def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
     # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
     # ... and every stage that uses a reward model records where its base came from, where not the SFT model
     # ... and every stage made from the SFT model records the further SFT phases it came through
-    # ... and every stage that uses the reward models (not trains one) records how many of each kind it used
+    # ... and every PPO run and its judges record how many reward models of each kind scored the run
     return settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
         {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if is_rm(name) and c.extra_data else {}) | (
         {"rm_ensemble": cfg.rm_ensemble} if cfg.rm_ensemble > 1 and _scored_by_rm(name) else {}) | (
@@ -332,8 +332,7 @@ def _scored_by_rm(name: str) -> bool:
 
 def _uses_rm(name: str) -> bool:
     """Whether stage `name` trains or uses a reward model (its result depends on the reward models' base)."""
-    return (is_rm(name) or name == report.AUDIT or name.startswith("ppo_")
-            or (name.startswith("judge_") and not name.startswith("judge_sft")))
+    return is_rm(name) or name == report.AUDIT or _scored_by_rm(name)
 
 
 def use_compile_cache(cfg: ReproduceConfig) -> None:
