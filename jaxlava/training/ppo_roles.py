@@ -62,18 +62,19 @@ def _same_checkpoint(a: str, b: str) -> bool:
     a, b = (os.path.realpath(p.rstrip("/")) for p in (a, b))
     if a == b:
         return True
-    names = sorted(n for n in _listdir(a) if n.endswith(".safetensors") or n == "config.json")
-    if not any(n.endswith(".safetensors") for n in names) or names != sorted(
-            n for n in _listdir(b) if n.endswith(".safetensors") or n == "config.json"):
+    names = _checkpoint_files(a)
+    if not any(n.endswith(".safetensors") for n in names) or names != _checkpoint_files(b):
         return False
     return all(os.path.samefile(os.path.join(a, n), os.path.join(b, n)) for n in names)
 
 
-def _listdir(path: str) -> list[str]:
-    return os.listdir(path) if os.path.isdir(path) else []
+def _checkpoint_files(path: str) -> list[str]:
+    """The config and weight files of a checkpoint folder (none when it is not a folder), sorted."""
+    return sorted(n for n in (os.listdir(path) if os.path.isdir(path) else [])
+                  if n.endswith(".safetensors") or n == "config.json")
 
 
-def reward_base_of(adapter_dir: str, given: str | None) -> str:
+def reward_base_of(adapter_dir: str, given: str | None, flag: str = "--reward-adapter") -> str:
     """The RM's base checkpoint: the one given, which must agree with the adapter's own record of its base when it
     has one, else that record."""
     path = adapter_dir if os.path.exists(os.path.join(adapter_dir, "adapter_config.json")) else \
@@ -82,14 +83,14 @@ def reward_base_of(adapter_dir: str, given: str | None) -> str:
         with open(os.path.join(path, "adapter_config.json")) as f:
             recorded = json.load(f).get("base_model_name_or_path")
     except FileNotFoundError:
-        raise RoleError(f"--reward-adapter {adapter_dir}: no adapter_config.json (train one with train/rm.py)") \
+        raise RoleError(f"{flag} {adapter_dir}: no adapter_config.json (train one with train/rm.py)") \
             from None
     if given is None:
         if not recorded:
-            raise RoleError(f"--reward-adapter {adapter_dir} does not record its base model: pass --reward-base")
+            raise RoleError(f"{flag} {adapter_dir} does not record its base model: pass --reward-base")
         return recorded
     if recorded and os.path.exists(recorded) and not _same_checkpoint(recorded, given):
-        raise RoleError(f"--reward-adapter {adapter_dir} was trained on {recorded}, but --reward-base is {given}; "
+        raise RoleError(f"{flag} {adapter_dir} was trained on {recorded}, but --reward-base is {given}; "
                         "a reward adapter only scores correctly on its own base")
     return given
 
@@ -147,9 +148,9 @@ def _ensemble(cfg, reward_base_path: str, value_base, rcfg: LoraConfig, mesh) ->
     """The --reward-ensemble members on `mesh`: each must share the main reward model's base, adapter shape and
     prompt (facts or not, where, image pooling), since one set of reward inputs and one jitted pass serve all."""
     out, reading = [], _reward_reading(cfg.reward_adapter, True)
-    for path in getattr(cfg, "reward_ensemble", ()):
+    for path in cfg.reward_ensemble:
         flag = f"--reward-ensemble {path}"
-        base = reward_base_of(path, None) if cfg.reward_base is None else cfg.reward_base
+        base = reward_base_of(path, cfg.reward_base, "--reward-ensemble")
         if not _same_checkpoint(base, reward_base_path):
             raise RoleError(f"{flag} was trained on {base}, the main reward model on {reward_base_path}; "
                             "ensemble members must share one base")
@@ -160,9 +161,9 @@ def _ensemble(cfg, reward_base_path: str, value_base, rcfg: LoraConfig, mesh) ->
             raise RoleError(f"{flag} does not fit the base {reward_base_path}: {e}") from None
         if lcfg != rcfg:
             raise RoleError(f"{flag}: its adapter ({lcfg}) differs from --reward-adapter's ({rcfg})")
-        if _reward_reading(path, True) != reading:
-            raise RoleError(f"{flag} reads a different prompt (facts, facts first, image pooling: "
-                            f"{_reward_reading(path, True)}) from --reward-adapter ({reading})")
+        if (its := _reward_reading(path, True)) != reading:
+            raise RoleError(f"{flag} reads a different prompt (facts, facts first, image pooling: {its}) from "
+                            f"--reward-adapter ({reading})")
         out.append({"lora": place_adapter(lora, mesh), "head": jax.device_put(head)})
     return tuple(out)
 
