@@ -6,7 +6,7 @@ import random
 import pytest
 
 from jaxlava.data import storage
-from jaxlava.training.rm_pairs import judged_pairs, length_balanced, pair_records
+from jaxlava.training.rm_pairs import judged_pairs, length_balanced, pair_records, recall_copied
 
 
 def _brute(counts, texts, tradeoff):
@@ -89,6 +89,24 @@ def test_length_balance_keeps_as_many_longer_as_shorter_winners():
     assert length_balanced(long_ + tie + short[:2], seed=0) == long_ + tie + short[:2]
     # the other way round: more pairs that the longer response wins
     assert sum(k in length_balanced(long_ + short[:1], seed=0) for k in long_) == 1
+
+
+def test_recall_copies_repeat_only_recall_pairs_each_with_its_own_order():
+    """Hand-made: 2 recall pairs among others; 2 extra copies write each recall pair 3 times with ids -c1, -c2 and the
+    same winner and loser, on a side drawn per copy; the other pairs stay once and the order is kept."""
+    recs = [(dict(_rec(f"w{i}", f"l{i}", i % 2 == 0), id=f"p{i}"), kind)
+            for i, kind in enumerate(["hallucination", "recall", "repeat", "recall"])]
+    got = recall_copied(recs, 2, seed=0)
+    assert [r["id"] for r, _ in got] == ["p0", "p1", "p1-c1", "p1-c2", "p2", "p3", "p3-c1", "p3-c2"]
+    for rec, kind in got:
+        i = int(rec["id"][1])
+        chosen, other = (rec["output_1"], rec["output_2"])[::1 if rec["preference"] == 1 else -1]
+        assert (chosen, other, kind) == (f"w{i}", f"l{i}", recs[i][1])
+    sides = [r["preference"] for s in range(10) for r, k in recall_copied(recs, 2, seed=s) if "-c" in r["id"]]
+    assert set(sides) == {1, 2}  # each copy's side is a coin flip
+    assert recall_copied(recs, 0, seed=0) == recs
+    with pytest.raises(ValueError, match="at least 0"):
+        recall_copied(recs, -1, seed=0)
 
 
 class _J:  # the fields of a shapes Judgement that the pairs read

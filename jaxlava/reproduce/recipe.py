@@ -125,6 +125,9 @@ class Recipe:
     rm_onpolicy_length_balance: bool = False
     """drop on-policy pairs at random until the longer response wins as many as the shorter (ours; off: every pair
     the rule decides, most of which the shorter response wins; decisions 49; on seed 1 it made PPO worse: 50)"""
+    rm_onpolicy_recall_extra: int = 0
+    """write each on-policy recall pair (as many absent objects, more present ones wins) this many more times, so
+    that the reward models learn to pay for a present object (ours; 0: once, the rule's weight; decisions 66)"""
     audit_prompts: int = 0
     """the on-policy reward-model audit before PPO (eval/rm_audit.py): this many describe prompts of the world's
     ppo_prompt train split (after the ones the on-policy pairs used), 8 samples each from the RL-init policy,
@@ -234,6 +237,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
         raise SystemExit(f"--rm-read-steps must be at least 0 (got {cfg.rm_read_steps})")
     if cfg.rm_ensemble < 1:
         raise SystemExit(f"--rm-ensemble must be at least 1 (got {cfg.rm_ensemble})")
+    if cfg.rm_onpolicy_recall_extra < 0:
+        raise SystemExit(f"--rm-onpolicy-recall-extra must be at least 0 (got {cfg.rm_onpolicy_recall_extra})")
     if cfg.rm_base and cfg.rm_read_steps:
         raise SystemExit("--rm-base and --rm-read-steps both give the reward models their base: choose one")
     return cfg

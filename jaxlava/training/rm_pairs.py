@@ -22,6 +22,9 @@ apart, as the annotators' rule does:
   wins as many pairs as the shorter one. The rule's pairs favour the shorter response (an absent object or a
   repeat adds words; only recall pairs let the longer win), and reward models trained on them learned to charge
   for absence but not to pay for presence (docs/decisions.md 49).
+- `recall_extra=K` (ours, 0 by default) writes each recall pair K more times, each copy with its own coin flip
+  for which side the winner is on: reward models trained on the rule's pairs charged far more for an absent object
+  than they paid for a present one, and PPO on them dropped the objects it was least sure of (decisions 65, 66).
 
 The pairs are written as a preference/train split of `out` (the world's record schema; the image and facts are the
 prompt's), which `train/rm.py --extra-data` reads after the world's own pairs.
@@ -55,6 +58,9 @@ class PairsConfig(SampleConfig):
     length_balance: bool = False
     """drop pairs at random until the longer response (in words) wins as many as the shorter one (off: every
     pair the rule decides)"""
+    recall_extra: int = 0
+    """write each recall pair (as many absent objects, more present ones wins) this many more times, each copy
+    with its own order of the two responses (0: once, the rule's weight)"""
     out: str = "runs/onpolicy_pairs"  # writes OUT/preference/train and OUT/pairs.json (counts and every sample)
 
 
@@ -104,10 +110,14 @@ def _kinded_records(rows, prompts, seed, tradeoff, repeats) -> list[tuple[dict, 
     return out
 
 
+def _winner_loser(rec: dict) -> tuple[str, str]:
+    """A preference record's (chosen, rejected) responses."""
+    return (rec["output_1"], rec["output_2"]) if rec["preference"] == 1 else (rec["output_2"], rec["output_1"])
+
+
 def _longer_wins(rec: dict) -> int:
     """+1 where a preference record's winner has more words than its loser, -1 where fewer, 0 where as many."""
-    win, lose = (rec["output_1"], rec["output_2"]) if rec["preference"] == 1 else (rec["output_2"], rec["output_1"])
-    w, l = (len(t.split()) for t in (win, lose))
+    w, l = (len(t.split()) for t in _winner_loser(rec))
     return (w > l) - (w < l)
 
 
@@ -121,10 +131,30 @@ def length_balanced(kinded: list[tuple[dict, str]], seed: int) -> list[tuple[dic
     return [x for i, x in enumerate(kinded) if i not in drop]
 
 
+def recall_copied(kinded: list[tuple[dict, str]], extra: int, seed: int) -> list[tuple[dict, str]]:
+    """`kinded` with each recall pair followed by `extra` copies of it (ids suffixed -c1, -c2 ...), each copy's
+    side of the winner a fresh (seeded) coin flip; other pairs once, the order kept."""
+    if extra < 0:
+        raise ValueError(f"recall_extra must be at least 0; got {extra}")
+    rng, out = random.Random(seed), []
+    for rec, kind in kinded:
+        out.append((rec, kind))
+        if kind != "recall":
+            continue
+        win, lose = _winner_loser(rec)
+        for c in range(1, extra + 1):
+            first = rng.random() < 0.5
+            out.append((dict(rec, id=f"{rec['id']}-c{c}", output_1=win if first else lose,
+                             output_2=lose if first else win, preference=1 if first else 2), kind))
+    return out
+
+
 def make_pairs(cfg: PairsConfig) -> dict:
     """Sample, judge, pair and write; returns the counts (also in OUT/pairs.json)."""
     if cfg.tradeoff not in TRADEOFFS:
         raise ValueError(f"--tradeoff must be one of {TRADEOFFS}; got {cfg.tradeoff!r}")
+    if cfg.recall_extra < 0:
+        raise ValueError(f"--recall-extra must be at least 0; got {cfg.recall_extra}")
     mesh = sharding.make_mesh(None)
     with sharding.use_mesh(mesh):
         rows = sample_describe(cfg, Sampler.load(cfg, mesh), mesh)
@@ -135,14 +165,15 @@ def make_pairs(cfg: PairsConfig) -> dict:
     judged = len(kinded)
     if cfg.length_balance:
         kinded = length_balanced(kinded, cfg.seed + 1)
-    records = [rec for rec, _ in kinded]
-    if not records:
+    if not kinded:
         raise ValueError(f"{cfg.prompts} prompts x {cfg.samples} samples of {cfg.data} made no pair: every response "
                          "to a prompt was judged alike (more --samples or --prompts, or a higher --temperature)")
-    write_records("preference", records, cfg.out, "train")
     kinds = {k: sum(kind == k for _, kind in kinded) for k in ("hallucination", "recall", "repeat")}
-    summary = {"prompts": len(rows), "samples": cfg.samples, "pairs": len(records), **kinds,
-               "dropped_to_balance_length": judged - len(records),
+    balanced = len(kinded)
+    records = [rec for rec, _ in recall_copied(kinded, cfg.recall_extra, cfg.seed + 2)]
+    write_records("preference", records, cfg.out, "train")
+    summary = {"prompts": len(rows), "samples": cfg.samples, "pairs": balanced, **kinds,
+               "dropped_to_balance_length": judged - balanced, "recall_copies_written": len(records) - balanced,
                "config": dataclasses.asdict(cfg),
                "responses": [sample_record(r) for r in rows]}
     write_json(os.path.join(cfg.out, "pairs.json"), summary, indent=1)
@@ -154,6 +185,7 @@ def main(argv: list[str], description: str | None = None) -> dict:
     cfg = parse(PairsConfig, argv, description)
     s = make_pairs(cfg)
     print(f"{s['pairs']} pairs ({s['hallucination']} decided by absent objects, {s['recall']} by present ones, "
-          f"{s['repeat']} by repeats; {s['dropped_to_balance_length']} dropped to balance length) from "
+          f"{s['repeat']} by repeats; {s['dropped_to_balance_length']} dropped to balance length; "
+          f"{s['recall_copies_written']} more copies of recall pairs) from "
           f"{s['prompts']} describe prompts x {s['samples']} samples: {cfg.out}/preference/train")
     return s
