@@ -66,14 +66,14 @@ def test_recall_extra_reaches_the_pairs_and_every_stage_that_uses_a_reward_model
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import _uses_rm, changed_settings, stage_configs, stage_settings
     one = parse_config(["--recipe", "reading", "--out", str(tmp_path)])
-    four = parse_config(["--recipe", "reading", "--out", str(tmp_path), "--rm-onpolicy-recall-extra", "3"])
-    c1, c4 = stage_configs(one, 3), stage_configs(four, 3)
-    assert (c1["rm_pairs"].recall_extra, c4["rm_pairs"].recall_extra) == (0, 3)
-    for name in c4:
-        s1, s4 = stage_settings(one, name, c1[name]), stage_settings(four, name, c4[name])
+    three = parse_config(["--recipe", "reading", "--out", str(tmp_path), "--rm-onpolicy-recall-extra", "3"])
+    c1, c3 = stage_configs(one, 3), stage_configs(three, 3)
+    assert (c1["rm_pairs"].recall_extra, c3["rm_pairs"].recall_extra) == (0, 3)
+    for name in c3:
+        s1, s3 = stage_settings(one, name, c1[name]), stage_settings(three, name, c3[name])
         assert "onpolicy_recall_extra" not in s1, name
         want = ["recall_extra"] if name == "rm_pairs" else ["onpolicy_recall_extra"] if _uses_rm(name) else []
-        assert changed_settings(s1, s4) == want, name
-    assert {n for n in c4 if _uses_rm(n)} >= {"rm_facts", "rm_nofacts", "rm_audit", "ppo_facts", "judge_fact_rlhf"}
+        assert changed_settings(s1, s3) == want, name
+    assert {n for n in c3 if _uses_rm(n)} >= {"rm_facts", "rm_nofacts", "rm_audit", "ppo_facts", "judge_fact_rlhf"}
     with pytest.raises(SystemExit, match="--rm-onpolicy-recall-extra must be at least 0"):
         parse_config(["--rm-onpolicy-recall-extra", "-1"])
