@@ -1,11 +1,12 @@
 """`make demo`: the paper's claim in miniature on the embedded shapes world, one seed, end to end on a CPU.
 
 It runs the shapes-world reproduction (`train/reproduce.py`) with its `demo` recipe and seed 0 in runs/demo:
-the world, SFT (with stage 0 of the vision tower), RL-init, the reward models with and without facts, PPO
-against each, and the exact shapes judges on SFT and on both policies.  It then prints the three systems side by
-side and checks transformers' logits on the exported SFT model.  The demo recipe is the full reproduction's
-world (the co-occurrence habit world of docs/results.md) with fewer steps than `python train/reproduce.py`
-(3 seeds); the recipe is printed at the start and the cut steps at the end.  Flags are
+the world, the grounding stage and SFT (with stage 0 of the vision tower), RL-init, the on-policy pairs, the
+reading stage, the reward models with and without facts, PPO against each, and the exact shapes judges on SFT
+and on both policies.  It then prints the three systems side by side and checks transformers' logits on the
+exported SFT model.  The demo recipe is the default reproduction's (the reading recipe of docs/results.md) with
+fewer steps than `python train/reproduce.py` (3 seeds); the recipe is printed at the start and the cut steps at
+the end.  `--recipe demo-full` runs the demo of the earlier default, the full recipe.  Flags are
 train/reproduce.py's (`python -m jaxlava.demo --sft-steps 400`); a rerun skips finished stages.
 """
 from __future__ import annotations
@@ -48,20 +49,23 @@ def demo_argv(argv: list[str]) -> list[str]:
 
 
 def fewer_steps_note(cfg) -> str:
-    """What the demo cut, against the full recipe (empty when it ran the full recipe's steps)."""
-    from jaxlava.reproduce.recipe import RECIPES
-    full = RECIPES["full"]
-    cut = [f"{name} {getattr(cfg, f)} (full: {getattr(full, f)})" for name, f in
+    """What the demo cut, against the default recipe (empty when it ran the default recipe's steps)."""
+    from jaxlava.reproduce.recipe import DEFAULT_RECIPE, RECIPES
+    full = RECIPES[DEFAULT_RECIPE]
+    cut = [f"{name} {getattr(cfg, f)} (reproduction: {getattr(full, f)})" for name, f in
            (("vision stage 0", "vision_pretrain_steps"), ("grounding", "ground_steps"), ("SFT", "sft_steps"),
-            ("RL-init", "rlinit_steps"), ("reward models", "rm_steps"), ("PPO", "ppo_steps"))
+            ("RL-init", "rlinit_steps"), ("reading stage", "rm_read_steps"), ("reward models", "rm_steps"),
+            ("PPO", "ppo_steps"), ("PPO runs per reward model", "ppo_repeats"))
            if getattr(cfg, f) < getattr(full, f)]
+    if len(cfg.sft_more) < len(full.sft_more):
+        cut.append(f"further SFT phases {len(cfg.sft_more)} (reproduction: {len(full.sft_more)})")
     if not cut:
         return ""
     held = "" if cfg.rm_eval_pairs is None else (f"; the reward models' held-out accuracy is on the first "
                                                  f"{cfg.rm_eval_pairs} test pairs")
     return ("\nThis demo trains fewer steps than the full reproduction (" + ", ".join(cut) + held + "), so its "
-            "numbers are not docs/results.md's: `python train/reproduce.py` runs the full recipe (45 to 100 "
-            "minutes per seed on 2 cores).")
+            f"numbers are not docs/results.md's: `python train/reproduce.py` runs the {DEFAULT_RECIPE} recipe "
+            "(about 2.7 hours per seed on 2 cores).")
 
 
 def main(argv: list[str] | None = None) -> int:

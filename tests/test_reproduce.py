@@ -114,9 +114,11 @@ def test_demo_says_which_steps_it_cut():
     from jaxlava.demo import fewer_steps_note
     from jaxlava.reproduce.recipe import RECIPES, parse_config
     note = fewer_steps_note(parse_config(["--recipe", "demo"]))
-    assert f"SFT {RECIPES['demo'].sft_steps} (full: {RECIPES['full'].sft_steps})" in note and "PPO" in note
+    assert f"SFT {RECIPES['demo'].sft_steps} (reproduction: {RECIPES['reading'].sft_steps})" in note
+    assert "reading stage" in note and "further SFT phases 0 (reproduction: 2)" in note and "PPO" in note
     assert f"first {RECIPES['demo'].rm_eval_pairs} test pairs" in note
-    assert fewer_steps_note(parse_config(["--recipe", "full"])) == ""
+    assert fewer_steps_note(parse_config(["--recipe", "reading"])) == ""
+    assert "reading stage 0 (reproduction: 3000)" in fewer_steps_note(parse_config(["--recipe", "full"]))
 
 
 @pytest.mark.slow
@@ -318,11 +320,17 @@ def test_world_flags_and_recipes():
         "--size", "small", "--colours", "red", "blue", "--pref-minimal-prob", "1"]
     cfg = parse_config(["--recipe", "demo", "--sft-steps", "7", "--set", "ppo_lr=3e-4", "--seeds", "4", "5"])
     assert (cfg.recipe, cfg.sft_steps, cfg.ppo_lr, cfg.seeds) == ("demo", 7, 3e-4, (4, 5))
-    assert cfg.rm_steps == RECIPES["demo"].rm_steps < RECIPES["full"].rm_steps
-    assert all(getattr(RECIPES["demo"], f) < getattr(RECIPES["full"], f)
-               for f in ("sft_steps", "rlinit_steps", "rm_steps", "ppo_steps"))
-    # full and demo share the habit world with the twins of decisions 26; plain is the generator's default world
-    assert RECIPES["demo"].world == RECIPES["full"].world and RECIPES["plain"].world == ()
+    assert cfg.rm_steps == RECIPES["demo"].rm_steps < RECIPES["reading"].rm_steps
+    # the default is the reading recipe (decisions 67); the demo is it with fewer steps, and demo-full the full
+    # recipe's demo of before; plain is the generator's default world
+    assert parse_config([]).recipe == "reading" and RECIPES["demo"].world == RECIPES["reading"].world
+    for small, big in (("demo", "reading"), ("demo-full", "full")):
+        assert all(getattr(RECIPES[small], f) < getattr(RECIPES[big], f)
+                   for f in ("ground_steps", "sft_steps", "rlinit_steps", "rm_steps", "ppo_steps"))
+    demo = RECIPES["demo"]
+    assert 0 < demo.rm_read_steps < RECIPES["reading"].rm_read_steps and demo.rm_onpolicy_prompts > 0
+    assert (demo.rm_image_pool, demo.ppo_prompt_group, demo.sft_more) == (8, 4, ())
+    assert RECIPES["demo-full"].world == RECIPES["full"].world and RECIPES["plain"].world == ()
     assert {"pref-twin-omit-prob=0.25", "pref-twin-add-prob=0.25", "n-mmhal=480"} <= set(RECIPES["full"].world)
     assert RECIPES["full"].ppo_steps == 10
     # the reading recipe: the twins world with 90 % partner noise, one id per object and the fact-check conversations
@@ -351,7 +359,8 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     from jaxlava.data.buckets import DEFAULT_BUCKETS
     from jaxlava.reproduce.recipe import RECIPES, parse_config
     from jaxlava.reproduce.stages import stage_configs
-    cfg = parse_config(["--out", str(tmp_path), "--buckets", "64", "192", "512", "--rm-schedule", "cosine",
+    FULL = ("--recipe", "full")  # the stage plumbing on the full recipe, whose values are the presets' or given
+    cfg = parse_config([*FULL, "--out", str(tmp_path), "--buckets", "64", "192", "512", "--rm-schedule", "cosine",
                         "--rm-epochs", "4", "--ppo-length-score", "-2", "--rm-image-dropout", "0.25"])
     c = stage_configs(cfg, 0)
     assert all(c[s].buckets == (64, 192, 512) for s in ("sft", "rlinit", "rm_facts", "rm_nofacts"))
@@ -365,26 +374,26 @@ def test_recipe_buckets_rm_schedule_dropout_and_length_score_reach_the_stages(tm
     assert not d["rm_facts"].facts_first  # the paper's layout unless asked
     assert not any(d[s].terminal_at_eos or d[s].mask_pads for s in ("ppo_facts", "ppo_nofacts"))  # quirk 2 kept
     assert not any(d[s].clip_per_role for s in ("ppo_facts", "ppo_nofacts"))  # one norm, as the paper
-    q = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads",
+    q = stage_configs(parse_config([*FULL, "--out", str(tmp_path), "--ppo-terminal-at-eos", "--ppo-mask-pads",
                                     "--ppo-clip-per-role"]), 0)
     assert all(q[s].terminal_at_eos and q[s].mask_pads and q[s].clip_per_role for s in ("ppo_facts", "ppo_nofacts"))
-    g = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-prompt-group", "4", "--ppo-prompt-types",
+    g = stage_configs(parse_config([*FULL, "--out", str(tmp_path), "--ppo-prompt-group", "4", "--ppo-prompt-types",
                                     "general"]), 0)
     assert g["ppo_facts"].prompt_group == g["ppo_nofacts"].prompt_group == 4 and d["ppo_facts"].prompt_group == 0
     assert g["ppo_facts"].prompt_types == g["ppo_nofacts"].prompt_types == ("general",)
     assert d["ppo_facts"].prompt_types == ()  # the paper's mix unless asked
-    o = stage_configs(parse_config(["--out", str(tmp_path), "--rm-image-dropout", "0.5",
+    o = stage_configs(parse_config([*FULL, "--out", str(tmp_path), "--rm-image-dropout", "0.5",
                                     "--rm-nofacts-image-dropout", "0"]), 0)
     assert o["rm_facts"].image_dropout == 0.5 and o["rm_nofacts"].image_dropout == 0.0
-    v = stage_configs(parse_config(["--out", str(tmp_path), "--rm-image-pool", "8"]), 0)
+    v = stage_configs(parse_config([*FULL, "--out", str(tmp_path), "--rm-image-pool", "8"]), 0)
     assert v["rm_facts"].image_pool == v["rm_nofacts"].image_pool == 8 and d["rm_facts"].image_pool == 0
-    pr = stage_configs(parse_config(["--out", str(tmp_path), "--rm-onpolicy-prompts", "4",
+    pr = stage_configs(parse_config([*FULL, "--out", str(tmp_path), "--rm-onpolicy-prompts", "4",
                                      "--rm-onpolicy-repeats"]), 0)
     assert pr["rm_pairs"].repeats and not stage_configs(parse_config([
-        "--out", str(tmp_path), "--rm-onpolicy-prompts", "4"]), 0)["rm_pairs"].repeats
-    f = stage_configs(parse_config(["--out", str(tmp_path), "--rm-facts-first"]), 0)
+        *FULL, "--out", str(tmp_path), "--rm-onpolicy-prompts", "4"]), 0)["rm_pairs"].repeats
+    f = stage_configs(parse_config([*FULL, "--out", str(tmp_path), "--rm-facts-first"]), 0)
     assert f["rm_facts"].facts_first and not f["rm_nofacts"].facts_first
-    r = stage_configs(parse_config(["--out", str(tmp_path), "--ppo-seed-offset", "100"]), 2)  # PPO repeats
+    r = stage_configs(parse_config([*FULL, "--out", str(tmp_path), "--ppo-seed-offset", "100"]), 2)  # PPO repeats
     assert r["ppo_facts"].seed == r["ppo_nofacts"].seed == 102 and d["ppo_facts"].seed == 0
     assert all(r[s].seed == 2 for s in ("sft", "rlinit", "rm_facts", "rm_nofacts"))
 

@@ -35,7 +35,8 @@ def test_reward_model_base_must_exist(tmp_path):
     """A --rm-base that is not a model folder stops the command before it writes anything, naming the folder."""
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import run
-    cfg = parse_config(["--out", str(tmp_path / "out"), "--seeds", "3", "--rm-base", str(tmp_path / "m{seed}")])
+    cfg = parse_config(["--recipe", "full", "--out", str(tmp_path / "out"), "--seeds", "3", "--rm-base",
+                        str(tmp_path / "m{seed}")])
     with pytest.raises(SystemExit, match=f"{tmp_path}/m3 is not an HF LLaVA folder"):
         run(cfg)
     assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ def test_ppo_repeats_run_each_ppo_and_its_judges_again_with_another_seed(tmp_pat
     each policy, after every stage of the first; the stages before PPO and the SFT judge run once."""
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import REPEATED, stage_configs, stage_names
-    cfg = parse_config(["--out", str(tmp_path), "--ppo-repeats", "3", "--ppo-seed-offset", "7"])
+    cfg = parse_config(["--recipe", "full", "--out", str(tmp_path), "--ppo-repeats", "3", "--ppo-seed-offset", "7"])
     c = stage_configs(cfg, 1)
     names = stage_names(3)
     assert names[:len(STAGES)] == list(STAGES) and stage_names(1) == list(STAGES)

@@ -40,23 +40,25 @@ Acceptance checks: Fact-RLHF lowers CHAIR-i by >= 30% relative to SFT; its objec
 relative; its CHAIR-i is below the no-facts RLHF's.
 
 --recipe picks the world and the stage steps and key hyper-parameters; each value is a flag of its own:
-  full   the co-occurrence habit world (docs/results.md) with omission and addition twins as preference pairs,
-         the grounding stage before SFT (checklist questions; --ground-steps 0 leaves it out), the steps its SFT
-         model needs and 10 PPO steps: 45 to 100 minutes per seed on 2 cores. The recipe before the twins:
-         --world <the items it prints, less the last four> --ppo-steps 40 --ppo-eval-every 10
-  reading  opt-in: the habit in 90 % of the SFT descriptions, one tokenizer id per object, checklist questions
-         in 15 % of the SFT mix, SFT in three phases (2000 + 1500 + 1500 steps), both reward models on a base
-         trained 3000 steps to check descriptions against the facts and list what they leave out, PPO with a
-         per-prompt baseline over 128 rollouts a step, 5 steps, three PPO runs per reward model
-         (docs/results.md): about 2.7 hours per seed on 2 cores
-  demo   the full recipe's world and stages with fewer steps (make demo, one seed)
+  reading  the default: the co-occurrence habit world with the habit in 90 % of the SFT descriptions, omission
+         and addition twins as preference pairs, one tokenizer id per object, a grounding stage of checklist
+         questions, checklist questions in 15 % of the SFT mix, SFT in three phases (2000 + 1500 + 1500 steps),
+         on-policy pairs, both reward models on a base trained 3000 steps to check descriptions against the
+         facts and list what they leave out, PPO with a per-prompt baseline over 128 rollouts a step, 5 steps,
+         three PPO runs per reward model (docs/results.md): about 2.7 hours per seed on 2 cores
+  demo   the reading recipe's world and stages with fewer steps (make demo, one seed)
+  full   the default before docs/decisions.md 67: the habit world in 70 % of the descriptions with the twins,
+         the grounding stage, 5 % checklist questions, one SFT phase and 10 PPO steps: 45 to 100 minutes per
+         seed on 2 cores. The recipe before the twins: --world <the items it prints, less the last four>
+         --ppo-steps 40 --ppo-eval-every 10
+  demo-full  the full recipe's world and stages with fewer steps (make demo before decisions 67)
   plain  the generator's default world with the shapes stage presets (the recipe before the habit world)
   tiny   a smoke test of the pipeline on the small world
 --world replaces the recipe's world flags as a whole (the recipe's are printed at the start).
 Without JAX_PLATFORMS it runs on an accelerator when one is present.
 
 Examples:
-  python train/reproduce.py                                   # full recipe, seeds 0 1 2, runs/reproduce
+  python train/reproduce.py                                   # reading recipe, seeds 0 1 2, runs/reproduce
   python train/reproduce.py --recipe demo --seeds 0 --out runs/reproduce_demo
   python train/reproduce.py --recipe plain --world size=small pref-minimal-prob=1 --rm-steps 1000 --out runs/twins
   python train/reproduce.py --recipe tiny --out /tmp/repro_tiny  # the whole pipeline in a few minutes
