@@ -12,7 +12,7 @@ COMMANDS = {
     "train/ppo.py": ("--preset", "--init", "--policy-adapter", "--reward-adapter", "--reward-base", "--data",
                      "--rollout-batch-size", "--step-batch-size", "--noptepochs", "--max-new-tokens", "--kl-coef",
                      "--terminal-at-eos", "--mask-pads", "--question-stop", "--mesh", "--optim.lr"),
-    "train/reproduce.py": ("--recipe", "full,reading,demo,plain,tiny", "--seeds", "--out", "--world", "--sft-steps",
+    "train/reproduce.py": ("--recipe", "reading,demo,full,demo-full,plain,tiny", "--seeds", "--out", "--world", "--sft-steps",
                            "--rm-steps", "--ppo-steps", "--ppo-lr", "--judge-descriptions", "--mesh",
                            "Acceptance checks"),
     "data/convert.py": ("llava", "vqav2", "aokvqa", "aokvqa-ppo", "flickr30k", "preference", "ppo-prompts"),
