@@ -51,14 +51,14 @@ def demo_argv(argv: list[str]) -> list[str]:
 def fewer_steps_note(cfg) -> str:
     """What the demo cut, against the default recipe (empty when it ran the default recipe's steps)."""
     from jaxlava.reproduce.recipe import DEFAULT_RECIPE, RECIPES
-    full = RECIPES[DEFAULT_RECIPE]
-    cut = [f"{name} {getattr(cfg, f)} (reproduction: {getattr(full, f)})" for name, f in
+    ref = RECIPES[DEFAULT_RECIPE]
+    cut = [f"{name} {getattr(cfg, f)} (reproduction: {getattr(ref, f)})" for name, f in
            (("vision stage 0", "vision_pretrain_steps"), ("grounding", "ground_steps"), ("SFT", "sft_steps"),
             ("RL-init", "rlinit_steps"), ("reading stage", "rm_read_steps"), ("reward models", "rm_steps"),
             ("PPO", "ppo_steps"), ("PPO runs per reward model", "ppo_repeats"))
-           if getattr(cfg, f) < getattr(full, f)]
-    if len(cfg.sft_more) < len(full.sft_more):
-        cut.append(f"further SFT phases {len(cfg.sft_more)} (reproduction: {len(full.sft_more)})")
+           if getattr(cfg, f) < getattr(ref, f)]
+    if len(cfg.sft_more) < len(ref.sft_more):
+        cut.append(f"further SFT phases {len(cfg.sft_more)} (reproduction: {len(ref.sft_more)})")
     if not cut:
         return ""
     held = "" if cfg.rm_eval_pairs is None else (f"; the reward models' held-out accuracy is on the first "
