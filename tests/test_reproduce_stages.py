@@ -77,3 +77,30 @@ def test_recall_extra_reaches_the_pairs_and_every_stage_that_uses_a_reward_model
     assert {n for n in c3 if _uses_rm(n)} >= {"rm_facts", "rm_nofacts", "rm_audit", "ppo_facts", "judge_fact_rlhf"}
     with pytest.raises(SystemExit, match="--rm-onpolicy-recall-extra must be at least 0"):
         parse_config(["--rm-onpolicy-recall-extra", "-1"])
+
+
+@pytest.mark.parametrize("flags,record", [(["--rm-onpolicy-edits"], "add"),
+                                          (["--rm-onpolicy-edits", "--rm-onpolicy-edits-only"], "only")])
+def test_edit_twins_reach_the_pairs_and_every_stage_that_uses_a_reward_model(tmp_path, flags, record):
+    """--rm-onpolicy-edits (--rm-onpolicy-edits-only): the pairs stage writes edit twins (only them), and every
+    stage that trains or uses a reward model records it; the stages before record nothing new, and the default
+    changes no record, so stages cached before the flag existed stay valid."""
+    from jaxlava.reproduce.recipe import parse_config
+    from jaxlava.reproduce.stages import _uses_rm, changed_settings, stage_configs, stage_settings
+    off = parse_config(["--recipe", "reading", "--out", str(tmp_path)])
+    on = parse_config(["--recipe", "reading", "--out", str(tmp_path), *flags])
+    c0, c1 = stage_configs(off, 2), stage_configs(on, 2)
+    assert (c0["rm_pairs"].edits, c0["rm_pairs"].edits_only) == (False, False)
+    assert (c1["rm_pairs"].edits, c1["rm_pairs"].edits_only) == (True, record == "only")
+    for name in c1:
+        s0, s1 = stage_settings(off, name, c0[name]), stage_settings(on, name, c1[name])
+        assert "onpolicy_edits" not in s0 and not (s0.get("edits") or s0.get("edits_only")), name
+        want = [k for k in ("edits", "edits_only") if getattr(c1[name], k)] if name == "rm_pairs" else \
+            ["onpolicy_edits"] if _uses_rm(name) else []
+        assert changed_settings(s0, s1) == want, name
+        if "onpolicy_edits" in s1:
+            assert s1["onpolicy_edits"] == record
+    old = {k: v for k, v in stage_settings(off, "rm_pairs", c0["rm_pairs"]).items() if not k.startswith("edits")}
+    assert changed_settings(old, stage_settings(off, "rm_pairs", c0["rm_pairs"])) == []  # made before the flag
+    with pytest.raises(SystemExit, match="--rm-onpolicy-edits-only needs --rm-onpolicy-edits"):
+        parse_config(["--rm-onpolicy-edits-only"])

@@ -128,6 +128,11 @@ class Recipe:
     rm_onpolicy_recall_extra: int = 0
     """write each on-policy recall pair (as many absent objects, more present ones wins) this many more times, so
     that the reward models learn to pay for a present object (ours; 0: once, the rule's weight; decisions 66)"""
+    rm_onpolicy_edits: bool = False
+    """also train the reward models on edit twins of the RL-init policy's samples: each beside itself with one
+    object taken out or put in, four kinds in equal numbers, so that only the image or the facts decide (ours; off:
+    no edit twins; jaxlava/training/rm_edits.py)"""
+    rm_onpolicy_edits_only: bool = False  # the edit twins instead of the rule's on-policy pairs (needs the above)
     audit_prompts: int = 0
     """the on-policy reward-model audit before PPO (eval/rm_audit.py): this many describe prompts of the world's
     ppo_prompt train split (after the ones the on-policy pairs used), 8 samples each from the RL-init policy,
@@ -252,6 +257,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
         raise SystemExit(f"--rm-ensemble must be at least 1 (got {cfg.rm_ensemble})")
     if cfg.rm_onpolicy_recall_extra < 0:
         raise SystemExit(f"--rm-onpolicy-recall-extra must be at least 0 (got {cfg.rm_onpolicy_recall_extra})")
+    if cfg.rm_onpolicy_edits_only and not cfg.rm_onpolicy_edits:
+        raise SystemExit("--rm-onpolicy-edits-only needs --rm-onpolicy-edits")
     if cfg.rm_base and cfg.rm_read_steps:
         raise SystemExit("--rm-base and --rm-read-steps both give the reward models their base: choose one")
     return cfg

@@ -205,6 +205,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
                                                  repeats=cfg.rm_onpolicy_repeats,
                                                  length_balance=cfg.rm_onpolicy_length_balance,
                                                  recall_extra=cfg.rm_onpolicy_recall_extra,
+                                                 edits=cfg.rm_onpolicy_edits, edits_only=cfg.rm_onpolicy_edits_only,
                                                  out=os.path.join(d, report.PAIRS), **sample)
     rm_base = given_rm_base(cfg, seed) or sft_hf
     if cfg.rm_read_steps:  # the reward models' base: the SFT model trained on fact-check conversations
@@ -305,7 +306,8 @@ def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
     paths among them (operational) do not say about the stages it was made from."""
     # SFT's start (`init`, an operational path) is the grounding stage's model when there is one ...
     # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
-    # ... and every stage that trains or uses a reward model records the extra copies of its recall pairs, if any
+    # ... and every stage that trains or uses a reward model records the extra copies of its recall pairs, if any,
+    # and the edit twins among its pairs, if any
     # ... and every stage that uses a reward model records where its base came from, where not the SFT model
     # ... and every stage made from the SFT model records the further SFT phases it came through
     # ... and every PPO run and its judges record how many reward models of each kind scored the run
@@ -313,6 +315,8 @@ def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
         {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if is_rm(name) and c.extra_data else {}) | (
         {"onpolicy_recall_extra": cfg.rm_onpolicy_recall_extra}
         if cfg.rm_onpolicy_prompts and cfg.rm_onpolicy_recall_extra and _uses_rm(name) else {}) | (
+        {"onpolicy_edits": "only" if cfg.rm_onpolicy_edits_only else "add"}
+        if cfg.rm_onpolicy_prompts and cfg.rm_onpolicy_edits and _uses_rm(name) else {}) | (
         {"rm_ensemble": cfg.rm_ensemble} if cfg.rm_ensemble > 1 and _scored_by_rm(name) else {}) | (
         {"rm_read_steps": cfg.rm_read_steps} if cfg.rm_read_steps and _uses_rm(name) else {}) | (
         {"rm_base": cfg.rm_base} if cfg.rm_base and _uses_rm(name) else {}) | (

@@ -25,6 +25,9 @@ apart, as the annotators' rule does:
 - `recall_extra=K` (ours, 0 by default) writes each recall pair K more times, each copy with its own coin flip
   for which side the winner is on: reward models trained on the rule's pairs charged far more for an absent object
   than they paid for a present one, and PPO on them dropped the objects it was least sure of (decisions 65, 66).
+- `edits=True` (ours, off by default) also writes edit twins of the samples, and with `edits_only=True` only them:
+  each sample beside itself with one object taken out or put in, four kinds in equal numbers, so that only the
+  image or its facts tell the winner (jaxlava/training/rm_edits.py).
 
 The pairs are written as a preference/train split of `out` (the world's record schema; the image and facts are the
 prompt's), which `train/rm.py --extra-data` reads after the world's own pairs.
@@ -39,6 +42,7 @@ import random
 from jaxlava import sharding
 from jaxlava.data.storage import open_source, write_records
 from jaxlava.fileio import write_json
+from jaxlava.training.rm_edits import EDIT_KINDS, edit_pairs, world_vocab
 from jaxlava.training.rm_audit import SampleConfig, Sampler, pair_verdict, sample_describe, sample_record
 
 TRADEOFFS = ("fewer_absent", "skip")
@@ -61,6 +65,10 @@ class PairsConfig(SampleConfig):
     recall_extra: int = 0
     """write each recall pair (as many absent objects, more present ones wins) this many more times, each copy
     with its own order of the two responses (0: once, the rule's weight)"""
+    edits: bool = False
+    """also write edit twins of the samples: each beside itself with one object taken out or put in, four kinds
+    in equal numbers (rm_edits.py; off: the rule's pairs only)"""
+    edits_only: bool = False  # write the edit twins and none of the rule's pairs (needs --edits)
     out: str = "runs/onpolicy_pairs"  # writes OUT/preference/train and OUT/pairs.json (counts and every sample)
 
 
@@ -155,25 +163,31 @@ def make_pairs(cfg: PairsConfig) -> dict:
         raise ValueError(f"--tradeoff must be one of {TRADEOFFS}; got {cfg.tradeoff!r}")
     if cfg.recall_extra < 0:
         raise ValueError(f"--recall-extra must be at least 0; got {cfg.recall_extra}")
+    if cfg.edits_only and not cfg.edits:
+        raise ValueError("--edits-only writes the edit twins alone: it needs --edits")
     mesh = sharding.make_mesh(None)
     with sharding.use_mesh(mesh):
         rows = sample_describe(cfg, Sampler.load(cfg, mesh), mesh)
     source = open_source(cfg.data, "ppo_prompt", cfg.split)
     wanted = {r["id"] for r in rows}
     prompts = {rec["id"]: rec for rec in (source[i] for i in range(len(source))) if rec["id"] in wanted}
-    kinded = _kinded_records(rows, prompts, cfg.seed, cfg.tradeoff, cfg.repeats)
+    kinded = _kinded_records(rows, prompts, cfg.seed, cfg.tradeoff, cfg.repeats) if not cfg.edits_only else []
     judged = len(kinded)
     if cfg.length_balance:
         kinded = length_balanced(kinded, cfg.seed + 1)
+    edits, edit_counts = edit_pairs(rows, prompts, world_vocab(cfg.data), cfg.seed + 3) if cfg.edits \
+        else ([], None)
+    kinded += edits
     if not kinded:
         raise ValueError(f"{cfg.prompts} prompts x {cfg.samples} samples of {cfg.data} made no pair: every response "
                          "to a prompt was judged alike (more --samples or --prompts, or a higher --temperature)")
-    kinds = {k: sum(kind == k for _, kind in kinded) for k in ("hallucination", "recall", "repeat")}
+    kinds = {k: sum(kind == k for _, kind in kinded) for k in ("hallucination", "recall", "repeat", *EDIT_KINDS)}
     balanced = len(kinded)
     records = [rec for rec, _ in recall_copied(kinded, cfg.recall_extra, cfg.seed + 2)]
     write_records("preference", records, cfg.out, "train")
     summary = {"prompts": len(rows), "samples": cfg.samples, "pairs": balanced, **kinds,
-               "dropped_to_balance_length": judged - balanced, "recall_copies_written": len(records) - balanced,
+               "dropped_to_balance_length": judged + len(edits) - balanced, "edits_made": edit_counts,
+               "recall_copies_written": len(records) - balanced,
                "config": dataclasses.asdict(cfg),
                "responses": [sample_record(r) for r in rows]}
     write_json(os.path.join(cfg.out, "pairs.json"), summary, indent=1)
@@ -185,7 +199,8 @@ def main(argv: list[str], description: str | None = None) -> dict:
     cfg = parse(PairsConfig, argv, description)
     s = make_pairs(cfg)
     print(f"{s['pairs']} pairs ({s['hallucination']} decided by absent objects, {s['recall']} by present ones, "
-          f"{s['repeat']} by repeats; {s['dropped_to_balance_length']} dropped to balance length; "
+          f"{s['repeat']} by repeats; {len(EDIT_KINDS) * (s['edits_made'] or {}).get('kept', 0)} edit twins; "
+          f"{s['dropped_to_balance_length']} dropped to balance length; "
           f"{s['recall_copies_written']} more copies of recall pairs) from "
           f"{s['prompts']} describe prompts x {s['samples']} samples: {cfg.out}/preference/train")
     return s
