@@ -42,8 +42,8 @@ import random
 from jaxlava import sharding
 from jaxlava.data.storage import open_source, write_records
 from jaxlava.fileio import write_json
-from jaxlava.training.rm_edits import EDIT_KINDS, edit_pairs, world_vocab
 from jaxlava.training.rm_audit import SampleConfig, Sampler, pair_verdict, sample_describe, sample_record
+from jaxlava.training.rm_edits import EDIT_KINDS, edit_pairs, world_vocab
 
 TRADEOFFS = ("fewer_absent", "skip")
 
