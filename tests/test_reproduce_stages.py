@@ -100,6 +100,10 @@ def test_edit_twins_reach_the_pairs_and_every_stage_that_uses_a_reward_model(tmp
         assert changed_settings(s0, s1) == want, name
         if "onpolicy_edits" in s1:
             assert s1["onpolicy_edits"] == record
+    audit = parse_config(["--recipe", "reading", "--out", str(tmp_path), "--audit-edit-twins"])
+    assert stage_configs(audit, 2)["rm_audit"].edit_twins and not c1["rm_audit"].edit_twins
+    assert changed_settings(stage_settings(off, "rm_audit", c0["rm_audit"]),
+                            stage_settings(audit, "rm_audit", stage_configs(audit, 2)["rm_audit"])) == ["edit_twins"]
     old = {k: v for k, v in stage_settings(off, "rm_pairs", c0["rm_pairs"]).items() if not k.startswith("edits")}
     assert changed_settings(old, stage_settings(off, "rm_pairs", c0["rm_pairs"])) == []  # made before the flag
     with pytest.raises(SystemExit, match="--rm-onpolicy-edits-only needs --rm-onpolicy-edits"):

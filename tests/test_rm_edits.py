@@ -1,6 +1,7 @@
 """Edit twins (jaxlava/shapes/edits.py, jaxlava/training/rm_edits.py): the text edits against the world's own
 omission and addition twins, which build both descriptions from the scene, and the pairs against the exact
 judges."""
+import random
 import re
 
 import numpy as np
@@ -12,7 +13,8 @@ from jaxlava.shapes import text as T
 from jaxlava.shapes.edits import Vocab, lists, put_in, take_out
 from jaxlava.shapes.scene import SIZES, make_spec, sample_scene
 from jaxlava.shapes.world import ShapesConfig
-from jaxlava.training.rm_edits import EDIT_KINDS, EDIT_WINS, edit_pairs, fact_sizes
+from jaxlava.training.rm_edits import (EDIT_KINDS, EDIT_WINS, edit_pairs, edited_texts, fact_sizes, row_edits,
+                                       twin_margins)
 
 CFG = ShapesConfig()
 VOCAB = Vocab(tuple(CFG.colours), tuple(CFG.shapes), SIZES)
@@ -122,3 +124,30 @@ def test_edit_pairs_differ_in_one_object_and_balance_length_and_editing():
     assert longer == edited == 2 * n  # half of the pairs each way
     assert {r["preference"] for r, _ in kinded} == {1, 2}
     assert edit_pairs(rows, prompts, VOCAB, seed=0) == (kinded, counts)
+
+
+def test_twin_margins_score_each_kind_on_the_samples_that_have_it():
+    """row_edits lines up with the row's samples, edited_texts swaps in each kind's edit, and twin_margins
+    compares the right response with the other: a scorer that counts present objects minus twice the absent ones
+    ranks every twin right, at margin 1 for a present object and 2 for an absent one."""
+    rows, prompts = _rows(30, seed=4)
+    rng = random.Random(1)
+    edits = [row_edits(r, prompts[r["id"]]["facts"], VOCAB, rng) for r in rows]
+    present = {p["id"]: T.caption_objects(p["facts"]) for p in prompts.values()}
+
+    def score(r, texts):
+        return [len(j.recalled) - 2 * len(j.hallucinated)
+                for j in (judge(parse_mentions(t), present[r["id"]]) for t in texts)]
+    base = [score(r, r["texts"]) for r in rows]
+    edited = {k: [score(r, edited_texts(r, e, k)) for r, e in zip(rows, edits)] for k in EDIT_KINDS}
+    for r, e in zip(rows, edits):
+        assert len(e) == len(r["texts"])
+        for k in EDIT_KINDS:
+            assert [t == s for t, s in zip(edited_texts(r, e, k), r["texts"])] == [k not in x for x in e]
+    m = twin_margins(base, edited, edits)
+    for k in EDIT_KINDS:
+        assert m[k]["pairs"] == sum(k in x for e in edits for x in e) > 0
+        assert m[k]["accuracy"] == 1.0 and m[k]["margin"] == (2.0 if k.startswith("absent") else 1.0)
+    # scores equal everywhere count one half
+    flat = twin_margins(base, {k: base for k in EDIT_KINDS}, edits)
+    assert all(v["accuracy"] == 0.5 and v["margin"] == 0.0 for v in flat.values())

@@ -137,6 +137,9 @@ class Recipe:
     """the on-policy reward-model audit before PPO (eval/rm_audit.py): this many describe prompts of the world's
     ppo_prompt train split (after the ones the on-policy pairs used), 8 samples each from the RL-init policy,
     judged exactly and scored by both reward models (the share of hallucination pairs each ranks right); 0: off"""
+    audit_edit_twins: bool = False
+    """the audit also scores each sample's edit twins (one object taken out or put in) and reports, per kind, how
+    often each reward model prefers the right one and by what margin (ours; off: not scored)"""
 
 
 # the co-occurrence habit world (docs/decisions.md 20, docs/results.md): a 4 x 4 grid of 16-pixel cells, one

@@ -226,7 +226,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
         out[report.AUDIT] = rm_audit.AuditConfig(
             reward_adapters=tuple(os.path.join(d, report.RM[k], "adapter") for k in ("facts", "nofacts")),
             prompts=cfg.audit_prompts, skip_prompts=cfg.rm_onpolicy_prompts, rm_seq_len=cfg.ppo_rm_seq_len,
-            out=os.path.join(d, report.AUDIT, report.AUDIT_FILE), **sample)
+            edit_twins=cfg.audit_edit_twins, out=os.path.join(d, report.AUDIT, report.AUDIT_FILE), **sample)
     for r, which in ((r, w) for r in range(cfg.ppo_repeats) for w in report.PPO):
         out[report.PPO[which] + report.repeat_suffix(r)] = dataclasses.replace(
             ppo_p, data=data, seed=seed + cfg.ppo_seed_offset + REPEAT_STRIDE * r, mesh=cfg.mesh, init=sft_hf,

@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import os
+import random
 
 import jax
 import numpy as np
@@ -36,7 +37,7 @@ from jaxlava.eval import shapes as shapes_eval
 from jaxlava.fileio import write_json
 from jaxlava.generate import generate
 from jaxlava.lora import make_lora
-from jaxlava.training import ppo_roles, rollout, run_ppo, runs
+from jaxlava.training import ppo_roles, rm_edits, rollout, run_ppo, runs
 
 
 @dataclasses.dataclass
@@ -61,6 +62,9 @@ class AuditConfig(SampleConfig):
     """Score the starting policy's sampled descriptions with reward models, against the exact judges."""
     reward_adapters: tuple[str, ...] = ()  # reward-model adapters (train/rm.py RUN_DIR/adapter), each audited
     rm_seq_len: int = 512
+    edit_twins: bool = False
+    """also score each sample's edit twins (one object taken out or put in, jaxlava/training/rm_edits.py) and
+    report per kind how often the reward model prefers the right one and by what margin (off: not scored)"""
     out: str | None = None  # write the numbers and every judged sample here (a JSON file)
 
 
@@ -294,11 +298,14 @@ def audit(cfg: AuditConfig) -> dict:
         if path not in models:
             models[path] = runs.build_model(runs.RunConfig(init=path), mesh)
         return models[path]
-    results, rows, partners = {}, None, shapes_eval.world_partners(cfg.data)
+    results, rows, partners, edits = {}, None, shapes_eval.world_partners(cfg.data), None
     with sharding.use_mesh(mesh):
         for path in cfg.reward_adapters:
             roles = ppo_roles.load_roles(_ppo_config(cfg, path), mesh, build)
             rows = rows or sample_describe(cfg, Sampler.of_roles(roles), mesh)
+            if cfg.edit_twins and edits is None:
+                vocab, rng = rm_edits.world_vocab(cfg.data), random.Random(cfg.seed)
+                edits = [rm_edits.row_edits(r, r["batch"]["host"]["facts"][r["row"]], vocab, rng) for r in rows]
             variants = {"own": False, **({"other": True} if roles.reward_facts else {})}
             res, score = {"facts": roles.reward_facts}, _scorer(roles)
             for name, other in variants.items():
@@ -309,6 +316,11 @@ def audit(cfg: AuditConfig) -> dict:
                 groups = [[(s, len(j.hallucinated), len(j.recalled)) for s, j in zip(ss, r["judged"])]
                           for ss, r in zip(scores, rows)]
                 res[name] = pair_accuracy(groups)
+                if edits is not None:
+                    edited = {k: score_rows(cfg, roles, [dict(r, texts=rm_edits.edited_texts(r, e, k))
+                                                         for r, e in zip(rows, edits)], other_facts=other,
+                                            label=f"edit twins {k}", score=score) for k in rm_edits.EDIT_KINDS}
+                    res.setdefault("edit_twins", {})[name] = rm_edits.twin_margins(scores, edited, edits)
                 if name == "own":
                     res["within_prompt_share"] = within_prompt_share(scores)
                     res["best_of"] = [b for k in sorted({min(4, cfg.samples), cfg.samples})
@@ -368,6 +380,14 @@ def table(summary: dict) -> str:
     if lapses:
         lines += ["", "the same per planted partner, other absent object, present object and category named twice: "
                   + "; ".join(lapses)]
+    facts = {"own": "its own facts", "other": "another prompt's facts"}
+    twins = [f"{p} ({facts[n] if r['facts'] else 'no facts'}): "
+             + ", ".join(f"{k.replace('_', ' ')} {pct(m['accuracy'])} {m['margin']:+.2f} ({m['pairs']})"
+                         for k, m in t.items() if m["pairs"])
+             for p, r in summary["reward_models"].items() for n, t in r.get("edit_twins", {}).items()]
+    if twins:
+        lines += ["", "edit twins (one object taken out or put in): the right one preferred, and the mean score of "
+                  "the right one minus the other's (pairs): " + "; ".join(twins)]
     return "\n".join(lines)
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
+
 from jaxlava.eval.shapes import judge, parse_mentions
 from jaxlava.shapes.edits import PLACES, Vocab, put_in, take_out
 from jaxlava.shapes.world import load_world_info
@@ -115,3 +117,40 @@ def edit_pairs(rows: list[dict], prompts: dict, vocab: Vocab, seed: int) -> tupl
     kept = [x for k in EDIT_KINDS for i, x in enumerate(made[k]) if i in keep[k]]
     rng.shuffle(kept)
     return kept, {"made": {k: len(v) for k, v in made.items()}, "kept": n}
+
+
+def row_edits(row: dict, facts: list[str], vocab: Vocab, rng: random.Random) -> list[dict[str, tuple[str, str]]]:
+    """Per sample of `row` (as `rm_audit.sample_describe` returns it, judged): its edit twins by kind, as
+    `sample_edits` makes them (every sample, repeats included, so the list lines up with the row's texts)."""
+    confusions = sorted({c for j in row["judged"] if j is not None for c in j.hallucinated if " " in c})
+    return [{} if j is None else sample_edits(t, j, facts, confusions, vocab, rng)
+            for t, j in zip(row["texts"], row["judged"])]
+
+
+def edited_texts(row: dict, edits: list[dict[str, tuple[str, str]]], kind: str) -> list[str]:
+    """The row's texts with each sample replaced by its edit of `kind` (kept where it has none)."""
+    out = []
+    for text, twins in zip(row["texts"], edits):
+        pair = twins.get(kind)
+        out.append(text if pair is None else pair[0] if EDIT_WINS[kind] else pair[1])
+    return out
+
+
+def twin_margins(scores: list[list[float]], edited: dict[str, list[list[float]]],
+                 edits: list[list[dict]]) -> dict[str, dict]:
+    """How a reward model ranks edit twins: `scores` per row and sample (the samples as written), `edited` per
+    kind the same with each sample replaced by its edit (`edited_texts`), `edits` per row `row_edits`. Per kind:
+    {"pairs", "accuracy" (the winner scored higher; a tie counts one half), "margin": the mean score of the winner
+    minus the loser's}. A kind's margin is what the model pays for a present object (present_out, present_in) or
+    charges for an absent one (absent_in, absent_out), measured on one object with every other word kept."""
+    out = {}
+    for kind in EDIT_KINDS:
+        diffs = []
+        for row_scores, row_edited, row_twins in zip(scores, edited[kind], edits):
+            for s, e, twins in zip(row_scores, row_edited, row_twins):
+                if kind in twins:
+                    diffs.append(e - s if EDIT_WINS[kind] else s - e)
+        d = np.asarray(diffs, np.float64)
+        out[kind] = {"pairs": len(diffs), "accuracy": float(np.mean((d > 0) + 0.5 * (d == 0))) if len(d) else None,
+                     "margin": float(d.mean()) if len(d) else None}
+    return out
