@@ -14,7 +14,9 @@ all of them with each reward model, and compares responses to the same prompt tw
 
 The within-prompt comparison is the one PPO's advantages make (one image, several responses). A reward model
 with facts is also scored with each prompt's facts swapped for another prompt's (the next one in the batch): if
-it reads the facts, that costs it accuracy. Shapes worlds only (the judges need each image's objects).
+it reads the facts, that costs it accuracy. With `edit_twins`, each sample's edit twins (itself with one object
+taken out or put in, `rm_edits`) are scored too: per kind, the share ranked right and the mean margin, the price
+of one object with every other word kept. Shapes worlds only (the judges need each image's objects).
 """
 from __future__ import annotations
 
