@@ -89,6 +89,11 @@ def sample_edits(text: str, j, facts: list[str], confusions: list[str], vocab: V
     return out
 
 
+def _confusions(row: dict) -> list[str]:
+    """The absent categories that any sample of `row` names: the policy's own confusions on that image."""
+    return sorted({c for j in row["judged"] if j is not None for c in j.hallucinated if " " in c})
+
+
 def edit_pairs(rows: list[dict], prompts: dict, vocab: Vocab, seed: int) -> tuple[list[tuple[dict, str]], dict]:
     """Edit twins of every distinct sample of `rows` (as `rm_audit.sample_describe` returns them, judged), as
     (preference record, kind), the same number of each kind (chosen at random, seeded), and the counts
@@ -99,7 +104,7 @@ def edit_pairs(rows: list[dict], prompts: dict, vocab: Vocab, seed: int) -> tupl
     for r in rows:
         p = prompts[r["id"]]
         human = [t for t in p["conversations"] if t["from"] == "human"][:1]
-        confusions = sorted({c for j in r["judged"] for c in j.hallucinated if " " in c})
+        confusions = _confusions(r)
         seen = set()
         for s, (text, j) in enumerate(zip(r["texts"], r["judged"])):
             if j is None or text in seen:
@@ -122,7 +127,7 @@ def edit_pairs(rows: list[dict], prompts: dict, vocab: Vocab, seed: int) -> tupl
 def row_edits(row: dict, facts: list[str], vocab: Vocab, rng: random.Random) -> list[dict[str, tuple[str, str]]]:
     """Per sample of `row` (as `rm_audit.sample_describe` returns it, judged): its edit twins by kind, as
     `sample_edits` makes them (every sample, repeats included, so the list lines up with the row's texts)."""
-    confusions = sorted({c for j in row["judged"] if j is not None for c in j.hallucinated if " " in c})
+    confusions = _confusions(row)
     return [{} if j is None else sample_edits(t, j, facts, confusions, vocab, rng)
             for t, j in zip(row["texts"], row["judged"])]
 
