@@ -23,6 +23,13 @@ class Recipe:
     ground_steps: int = 0
     """steps of the grounding stage before SFT (checklist questions, the world's `n-ground` conversations; SFT then
     starts from its model, decisions 24); 0: none, SFT starts from scratch"""
+    ground_bar: float = 0.0
+    """held-out loss the grounding stage should end at or under before SFT starts: while its last phase ends above
+    it, the next --ground-more phase trains on from that phase's model (ours; 0: no bar; decisions 71)"""
+    ground_more: tuple[str, ...] = ()
+    """further grounding phases as STEPS:LR items, each a cosine schedule of its own with data order seed S + its
+    number, run only while the last phase ended above --ground-bar: a seed slow to leave the stage's plateaus trains
+    on, one that converged does not (`2500:1e-3`)"""
     sft_steps: int = 400
     sft_batch_size: int = 16
     sft_lr: float = 2e-3
@@ -262,6 +269,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
         raise SystemExit(f"--rm-onpolicy-recall-extra must be at least 0 (got {cfg.rm_onpolicy_recall_extra})")
     if cfg.rm_onpolicy_edits_only and not cfg.rm_onpolicy_edits:
         raise SystemExit("--rm-onpolicy-edits-only needs --rm-onpolicy-edits")
+    if cfg.ground_more and not (cfg.ground_steps and cfg.ground_bar > 0):
+        raise SystemExit("--ground-more needs a grounding stage (--ground-steps) and a --ground-bar above 0")
     if cfg.rm_base and cfg.rm_read_steps:
         raise SystemExit("--rm-base and --rm-read-steps both give the reward models their base: choose one")
     return cfg

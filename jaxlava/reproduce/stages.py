@@ -31,11 +31,13 @@ REPEAT_STRIDE = 100  # PPO repeat r of seed S runs with seed S + --ppo-seed-offs
 REPEATED = ("ppo_facts", "ppo_nofacts", "judge_rlhf_nofacts", "judge_fact_rlhf")  # the stages a PPO repeat reruns
 
 
-def stage_names(repeats: int = 1, sft_more: int = 0, ensemble: int = 1) -> list[str]:
-    """Every stage of a seed in order: STAGES with the further SFT phases after SFT and the further reward models
-    of each kind after the first ones, then each further PPO repeat's runs and judges."""
+def stage_names(repeats: int = 1, sft_more: int = 0, ensemble: int = 1, ground_more: int = 0) -> list[str]:
+    """Every stage of a seed in order: STAGES with the further grounding phases after the grounding stage, the
+    further SFT phases after SFT and the further reward models of each kind after the first ones, then each further
+    PPO repeat's runs and judges."""
     at, rm_at = STAGES.index(report.SFT) + 1, STAGES.index(report.RM["nofacts"]) + 1
-    return [*STAGES[:at], *(sft_phase(i) for i in range(1, sft_more + 1)), *STAGES[at:rm_at],
+    return [GROUND, *(ground_phase(i) for i in range(1, ground_more + 1)), *STAGES[1:at],
+            *(sft_phase(i) for i in range(1, sft_more + 1)), *STAGES[at:rm_at],
             *(member(f, k) for k in range(1, ensemble) for f in report.RM.values()), *STAGES[rm_at:],
             *(f"{n}{report.repeat_suffix(r)}" for r in range(1, repeats) for n in REPEATED)]
 
@@ -58,17 +60,31 @@ def sft_phase(i: int) -> str:
     return f"{SFT_MORE}{i}"
 
 
+def names_of(cfg) -> list[str]:
+    """Every stage a seed of `cfg` may run, in order (a grounding phase that is not needed is skipped)."""
+    return stage_names(cfg.ppo_repeats, len(cfg.sft_more), cfg.rm_ensemble, len(cfg.ground_more))
+
+
 def sft_more_phases(cfg) -> list[tuple[int, float]]:
     """--sft-more's items STEPS:LR as (steps, lr); an item that is not two positive numbers is an error."""
+    return _phases(cfg.sft_more, "--sft-more")
+
+
+def ground_more_phases(cfg) -> list[tuple[int, float]]:
+    """--ground-more's items STEPS:LR as (steps, lr)."""
+    return _phases(cfg.ground_more, "--ground-more")
+
+
+def _phases(items, flag: str) -> list[tuple[int, float]]:
     out = []
-    for item in cfg.sft_more:
+    for item in items:
         try:
             steps, lr = item.split(":")
             phase = (int(steps), float(lr))
         except ValueError:
             phase = (0, 0.0)
         if phase[0] < 1 or not phase[1] > 0:
-            raise SystemExit(f"--sft-more expects STEPS:LR items with positive numbers, e.g. 1500:1e-3; got {item!r}")
+            raise SystemExit(f"{flag} expects STEPS:LR items with positive numbers, e.g. 1500:1e-3; got {item!r}")
         out.append(phase)
     return out
 
@@ -85,6 +101,32 @@ class StageMismatch(RuntimeError):
 
 
 GROUND = "ground"  # OUT/seed<S>/ground: the grounding stage's run
+GROUND_MORE = "ground_more"  # OUT/seed<S>/ground_more<i>: grounding phase i + 1 (--ground-more, --ground-bar)
+
+
+def ground_phase(i: int) -> str:
+    """The stage of grounding phase i + 1 (phase 0: the grounding stage itself)."""
+    return f"{GROUND_MORE}{i}" if i else GROUND
+
+
+def ground_phases_needed(cfg, seed: int) -> int:
+    """How many --ground-more phases seed `seed` runs, as far as its finished grounding phases tell: phase i runs
+    when phase i - 1 finished with a held-out loss above --ground-bar (one not finished yet needs no next phase)."""
+    n, d = 0, report.seed_dir(cfg.out, seed)
+    while n < len(cfg.ground_more) and cfg.ground_bar > 0:
+        marker = os.path.join(d, ground_phase(n), report.MARKER)
+        if not os.path.exists(marker):
+            break
+        with open(marker) as f:
+            loss = json.load(f)["result"].get("eval_loss")
+        if loss is None:
+            raise SystemExit(f"{marker} records no held-out loss, which --ground-bar compares; rerun that stage")
+        if loss <= cfg.ground_bar:
+            break
+        n += 1
+    return n
+
+
 READ = "rm_read"  # OUT/seed<S>/rm_read: the reward models' reading stage (their base)
 
 
@@ -178,13 +220,18 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
     sft_optim = dataclasses.replace(sft_p.optim, lr=cfg.sft_lr)
     out = {}
     if cfg.ground_steps:  # the grounding stage: checklist conversations first, then SFT starts from its model
-        out["ground"] = dataclasses.replace(sft_p, out=os.path.join(d, GROUND), split=GROUND_SPLITS[0],
-                                            steps=cfg.ground_steps, batch_size=cfg.sft_batch_size, optim=sft_optim,
-                                            **common)
+        out[GROUND] = dataclasses.replace(sft_p, out=os.path.join(d, GROUND), split=GROUND_SPLITS[0],
+                                          steps=cfg.ground_steps, batch_size=cfg.sft_batch_size, optim=sft_optim,
+                                          **common)
+        for i, (steps, lr) in enumerate(ground_more_phases(cfg), 1):  # each from the last phase's model
+            out[ground_phase(i)] = dataclasses.replace(
+                out[GROUND], out=os.path.join(d, ground_phase(i)), steps=steps, seed=seed + i,
+                optim=dataclasses.replace(sft_optim, lr=lr), init=os.path.join(d, ground_phase(i - 1), "hf"))
+    ground_hf = os.path.join(d, ground_phase(ground_phases_needed(cfg, seed)), "hf")  # the last phase that runs
     out |= {
         "sft": dataclasses.replace(sft_p, out=os.path.join(d, report.SFT), steps=cfg.sft_steps,
                                    batch_size=cfg.sft_batch_size, optim=sft_optim,
-                                   init=os.path.join(d, GROUND, "hf") if cfg.ground_steps else None, **common),
+                                   init=ground_hf if cfg.ground_steps else None, **common),
     }
     for i, (steps, lr) in enumerate(phases, 1):  # each a schedule of its own, from the last phase's model
         out[sft_phase(i)] = dataclasses.replace(
@@ -256,6 +303,9 @@ def _what(name: str, c) -> str:
         return f"on-policy audit of both reward models, {c.prompts} describe prompts x {c.samples} samples"
     if name == report.PAIRS:
         return f"on-policy preference pairs, {c.prompts} describe prompts x {c.samples} samples, judged exactly"
+    if name.startswith(GROUND_MORE):
+        return (f"grounding phase {int(name[len(GROUND_MORE):]) + 1} (the last one ended above --ground-bar), "
+                f"{c.steps} steps")
     if name.startswith(SFT_MORE):
         return f"SFT phase {int(name[len(SFT_MORE):]) + 1} (from the last phase's model), {c.steps} steps"
     kind = {"ground": "grounding stage (checklist SFT)", "sft": "SFT",
@@ -274,7 +324,7 @@ def _run_fn(name: str, c):
         return lambda: rm_audit.audit(c)
     if name == report.PAIRS:
         return lambda: {k: v for k, v in rm_pairs.make_pairs(c).items() if k not in ("responses", "config")}
-    sft_like = name in ("ground", "sft", "rlinit", READ) or name.startswith(SFT_MORE)
+    sft_like = name in ("ground", "sft", "rlinit", READ) or name.startswith((SFT_MORE, GROUND_MORE))
     train = run_sft.run if sft_like else run_rm.run if name.startswith("rm_") else run_ppo.run
     return lambda: train(c)
 
@@ -288,11 +338,14 @@ def _judge(c) -> dict:
 
 def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
-    configs = stage_configs(cfg, seed)
-    names = [n for n in stage_names(cfg.ppo_repeats, len(cfg.sft_more), cfg.rm_ensemble) if n in configs]
+    names = [n for n in names_of(cfg) if n in stage_configs(cfg, seed)]
     seconds = {}
     for i, name in enumerate(names, 1):
-        c = configs[name]
+        if name.startswith(GROUND_MORE) and int(name[len(GROUND_MORE):]) > ground_phases_needed(cfg, seed):
+            print(f"[seed {seed}, {i}/{len(names)}] {name}: not needed (the last grounding phase's held-out loss is "
+                  f"at or under --ground-bar {cfg.ground_bar})", flush=True)
+            continue
+        c = stage_configs(cfg, seed)[name]  # anew: SFT starts from the last grounding phase that ran
         settings = stage_settings(cfg, name, c)
         folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
         rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
@@ -304,14 +357,15 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
 def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
     """What stage `name` (config `c`) records and a cached one must match: its config's settings, and what the
     paths among them (operational) do not say about the stages it was made from."""
-    # SFT's start (`init`, an operational path) is the grounding stage's model when there is one ...
+    # SFT's start (`init`, an operational path) is the grounding stage's model when there is one, and the further
+    # grounding phases that ran, if any (a grounding phase records the ones before it) ...
     # ... and the reward models' extra pairs (`extra_data`, a path) are the pairs stage's when it has one
     # ... and every stage that trains or uses a reward model records the extra copies of its recall pairs, if any,
     # and the edit twins among its pairs, if any
     # ... and every stage that uses a reward model records where its base came from, where not the SFT model
     # ... and every stage made from the SFT model records the further SFT phases it came through
     # ... and every PPO run and its judges record how many reward models of each kind scored the run
-    return settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | (
+    return settings_of(c) | ({"ground_steps": cfg.ground_steps} if name == "sft" else {}) | _grounding(cfg, name, c) | (
         {"onpolicy_prompts": cfg.rm_onpolicy_prompts} if is_rm(name) and c.extra_data else {}) | (
         {"onpolicy_recall_extra": cfg.rm_onpolicy_recall_extra}
         if cfg.rm_onpolicy_prompts and cfg.rm_onpolicy_recall_extra and _uses_rm(name) else {}) | (
@@ -323,6 +377,15 @@ def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
         {"sft_more": list(cfg.sft_more)} if cfg.sft_more and _after_sft(name) else {})
 
 
+def _grounding(cfg: ReproduceConfig, name: str, c) -> dict:
+    """The further grounding phases before stage `name`: recorded by SFT where any ran, and by each such phase."""
+    if name.startswith(GROUND_MORE):
+        i = int(name[len(GROUND_MORE):])
+        return {"ground_steps": cfg.ground_steps, "ground_more": list(cfg.ground_more[:i - 1])}
+    n = ground_phases_needed(cfg, c.seed) if name == report.SFT else 0  # SFT's config carries the seed's own seed
+    return {"ground_more": list(cfg.ground_more[:n]), "ground_bar": cfg.ground_bar} if n else {}
+
+
 def given_rm_base(cfg: ReproduceConfig, seed: int) -> str:
     """The reward models' base that --rm-base names for `seed` ('' when none)."""
     return cfg.rm_base.replace("{seed}", str(seed))
@@ -330,7 +393,7 @@ def given_rm_base(cfg: ReproduceConfig, seed: int) -> str:
 
 def _after_sft(name: str) -> bool:
     """Whether stage `name` is made from the (last phase's) SFT model: every stage after the SFT phases."""
-    return name not in ("ground", report.SFT) and not name.startswith(SFT_MORE)
+    return name not in (GROUND, report.SFT) and not name.startswith((SFT_MORE, GROUND_MORE))
 
 
 def _scored_by_rm(name: str) -> bool:
@@ -353,7 +416,7 @@ def use_compile_cache(cfg: ReproduceConfig) -> None:
 def run(cfg: ReproduceConfig) -> dict:
     """The whole reproduction; returns results.json's content (also written after each finished seed)."""
     t0 = time.perf_counter()
-    sft_more_phases(cfg)  # a malformed --sft-more stops the command before it writes anything
+    sft_more_phases(cfg), ground_more_phases(cfg)  # a malformed --sft-more stops the command before it writes
     for base in (given_rm_base(cfg, s) for s in cfg.seeds if cfg.rm_base):
         if not os.path.isfile(os.path.join(base, "config.json")):
             raise SystemExit(f"--rm-base {cfg.rm_base}: {base} is not an HF LLaVA folder (no config.json)")
@@ -374,7 +437,7 @@ def run(cfg: ReproduceConfig) -> dict:
                    "all_stages": world_seconds + sum(sum(s.values()) for s in stages.values()),
                    "this_command": round(time.perf_counter() - t0, 2)}
         results = report.write_report(cfg.out, [int(s) for s in stages], cfg.recipe,
-                                      stage_names(cfg.ppo_repeats, len(cfg.sft_more), cfg.rm_ensemble), seconds,
+                                      names_of(cfg), seconds,
                                       repeats=cfg.ppo_repeats)
     table = os.path.join(cfg.out, report.TABLE)
     with open(table) as f:

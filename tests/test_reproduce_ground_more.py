@@ -1,0 +1,97 @@
+"""`train/reproduce.py --ground-bar LOSS --ground-more STEPS:LR ...`: further grounding phases that run only while
+the last one ended with a held-out loss above the bar, SFT from the last phase that ran, and records that leave a
+seed that needed no phase exactly as it was without the flags (so its cached stages stay valid)."""
+import json
+import os
+
+import pytest
+
+from jaxlava.reproduce import stages
+from jaxlava.reproduce.recipe import parse_config
+from jaxlava.reproduce.stages import changed_settings, stage_configs, stage_names, stage_settings
+
+FLAGS = ["--ground-bar", "0.01", "--ground-more", "2500:1e-3", "1000:5e-4"]
+
+
+def _finish(out, seed: int, stage: str, eval_loss: float | None) -> None:
+    folder = os.path.join(out, f"seed{seed}", stage)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "stage.json"), "w") as f:
+        json.dump({"seconds": 1.0, "settings": {}, "result": {"eval_loss": eval_loss}}, f)
+
+
+def test_phases_chain_and_sft_starts_from_the_last_one_the_losses_asked_for(tmp_path):
+    out = str(tmp_path)
+    cfg = parse_config(["--recipe", "reading", "--out", out, *FLAGS])
+    c = stage_configs(cfg, 1)
+    names = stages.names_of(cfg)
+    assert names == stage_names(3, 2, 1, 2)
+    assert names[:4] == ["ground", "ground_more1", "ground_more2", "sft"] and set(names) == set(c)
+    g, p1, p2 = c["ground"], c["ground_more1"], c["ground_more2"]
+    assert (p1.steps, p1.optim.lr, p1.seed, p1.init) == (2500, 1e-3, 2, os.path.join(out, "seed1/ground/hf"))
+    assert (p2.steps, p2.optim.lr, p2.seed, p2.init) == (1000, 5e-4, 3, os.path.join(out, "seed1/ground_more1/hf"))
+    assert p1.split == p2.split == g.split == "ground" and p1.optim.schedule == g.optim.schedule == "cosine"
+    assert p1.batch_size == g.batch_size and p1.eval_every == g.eval_every
+    sft_init = lambda: stage_configs(cfg, 1)["sft"].init  # noqa: E731
+    assert sft_init() == g.out + "/hf"  # nothing finished yet
+    _finish(out, 1, "ground", 0.0100)  # at the bar: no phase
+    assert stages.ground_phases_needed(cfg, 1) == 0 and sft_init() == g.out + "/hf"
+    _finish(out, 1, "ground", 0.0748)
+    assert stages.ground_phases_needed(cfg, 1) == 1 and sft_init() == p1.out + "/hf"
+    _finish(out, 1, "ground_more1", 0.02)
+    assert stages.ground_phases_needed(cfg, 1) == 2 and sft_init() == p2.out + "/hf"
+    _finish(out, 1, "ground_more2", 0.015)  # still above after the last phase: SFT starts from it all the same
+    assert stages.ground_phases_needed(cfg, 1) == 2 and sft_init() == p2.out + "/hf"
+    assert stages.ground_phases_needed(cfg, 0) == 0, "each seed reads its own phases"
+    _finish(out, 3, "ground", None)
+    with pytest.raises(SystemExit, match="records no held-out loss"):
+        stages.ground_phases_needed(cfg, 3)
+
+
+def test_only_a_seed_that_ran_a_phase_records_it(tmp_path):
+    out = str(tmp_path)
+    cfg, plain = parse_config(["--recipe", "reading", "--out", out, *FLAGS]), parse_config(["--out", out])
+    settings = lambda cfg, name: stage_settings(cfg, name, stage_configs(cfg, 0)[name])  # noqa: E731
+    _finish(out, 0, "ground", 0.0018)
+    for name in ("ground", "sft", "rlinit", "rm_facts", "ppo_facts"):
+        assert settings(cfg, name) == settings(plain, name), name
+    _finish(out, 0, "ground", 0.0748)
+    assert changed_settings(settings(plain, "sft"), settings(cfg, "sft")) == ["ground_more", "ground_bar"]
+    assert settings(cfg, "sft")["ground_more"] == ["2500:1e-3"]
+    assert settings(cfg, "ground_more2")["ground_more"] == ["2500:1e-3"]  # the phases before it
+    other = parse_config(["--recipe", "reading", "--out", out, "--ground-bar", "0.01", "--ground-more", "2000:1e-3"])
+    assert changed_settings(settings(cfg, "ground_more1"), settings(other, "ground_more1")) == ["steps"]
+
+
+def test_the_seed_runs_the_phases_its_losses_ask_for_and_skips_the_rest(tmp_path, monkeypatch, capsys):
+    """run_seed with fake trainers: the grounding stage ends above the bar, its first further phase under it."""
+    out = str(tmp_path)
+    cfg = parse_config(["--recipe", "tiny", "--out", out, *FLAGS])
+    losses, ran = {"ground": 0.05, "ground_more1": 0.004}, []
+
+    class Stop(Exception):
+        pass
+
+    def fake(name, c):
+        def fn():
+            ran.append((name, c.init if name in ("ground_more1", "sft") else None))
+            if name == "sft":
+                raise Stop
+            return {"eval_loss": losses[name]}
+        return fn
+    monkeypatch.setattr(stages, "_run_fn", fake)
+    with pytest.raises(Stop):
+        stages.run_seed(cfg, 0)
+    assert ran == [("ground", None), ("ground_more1", os.path.join(out, "seed0/ground/hf")),
+                   ("sft", os.path.join(out, "seed0/ground_more1/hf"))]
+    assert "ground_more2: not needed" in capsys.readouterr().out
+
+
+def test_phases_need_a_bar_and_well_formed_items(tmp_path):
+    with pytest.raises(SystemExit, match="--ground-more needs a grounding stage"):
+        parse_config(["--ground-more", "2500:1e-3"])
+    with pytest.raises(SystemExit, match="--ground-more needs a grounding stage"):
+        parse_config(["--recipe", "plain", "--ground-bar", "0.01", "--ground-more", "2500:1e-3"])
+    with pytest.raises(SystemExit, match="--ground-more expects STEPS:LR items .* got '2500'"):
+        stages.run(parse_config(["--out", str(tmp_path / "out"), "--ground-bar", "0.01", "--ground-more", "2500"]))
+    assert not (tmp_path / "out").exists()
