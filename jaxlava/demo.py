@@ -57,6 +57,9 @@ def fewer_steps_note(cfg) -> str:
             ("RL-init", "rlinit_steps"), ("reading stage", "rm_read_steps"), ("reward models", "rm_steps"),
             ("PPO", "ppo_steps"), ("PPO runs per reward model", "ppo_repeats"))
            if getattr(cfg, f) < getattr(ref, f)]
+    if len(cfg.ground_more) < len(ref.ground_more):
+        cut.append(f"further grounding phases {len(cfg.ground_more)} (reproduction: up to {len(ref.ground_more)}, "
+                   f"while the held-out loss is above {ref.ground_bar})")
     if len(cfg.sft_more) < len(ref.sft_more):
         cut.append(f"further SFT phases {len(cfg.sft_more)} (reproduction: {len(ref.sft_more)})")
     if not cut:

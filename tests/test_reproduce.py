@@ -116,6 +116,7 @@ def test_demo_says_which_steps_it_cut():
     note = fewer_steps_note(parse_config(["--recipe", "demo"]))
     assert f"SFT {RECIPES['demo'].sft_steps} (reproduction: {RECIPES['reading'].sft_steps})" in note
     assert "reading stage" in note and "further SFT phases 0 (reproduction: 2)" in note and "PPO" in note
+    assert "further grounding phases 0 (reproduction: up to 2, while the held-out loss is above 0.01)" in note
     assert f"first {RECIPES['demo'].rm_eval_pairs} test pairs" in note
     assert fewer_steps_note(parse_config(["--recipe", "reading"])) == ""
     assert "reading stage 0 (reproduction: 3000)" in fewer_steps_note(parse_config(["--recipe", "full"]))
@@ -349,6 +350,9 @@ def test_world_flags_and_recipes():
     assert c["sft"].steps == reading.sft_steps and c["ppo_facts"].prompt_group == c["ppo_nofacts"].prompt_group == 4
     # SFT in three phases, then 5 PPO steps run three times per reward model (run rdo5's settings, decisions 61)
     assert [c[s].steps for s in ("sft", "sft_more1", "sft_more2")] == [2000, 1500, 1500]
+    # the grounding stage trains on while its held-out loss ends above 0.01 (decisions 71); the demo never does
+    assert (reading.ground_bar, c["ground_more2"].steps, c["ground_more2"].optim.lr) == (0.01, 2500, 5e-4)
+    assert (demo.ground_bar, demo.ground_more) == (0.0, ())
     assert reading.ppo_repeats == 3 and {"ppo_facts_r2", "ppo_nofacts_r2"} <= set(c) and c["ppo_facts"].steps == 5
     flags = world_flags(RECIPES["full"].world)
     assert flags[flags.index("--noise-kind") + 1] == "partner" and len(flags[flags.index("--cooccur-pairs") + 1:

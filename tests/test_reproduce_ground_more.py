@@ -1,6 +1,7 @@
 """`train/reproduce.py --ground-bar LOSS --ground-more STEPS:LR ...`: further grounding phases that run only while
 the last one ended with a held-out loss above the bar, SFT from the last phase that ran, and records that leave a
 seed that needed no phase exactly as it was without the flags (so its cached stages stay valid)."""
+import dataclasses
 import json
 import os
 
@@ -50,7 +51,8 @@ def test_phases_chain_and_sft_starts_from_the_last_one_the_losses_asked_for(tmp_
 
 def test_only_a_seed_that_ran_a_phase_records_it(tmp_path):
     out = str(tmp_path)
-    cfg, plain = parse_config(["--recipe", "reading", "--out", out, *FLAGS]), parse_config(["--out", out])
+    cfg = parse_config(["--recipe", "reading", "--out", out, *FLAGS])
+    plain = dataclasses.replace(cfg, ground_bar=0.0, ground_more=())  # the reading recipe before decisions 71
     settings = lambda cfg, name: stage_settings(cfg, name, stage_configs(cfg, 0)[name])  # noqa: E731
     _finish(out, 0, "ground", 0.0018)
     for name in ("ground", "sft", "rlinit", "rm_facts", "ppo_facts"):
@@ -88,10 +90,12 @@ def test_the_seed_runs_the_phases_its_losses_ask_for_and_skips_the_rest(tmp_path
 
 
 def test_phases_need_a_bar_and_well_formed_items(tmp_path):
-    with pytest.raises(SystemExit, match="--ground-more needs a grounding stage"):
-        parse_config(["--ground-more", "2500:1e-3"])
-    with pytest.raises(SystemExit, match="--ground-more needs a grounding stage"):
-        parse_config(["--recipe", "plain", "--ground-bar", "0.01", "--ground-more", "2500:1e-3"])
+    with pytest.raises(SystemExit, match="--ground-more needs a --ground-bar above 0"):
+        parse_config(["--recipe", "full", "--ground-more", "2500:1e-3"])
+    with pytest.raises(SystemExit, match="--ground-more needs a --ground-bar above 0"):
+        parse_config(["--ground-bar", "0"])  # the default recipe has phases
+    c = stage_configs(parse_config(["--ground-steps", "0", "--out", "o"]), 1)  # no grounding stage: no phases
+    assert not any(n.startswith("ground") for n in c) and c["sft"].init is None
     with pytest.raises(SystemExit, match="--ground-more expects STEPS:LR items .* got '2500'"):
         stages.run(parse_config(["--out", str(tmp_path / "out"), "--ground-bar", "0.01", "--ground-more", "2500"]))
     assert not (tmp_path / "out").exists()

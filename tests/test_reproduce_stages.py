@@ -38,11 +38,11 @@ def test_rm_ensemble_trains_more_reward_models_and_ppo_scores_with_their_mean(tm
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import stage_configs, stage_names, stage_settings
     cfg = parse_config(["--recipe", "reading", "--out", str(tmp_path), "--rm-ensemble", "2"])
-    c, names = stage_configs(cfg, 4), stage_names(1, 2, 2)
+    c, names = stage_configs(cfg, 4), stage_names(1, 2, 2, 2)
     at = names.index("rm_nofacts") + 1
     assert names[at:at + 2] == ["rm_facts_e1", "rm_nofacts_e1"]
     assert names[at + 2:] == list(STAGES[STAGES.index("rm_nofacts") + 1:])
-    assert set(c) == set(stage_names(3, 2, 2)), "every stage has its config, and no other"
+    assert set(c) == set(stage_names(3, 2, 2, 2)), "every stage has its config, and no other"
     for which in ("facts", "nofacts"):
         first, extra = c[f"rm_{which}"], c[f"rm_{which}_e1"]
         assert (first.seed, extra.seed) == (4, 5) and extra.out == str(tmp_path / "seed4" / f"rm_{which}_e1")

@@ -5,7 +5,9 @@ One shapes world is built in OUT/world (flags: --world flag=value ..., the data/
 seed (--seeds, default 0 1 2), in OUT/seed<S>/:
   ground/       the grounding stage (train/sft.py --split ground: the world's checklist conversations; stage 0 of
                 the vision tower once per world), when the recipe has --ground-steps
-  sft/          SFT of the shapes model (train/sft.py), from the grounding stage's model when there is one
+  ground_more<i>/  grounding phase i + 1 (--ground-more STEPS:LR ...), from phase i's model, only when phase i
+                ended with a held-out loss above --ground-bar (a seed slow to leave the stage's plateaus)
+  sft/          SFT of the shapes model (train/sft.py), from the last grounding phase's model when there is one
   rlinit/       RL-init: a LoRA adapter trained by SFT on the frozen SFT model (train/sft.py --lora)
   rm_pairs/     preference pairs from the RL-init policy's own sampled descriptions, judged exactly
                 (data/onpolicy_pairs.py), which both reward models add to the world's; with --rm-onpolicy-prompts
@@ -42,7 +44,8 @@ relative; its CHAIR-i is below the no-facts RLHF's.
 --recipe picks the world and the stage steps and key hyper-parameters; each value is a flag of its own:
   reading  the default: the co-occurrence habit world with the habit in 90 % of the SFT descriptions, omission
          and addition twins as preference pairs, one tokenizer id per object, a grounding stage of checklist
-         questions, checklist questions in 15 % of the SFT mix, SFT in three phases (2000 + 1500 + 1500 steps),
+         questions (trained on, 2500 steps at a time, while its held-out loss ends above 0.01), checklist
+         questions in 15 % of the SFT mix, SFT in three phases (2000 + 1500 + 1500 steps),
          on-policy pairs, both reward models on a base trained 3000 steps to check descriptions against the
          facts and list what they leave out, PPO with a per-prompt baseline over 128 rollouts a step, 5 steps,
          three PPO runs per reward model (docs/results.md): about 2.7 hours per seed on 2 cores

@@ -29,7 +29,7 @@ class Recipe:
     ground_more: tuple[str, ...] = ()
     """further grounding phases as STEPS:LR items, each a cosine schedule of its own with data order seed S + its
     number, run only while the last phase ended above --ground-bar: a seed slow to leave the stage's plateaus trains
-    on, one that converged does not (`2500:1e-3`)"""
+    on, one that converged does not (`2500:1e-3`; none without a grounding stage)"""
     sft_steps: int = 400
     sft_batch_size: int = 16
     sft_lr: float = 2e-3
@@ -190,8 +190,12 @@ READING_WORLD = tuple(_READING_SWAPS.get(f, f) for f in TWINS_WORLD) + (
 # own samples, and PPO with a per-prompt baseline over 128 rollouts a step, 5 steps, three PPO runs per reward
 # model and seed (the settings of run rdo5, chosen on seed 1: decisions 61); about 2.7 hours a seed on 2 cores.
 # The default since decisions 67: its SFT models meet the issue's SFT bar on three seeds, the full recipe's did
-# not on seed 0, and it comes closer to the three checks on every seed measured
-READING = Recipe(world=READING_WORLD, ground_steps=2500, sft_steps=2000, sft_more=("1500:1e-3", "1500:5e-4"),
+# not on seed 0, and it comes closer to the three checks on every seed measured. Since decisions 71 the grounding
+# stage trains on, one phase of 2500 steps at a time (at most two), while its held-out loss ends above 0.01: seed 1
+# left the stage's plateaus late (0.075 after 2500 steps) and its SFT model missed the SFT bar; seed 0 (0.0018) runs
+# no phase and keeps its stages
+READING = Recipe(world=READING_WORLD, ground_steps=2500, ground_bar=0.01, ground_more=("2500:1e-3", "2500:5e-4"),
+                 sft_steps=2000, sft_more=("1500:1e-3", "1500:5e-4"),
                  rm_read_steps=3000, rm_steps=1200,
                  rm_schedule="cosine", rm_epochs=4.0, rm_image_dropout=0.5, rm_nofacts_image_dropout=0.0,
                  rm_image_pool=8, rm_facts_first=True, rm_onpolicy_prompts=256, rm_onpolicy_repeats=True,
@@ -206,7 +210,8 @@ RECIPES: dict[str, Recipe] = {
     # phase, a short reading stage, PPO once per reward model; 10.1 minutes on 2026-12-06's machine, about 18 by
     # grounding speed on the slowest one measured (decisions 43, 67). Far too few for this world: the numbers
     # show the pipeline, not the claim (README)
-    "demo": dataclasses.replace(READING, vision_pretrain_steps=600, ground_steps=200, sft_steps=200, sft_more=(),
+    "demo": dataclasses.replace(READING, vision_pretrain_steps=600, ground_steps=200, ground_bar=0.0,
+                                ground_more=(), sft_steps=200, sft_more=(),
                                 rm_read_steps=40, rlinit_steps=30, rm_steps=40, rm_eval_pairs=200,
                                 rm_onpolicy_prompts=32, ppo_steps=3, ppo_repeats=1, ppo_rollout_batch_size=64,
                                 ppo_eval_every=3, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64,
@@ -269,8 +274,8 @@ def parse_config(argv: list[str], description: str | None = None) -> ReproduceCo
         raise SystemExit(f"--rm-onpolicy-recall-extra must be at least 0 (got {cfg.rm_onpolicy_recall_extra})")
     if cfg.rm_onpolicy_edits_only and not cfg.rm_onpolicy_edits:
         raise SystemExit("--rm-onpolicy-edits-only needs --rm-onpolicy-edits")
-    if cfg.ground_more and not (cfg.ground_steps and cfg.ground_bar > 0):
-        raise SystemExit("--ground-more needs a grounding stage (--ground-steps) and a --ground-bar above 0")
+    if cfg.ground_more and not cfg.ground_bar > 0:
+        raise SystemExit("--ground-more needs a --ground-bar above 0 (the loss a phase must be above to run)")
     if cfg.rm_base and cfg.rm_read_steps:
         raise SystemExit("--rm-base and --rm-read-steps both give the reward models their base: choose one")
     return cfg
