@@ -99,3 +99,22 @@ def test_phases_need_a_bar_and_well_formed_items(tmp_path):
     with pytest.raises(SystemExit, match="--ground-more expects STEPS:LR items .* got '2500'"):
         stages.run(parse_config(["--out", str(tmp_path / "out"), "--ground-bar", "0.01", "--ground-more", "2500"]))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_report_puts_each_seed_sft_model_against_the_bar_with_its_grounding_losses(tmp_path):
+    from jaxlava.reproduce.report import _sft_bar_section, sft_bar
+    out = str(tmp_path)
+    _finish(out, 1, "ground", 0.0748)
+    _finish(out, 1, "ground_more1", 0.0098)
+    _finish(out, 1, "ground_more2", 0.001)  # every finished phase is listed, in order
+    good = sft_bar(os.path.join(out, "seed1"), {"pope_random_accuracy": 0.932, "recall": 0.753, "chair_i": 0.17})
+    assert good == {"ground_losses": [0.0748, 0.0098, 0.001], "pope_random_accuracy": 0.932, "recall": 0.753,
+                    "meets": True}
+    low = sft_bar(os.path.join(out, "seed0"), {"pope_random_accuracy": 0.74, "recall": 0.779})
+    assert low["ground_losses"] == [] and not low["meets"]
+    assert not sft_bar(out, {"pope_random_accuracy": None, "recall": 0.9})["meets"]
+    text = "\n".join(_sft_bar_section({"sft_bar": {"1": good, "0": low}}))
+    assert "POPE random accuracy ≥ 75 %, recall ≥ 70 %" in text
+    assert "| 1 | 0.0748 → 0.0098 → 0.0010 | 93.2 | 75.3 | meets it |" in text
+    assert "| 0 | no grounding stage | 74.0 | 77.9 | **misses it** |" in text
+    assert _sft_bar_section({}) == []

@@ -25,6 +25,9 @@ AUDIT, AUDIT_FILE = "rm_audit", "audit.json"  # the on-policy reward-model audit
 # the judged systems: key, label, the PPO run behind it (None: the SFT model)
 SYSTEMS = (("sft", "SFT", None), ("rlhf_nofacts", "RLHF (no facts)", "nofacts"), ("fact_rlhf", "Fact-RLHF", "facts"))
 MARKER = "stage.json"  # written into a stage folder when the stage has finished
+GROUND = "ground"  # OUT/seed<S>/ground: the grounding stage's run
+GROUND_MORE = "ground_more"  # OUT/seed<S>/ground_more<i>: grounding phase i + 1 (--ground-more, --ground-bar)
+SFT_BAR = {"pope_random_accuracy": 0.75, "recall": 0.70}  # the issue's bar for the SFT model before RLHF
 RESULTS, TABLE = "results.json", "results.md"
 SYSTEMS_PLOT, CURVE_PLOT = "systems.png", "ppo_hallucination.png"
 CHAIR_DROP, RECALL_FALL = 0.30, 0.05  # the acceptance thresholds (relative to SFT)
@@ -56,6 +59,23 @@ def member_rows(keys) -> tuple:
     ks = sorted({int(k.rsplit("_e", 1)[1]) for k in keys if re.fullmatch(r"(other_)?(no_)?facts_e\d+", k)})
     return tuple((f"{key}_e{k}", f"{label}: ensemble member {k + 1}", "ours (--rm-ensemble): PPO scores with the mean")
                  for k in ks for key, label, _ in RM_ROWS)
+
+
+def ground_phase(i: int) -> str:
+    """The stage of grounding phase i + 1 (phase 0: the grounding stage itself)."""
+    return f"{GROUND_MORE}{i}" if i else GROUND
+
+
+def sft_bar(seed_folder: str, sft: dict) -> dict:
+    """The SFT model against the issue's bar (`sft`: its judge numbers), and the held-out loss at the end of each
+    grounding phase that ran (the grounding stage, then ground_more<i>; [] without one)."""
+    losses = []
+    while os.path.exists(marker := os.path.join(seed_folder, ground_phase(len(losses)), MARKER)):
+        with open(marker) as f:
+            losses.append(json.load(f)["result"].get("eval_loss"))
+    got = {k: sft.get(k) for k in SFT_BAR}
+    return {"ground_losses": losses, **got,
+            "meets": all(got[k] is not None and got[k] >= bar for k, bar in SFT_BAR.items())}
 
 
 def seed_dir(out: str, seed: int) -> str:
@@ -315,6 +335,7 @@ def markdown(results: dict) -> str:
         "the check.",
         _table(["check", *[f"seed {s}" for s in names], "overall"], checks),
         *_repeats_section(results),
+        *_sft_bar_section(results),
         "## Wall time",
         _table(["seed", *results["stage_names"], "all"],
                [[s, *[f"{sec['stages'][s].get(st, 0):.0f} s" for st in results["stage_names"]],
@@ -323,6 +344,21 @@ def markdown(results: dict) -> str:
           f"this command {sec['this_command']:.0f} s.",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _sft_bar_section(results: dict) -> list[str]:
+    """results.md's table of each seed's SFT model against the issue's bar, with its grounding phases' losses."""
+    bars = results.get("sft_bar") or {}
+    if not bars:
+        return []
+    rows = [[s, " → ".join("–" if x is None else f"{x:.4f}" for x in b["ground_losses"]) or "no grounding stage",
+             *("–" if b[k] is None else f"{100 * b[k]:.1f}" for k in SFT_BAR),
+             "meets it" if b["meets"] else "**misses it**"] for s, b in bars.items()]
+    pope, recall = (100 * SFT_BAR[k] for k in ("pope_random_accuracy", "recall"))
+    return [f"## The SFT model before RLHF (the bar: POPE random accuracy ≥ {pope:.0f} %, recall ≥ {recall:.0f} %)",
+            "With the grounding stage's held-out loss at the end of each phase that ran (--ground-bar, "
+            "--ground-more: a further phase runs while the last ended above the bar).",
+            _table(["seed", "grounding held-out loss", "POPE random accuracy %", "recall %", "SFT bar"], rows)]
 
 
 def _repeats_section(results: dict) -> list[str]:
@@ -425,6 +461,7 @@ def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str]
     results = {"recipe": recipe, "seeds": per_seed, "summary": summary,
                "checks": all_checks(per_seed, means(summary), intervals), "stage_names": stage_names,
                "seconds": seconds}
+    results["sft_bar"] = {s: sft_bar(seed_dir(out, int(s)), n["systems"]["sft"]) for s, n in per_seed.items()}
     if repeats > 1:
         results["repeats"] = {str(s): repeat_checks(out, s, runs[str(s)], per_seed[str(s)]["systems"]["sft"])
                               for s in seeds}

@@ -100,13 +100,7 @@ class StageMismatch(RuntimeError):
     """A cached stage was made with other settings than the ones asked for now."""
 
 
-GROUND = "ground"  # OUT/seed<S>/ground: the grounding stage's run
-GROUND_MORE = "ground_more"  # OUT/seed<S>/ground_more<i>: grounding phase i + 1 (--ground-more, --ground-bar)
-
-
-def ground_phase(i: int) -> str:
-    """The stage of grounding phase i + 1 (phase 0: the grounding stage itself)."""
-    return f"{GROUND_MORE}{i}" if i else GROUND
+GROUND, GROUND_MORE, ground_phase = report.GROUND, report.GROUND_MORE, report.ground_phase
 
 
 def ground_phases_needed(cfg, seed: int) -> int:
