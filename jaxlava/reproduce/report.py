@@ -66,15 +66,20 @@ def ground_phase(i: int) -> str:
     return f"{GROUND_MORE}{i}" if i else GROUND
 
 
-def sft_bar(seed_folder: str, sft: dict) -> dict:
-    """The SFT model against the issue's bar (`sft`: its judge numbers), and the held-out loss at the end of each
-    grounding phase that ran (the grounding stage, then ground_more<i>; [] without one)."""
+def ground_losses(seed_folder: str) -> list[float | None]:
+    """The held-out loss at the end of each finished grounding phase, in order (the grounding stage, then
+    ground_more<i>; [] without one; None where a phase recorded none)."""
     losses = []
     while os.path.exists(marker := os.path.join(seed_folder, ground_phase(len(losses)), MARKER)):
         with open(marker) as f:
             losses.append(json.load(f)["result"].get("eval_loss"))
+    return losses
+
+
+def sft_bar(seed_folder: str, sft: dict) -> dict:
+    """The SFT model against the issue's bar (`sft`: its judge numbers), with its grounding phases' losses."""
     got = {k: sft.get(k) for k in SFT_BAR}
-    return {"ground_losses": losses, **got,
+    return {"ground_losses": ground_losses(seed_folder), **got,
             "meets": all(got[k] is not None and got[k] >= bar for k, bar in SFT_BAR.items())}
 
 
@@ -460,8 +465,8 @@ def write_report(out: str, seeds: list[int], recipe: str, stage_names: list[str]
                                          for k, _, run in SYSTEMS}, acceptance) for s in seeds}
     results = {"recipe": recipe, "seeds": per_seed, "summary": summary,
                "checks": all_checks(per_seed, means(summary), intervals), "stage_names": stage_names,
-               "seconds": seconds}
-    results["sft_bar"] = {s: sft_bar(seed_dir(out, int(s)), n["systems"]["sft"]) for s, n in per_seed.items()}
+               "seconds": seconds,
+               "sft_bar": {s: sft_bar(seed_dir(out, int(s)), n["systems"]["sft"]) for s, n in per_seed.items()}}
     if repeats > 1:
         results["repeats"] = {str(s): repeat_checks(out, s, runs[str(s)], per_seed[str(s)]["systems"]["sft"])
                               for s in seeds}

@@ -106,14 +106,12 @@ GROUND, GROUND_MORE, ground_phase = report.GROUND, report.GROUND_MORE, report.gr
 def ground_phases_needed(cfg, seed: int) -> int:
     """How many --ground-more phases seed `seed` runs, as far as its finished grounding phases tell: phase i runs
     when phase i - 1 finished with a held-out loss above --ground-bar (one not finished yet needs no next phase)."""
-    n, d = 0, report.seed_dir(cfg.out, seed)
-    while n < len(cfg.ground_more) and cfg.ground_bar > 0:
-        marker = os.path.join(d, ground_phase(n), report.MARKER)
-        if not os.path.exists(marker):
-            break
-        with open(marker) as f:
-            loss = json.load(f)["result"].get("eval_loss")
+    if not (cfg.ground_more and cfg.ground_bar > 0):
+        return 0
+    d, n = report.seed_dir(cfg.out, seed), 0
+    for loss in report.ground_losses(d)[:len(cfg.ground_more)]:
         if loss is None:
+            marker = os.path.join(d, ground_phase(n), report.MARKER)
             raise SystemExit(f"{marker} records no held-out loss, which --ground-bar compares; rerun that stage")
         if loss <= cfg.ground_bar:
             break
@@ -332,19 +330,22 @@ def _judge(c) -> dict:
 
 def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
-    names = [n for n in names_of(cfg) if n in stage_configs(cfg, seed)]
+    configs = stage_configs(cfg, seed)
+    names = [n for n in names_of(cfg) if n in configs]
     seconds = {}
     for i, name in enumerate(names, 1):
         if name.startswith(GROUND_MORE) and int(name[len(GROUND_MORE):]) > ground_phases_needed(cfg, seed):
             print(f"[seed {seed}, {i}/{len(names)}] {name}: not needed (the last grounding phase's held-out loss is "
                   f"at or under --ground-bar {cfg.ground_bar})", flush=True)
             continue
-        c = stage_configs(cfg, seed)[name]  # anew: SFT starts from the last grounding phase that ran
+        c = configs[name]
         settings = stage_settings(cfg, name, c)
         folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
         rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
                         _what(name, c))
         seconds[name] = rec["seconds"]
+        if name.startswith(GROUND):  # its loss decides the next phase, and which phase's model SFT starts from
+            configs = stage_configs(cfg, seed)
     return seconds
 
 
