@@ -70,6 +70,24 @@ def test_factcheck_exercises_and_their_scores():
     assert "absent: binding" in R.factcheck_table(right) and "omissions_right" not in right
 
 
+def test_checklist_exercises_and_their_scores():
+    items = R.checklists(CFG, 120)
+    assert [e.question for e in R.checklists(CFG, 120)] == [e.question for e in items]
+    assert [e.question for e in R.checklists(CFG, 120, seed=1)] != [e.question for e in items]
+    for e in items:  # the world's own question about the scene's own picture, every item asked once
+        assert e.question.startswith("Which of these objects are in the image? ")
+        assert len(e.named) == CFG.checklist_items and e.image[:4] == b"\x89PNG"
+        assert {c for c in e.named if F.parse_verdicts(e.answer)[c] == "yes"} == set(e.named) & e.scene.categories
+    right = R.score_factchecks(items, {e.id: e.answer for e in items})
+    assert right["exact"] == 1.0 and right["verdicts_right_all"] == 1.0 and "omissions_right" not in right
+    assert {k for k, v in right["verdicts_right"].items() if v["n"]} == {"present", *R.KINDS}
+    assert right["verdicts_right"]["present"]["n"] > 0.5 * sum(len(e.scene.categories) for e in items)
+    yes = R.score_factchecks(items, {e.id: "; ".join(f"{c} yes" for c in e.named) + "." for e in items})
+    assert yes["verdicts_right"]["present"]["right"] == 1.0
+    assert all(yes["verdicts_right"][k]["right"] in (0.0, None) for k in R.KINDS)
+    assert "checklist (grounding) exercise" in R.factcheck_table(right, "checklist (grounding) exercise")
+
+
 def test_factcheck_omissions_are_scored_where_the_world_asks_for_them():
     items = R.factchecks(dataclasses.replace(CFG, factcheck_omissions=True), 60)
     assert all(e.question.endswith(F.OMISSIONS_QUESTION) for e in items)
@@ -117,6 +135,11 @@ def test_cli_end_to_end_with_resume(tmp_path, capsys):
     with open(os.path.join(out + "_fc", "results.json")) as fh:
         assert json.load(fh)["benchmark"] == "shapes_factcheck"
     assert "absent: binding" in capsys.readouterr().out
+    assert _main(["--model", model, "--data", data, "--out", out + "_cl", "--n", "3", "--max-new-tokens", "3",
+                  "--exercise", "checklist"]) == 0
+    with open(os.path.join(out + "_cl", "results.json")) as fh:
+        assert json.load(fh)["benchmark"] == "shapes_checklist"
+    assert "checklist (grounding) exercise" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a shapes world"):
         _main(["--model", model, "--data", str(tmp_path), "--out", out])
     with pytest.raises(EvalError, match="--n must be"):

@@ -19,6 +19,9 @@ share of whole answers equal to the world's own.
 `--exercise factcheck` asks the fact-check exercise instead (`shapes.factcheck`, the reward models' reading stage:
 the facts block, a description, a verdict after each object it names; the picture is of another scene), scored by
 the share of right verdicts on each kind of named object: present ones ("yes") and each kind above ("no").
+`--exercise checklist` asks the grounding stage's exercise (`shapes.text.checklist_qa`: "which of these objects are
+in the image?", a verdict after each name, about the picture shown), scored the same way: it tells what a grounding
+stage stuck on a plateau has not learnt (docs/decisions.md 24, 72).
 """
 from __future__ import annotations
 
@@ -107,6 +110,21 @@ def factchecks(cfg: ShapesConfig, n: int, seed: int = 0) -> list[FactCheck]:
     return out
 
 
+def checklists(cfg: ShapesConfig, n: int, seed: int = 0) -> list[FactCheck]:
+    """`n` checklist questions (the world's grounding exercise, `cfg.checklist_items` objects each) on fresh scenes,
+    each shown with its own picture, from a stream of their own; absent objects are drawn at the rate at which
+    those scenes hold each object, as the world draws them at its SFT scenes' rates."""
+    builder = _Builder(cfg, None)
+    rng = np.random.default_rng([cfg.seed, STREAM, seed, 2])
+    scenes = [builder.scene(rng) for _ in range(n)]
+    counts = T.Counts.from_scenes(builder.spec.categories, [s for s, _ in scenes])
+    out = []
+    for i, (scene, png) in enumerate(scenes):
+        q, a = T.checklist_qa(scene, counts, rng, cfg.checklist_items)
+        out.append(FactCheck(f"checklist/{i:05d}", q, png, a, scene, tuple(F.parse_verdicts(a))))
+    return out
+
+
 def score_factchecks(items: list[FactCheck], answers: dict[str, str]) -> dict:
     """The share of right verdicts on each kind of named object ("present", or the kind of an absent one; a
     verdict the answer does not give is wrong), over all, and of whole answers equal to the world's own; where
@@ -131,7 +149,7 @@ def score_factchecks(items: list[FactCheck], answers: dict[str, str]) -> dict:
             "verdicts_right_all": _rate(right, total), **({"omissions_right": _rate(*omitted)} if omitted[1] else {})}
 
 
-def factcheck_table(res: dict) -> str:
+def factcheck_table(res: dict, title: str = "fact-check exercise") -> str:
     from jaxlava.eval.runner import markdown_table, pct
     rows = [[f"{'present' if k == 'present' else 'absent: ' + k}", v["n"], pct(v["right"])]
             for k, v in res["verdicts_right"].items()]
@@ -139,7 +157,7 @@ def factcheck_table(res: dict) -> str:
              *([["left-out objects exactly right", res["n"], pct(res["omissions_right"])]]
                if "omissions_right" in res else []),
              ["whole answer exact", res["n"], pct(res["exact"])]]
-    return markdown_table(["fact-check exercise (fresh scenes): objects named", "n", "% right"], rows)
+    return markdown_table([f"{title} (fresh scenes): objects named", "n", "% right"], rows)
 
 
 def _categories(text: str, cfg: ShapesConfig) -> tuple[str, ...]:
@@ -210,13 +228,14 @@ class ReadingConfig(EvalConfig):
     data: str = "runs/shapes_world"
     """the shapes world folder whose configuration makes the exercises"""
     out: str = ""
-    """output folder (default: evals/NAME/reading, or evals/NAME/factcheck with --exercise factcheck; NAME = the
-    model folder's name, or its parent's for .../hf)"""
+    """output folder (default: evals/NAME/reading, or evals/NAME/<exercise> for the others; NAME = the model
+    folder's name, or its parent's for .../hf)"""
     n: int = 320
     """exercises (fresh scenes)"""
-    exercise: Literal["compare", "factcheck"] = "compare"
+    exercise: Literal["compare", "factcheck", "checklist"] = "compare"
     """compare: the SFT mix's reading exercise; factcheck: the reward models' reading stage's (a verdict per
-    object named; docs/decisions.md 54)"""
+    object named; docs/decisions.md 54); checklist: the grounding stage's (a verdict per object asked about, on
+    the picture shown; decisions 24)"""
     exercise_seed: int = 0
     """which fresh scenes (another seed, another sample)"""
     binding_prob: float = 0.5
@@ -233,16 +252,19 @@ def run(cfg: ReadingConfig) -> dict | None:
     out = cfg.out or os.path.join(os.path.dirname(default_out(cfg.model)), cfg.exercise.replace("compare", "reading"))
     cfg = dataclasses.replace(cfg, out=out)
     world = world_config(cfg.data)
-    check = cfg.exercise == "factcheck"
-    items = (factchecks(world, cfg.n, cfg.exercise_seed) if check
-             else exercises(world, cfg.n, cfg.exercise_seed, cfg.binding_prob))
+    check = cfg.exercise != "compare"  # factcheck and checklist: verdicts per object
+    make = {"factcheck": factchecks, "checklist": checklists}.get(cfg.exercise)
+    items = make(world, cfg.n, cfg.exercise_seed) if check else exercises(world, cfg.n, cfg.exercise_seed,
+                                                                            cfg.binding_prob)
     answers = generate_answers(cfg, [Item(ex.id, ex.question, ex.image) for ex in items], DEFAULTS)
     if stopped_early(cfg, answers, len(items)):
         return None
     scores = score_factchecks(items, answers.texts) if check else score(items, answers.texts, world)
-    results = dict(scores, benchmark="shapes_" + ("factcheck" if check else "reading"), data=os.path.abspath(cfg.data),
+    name = "reading" if cfg.exercise == "compare" else cfg.exercise
+    results = dict(scores, benchmark="shapes_" + name, data=os.path.abspath(cfg.data),
                    generation=answers.stats(), seconds=round(time.perf_counter() - t0, 1))
-    return finish(cfg.out, results, (factcheck_table if check else table)(results),
+    title = {"factcheck": "fact-check exercise", "checklist": "checklist (grounding) exercise"}.get(cfg.exercise)
+    return finish(cfg.out, results, factcheck_table(results, title) if check else table(results),
                   extra=lambda: print(f"\n{len(items)} exercises in {results['seconds']} s; results in {cfg.out}"))
 
 
