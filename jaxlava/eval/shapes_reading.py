@@ -243,28 +243,29 @@ class ReadingConfig(EvalConfig):
     batch_size: int = 16
 
 
+_VERDICT_EXERCISES = {"factcheck": (factchecks, "fact-check exercise"),
+                      "checklist": (checklists, "checklist (grounding) exercise")}
+
+
 def run(cfg: ReadingConfig) -> dict | None:
     from jaxlava.eval.runner import Item, finish, generate_answers, resolve_model, stopped_early
     t0 = time.perf_counter()
     resolve_model(cfg.model, cfg.adapter)
     if cfg.n < 1 or not 0 <= cfg.binding_prob <= 1:
         raise EvalError(f"--n must be at least 1 and --binding-prob in [0, 1], got {cfg.n}, {cfg.binding_prob}")
-    out = cfg.out or os.path.join(os.path.dirname(default_out(cfg.model)), cfg.exercise.replace("compare", "reading"))
-    cfg = dataclasses.replace(cfg, out=out)
+    name = "reading" if cfg.exercise == "compare" else cfg.exercise
+    cfg = dataclasses.replace(cfg, out=cfg.out or os.path.join(os.path.dirname(default_out(cfg.model)), name))
     world = world_config(cfg.data)
-    check = cfg.exercise != "compare"  # factcheck and checklist: verdicts per object
-    make = {"factcheck": factchecks, "checklist": checklists}.get(cfg.exercise)
-    items = make(world, cfg.n, cfg.exercise_seed) if check else exercises(world, cfg.n, cfg.exercise_seed,
-                                                                            cfg.binding_prob)
+    verdicts = _VERDICT_EXERCISES.get(cfg.exercise)  # (maker, table title) of the exercises scored per verdict
+    items = (verdicts[0](world, cfg.n, cfg.exercise_seed) if verdicts
+             else exercises(world, cfg.n, cfg.exercise_seed, cfg.binding_prob))
     answers = generate_answers(cfg, [Item(ex.id, ex.question, ex.image) for ex in items], DEFAULTS)
     if stopped_early(cfg, answers, len(items)):
         return None
-    scores = score_factchecks(items, answers.texts) if check else score(items, answers.texts, world)
-    name = "reading" if cfg.exercise == "compare" else cfg.exercise
+    scores = score_factchecks(items, answers.texts) if verdicts else score(items, answers.texts, world)
     results = dict(scores, benchmark="shapes_" + name, data=os.path.abspath(cfg.data),
                    generation=answers.stats(), seconds=round(time.perf_counter() - t0, 1))
-    title = {"factcheck": "fact-check exercise", "checklist": "checklist (grounding) exercise"}.get(cfg.exercise)
-    return finish(cfg.out, results, factcheck_table(results, title) if check else table(results),
+    return finish(cfg.out, results, factcheck_table(results, verdicts[1]) if verdicts else table(results),
                   extra=lambda: print(f"\n{len(items)} exercises in {results['seconds']} s; results in {cfg.out}"))
 
 
