@@ -251,6 +251,13 @@ class ReproduceConfig(Recipe):
     out: str = "runs/reproduce"  # OUT: world/, seed<S>/<stage>/, results.json, results.md, *.png
     seeds: tuple[int, ...] = (0, 1, 2)  # one full pipeline per seed (the world is shared)
     mesh: str | None = None  # device mesh of every trainer ('--mesh' alone: all devices on fsdp); omit: 1 device
+    carry_to: str = ""
+    """write what OUT's stages made that the report and the stages still to run read (no world, no checkpoints
+    of finished stages, models only where a later stage starts from them) to this new folder, and stop: a few MB
+    a seed, small enough to keep in git, so that a run outlives its machine (jaxlava/reproduce/carry.py)"""
+    restore_from: tuple[str, ...] = ()
+    """before the stages run, put folders that --carry-to wrote (on another machine) into OUT, after checking that
+    the world generated here holds the same records as theirs; the same command then goes on where they stopped"""
     compile_cache: bool = True
     """keep compiled programs in OUT/jax_cache (JAX's persistent compilation cache): the stages of later seeds,
     the second PPO run and reruns skip most compilation (JAX_COMPILATION_CACHE_DIR, when set, wins)"""

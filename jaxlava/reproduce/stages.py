@@ -18,7 +18,7 @@ import time
 
 from jaxlava.eval import shapes as shapes_eval
 from jaxlava.fileio import jsonable, write_json
-from jaxlava.reproduce import report
+from jaxlava.reproduce import carry, report
 from jaxlava.reproduce.recipe import ReproduceConfig, parse_config, recipe_of
 from jaxlava.shapes.assets import world_exists
 from jaxlava.shapes.cli import parse_args, world_config
@@ -415,12 +415,16 @@ def run(cfg: ReproduceConfig) -> dict:
     for base in (given_rm_base(cfg, s) for s in cfg.seeds if cfg.rm_base):
         if not os.path.isfile(os.path.join(base, "config.json")):
             raise SystemExit(f"--rm-base {cfg.rm_base}: {base} is not an HF LLaVA folder (no config.json)")
+    if cfg.carry_to:
+        return carry.carry_to(cfg, cfg.carry_to)
     os.makedirs(cfg.out, exist_ok=True)
     use_compile_cache(cfg)
     write_json(os.path.join(cfg.out, "reproduce_config.json"), dataclasses.asdict(cfg), indent=1)
     print(f"reproduction (recipe {cfg.recipe}, seeds {' '.join(map(str, cfg.seeds))}) in {cfg.out}: "
           + ", ".join(f"{k}={v}" for k, v in recipe_of(cfg).items()), flush=True)
     world_seconds = ensure_world(cfg)["seconds"]
+    for src in cfg.restore_from:
+        carry.restore_from(cfg.out, src)
     if cfg.rm_read_steps and not load_world_info(world_dir(cfg.out))["config"].get("n_factcheck"):
         raise SystemExit(f"--rm-read-steps {cfg.rm_read_steps}: the world {world_dir(cfg.out)} has no fact-check "
                          "conversations to read; add n-factcheck=N to --world")
@@ -447,5 +451,5 @@ def main(argv: list[str], description: str | None = None) -> dict:
     cfg = parse_config(argv, description)
     try:
         return run(cfg)
-    except StageMismatch as e:
+    except (StageMismatch, carry.CarryError) as e:
         raise SystemExit(f"error: {e}") from None
