@@ -38,7 +38,7 @@ class CarryError(RuntimeError):
 
 def world_digest(world: str) -> dict[str, str]:
     """sha256 per part of a shapes world: its config, its tokenizer's files and each record dataset's decoded
-    records in order (`kind/split`)."""
+    records in order (`kind/split`), images by their pixels."""
     from jaxlava.data.storage import SCHEMAS, open_source
     with open(os.path.join(world, "world.json")) as f:
         out = {"config": _sha(json.dumps(json.load(f)["config"], sort_keys=True).encode())}
@@ -51,9 +51,21 @@ def world_digest(world: str) -> dict[str, str]:
             h = hashlib.sha256()
             source = open_source(world, kind, split)
             for rec in (source[i] for i in range(len(source))):
-                h.update(json.dumps(rec, sort_keys=True, default=lambda b: b.hex()).encode())
+                h.update(json.dumps(rec, sort_keys=True, default=_pixels).encode())
             out[f"{kind}/{split}"] = h.hexdigest()
     return out
+
+
+def _pixels(data: bytes) -> str:
+    """An image field by its pixels (another Pillow may encode the same pixels into other PNG bytes)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    if not data:
+        return ""
+    with Image.open(io.BytesIO(data)) as im:
+        return f"{im.mode}{im.size}" + _sha(np.asarray(im).tobytes())
 
 
 def _sha(data: bytes) -> str:
