@@ -112,7 +112,7 @@ def plan(cfg, seed: int) -> dict[str, list[str]]:
         if not os.path.isdir(folder):
             continue
         ckpt = None if name in finished else _latest_checkpoint(folder)
-        if name not in finished and (ckpt or os.listdir(folder)):
+        if name not in finished and any(not n.startswith(".") for n in os.listdir(folder)):
             started.append(name)
         files += _stage_files(folder, reads, ckpt)
     return {"finished": finished, "started": started,
