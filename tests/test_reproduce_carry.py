@@ -95,7 +95,7 @@ def test_a_cut_run_is_carried_restored_and_goes_on(world, tmp_path, monkeypatch)
     assert not any(f.startswith("world/") for f in files), "the first stage has run: no vision tower, no world"
     assert rec["files"] == len(files) - 1 and json.loads((dest / carry.CARRY_FILE).read_text())["world"]
     with pytest.raises(carry.CarryError, match="not empty"):
-        carry.carry_to(_cfg(first), str(dest))
+        stages.run(_cfg(first, "--carry-to", str(dest)))
 
     second = tmp_path / "second"  # another machine: the world generated again, the carried stages put back
     ran.clear()
@@ -113,7 +113,7 @@ def test_a_cut_run_is_carried_restored_and_goes_on(world, tmp_path, monkeypatch)
     _fake_stages(monkeypatch, ran, cut_at="judge_sft")
     with pytest.raises(Cut):
         stages.run_seed(_cfg(second), 0)
-    carry.carry_to(_cfg(second), str(tmp_path / "carried2"))
+    stages.run(_cfg(second, "--carry-to", str(tmp_path / "carried2")))
     files = _files(tmp_path / "carried2")
     for kept in ("ppo_nofacts/value/reward_head.safetensors", "ppo_facts/adapter/model.safetensors",
                  "ppo_facts/config.json", "sft/hf/model.safetensors"):  # judge_sft's model
@@ -129,7 +129,7 @@ def test_a_finished_run_carries_no_model(world, tmp_path, monkeypatch):
     shutil.copytree(world, out)
     _fake_stages(monkeypatch, [])
     stages.run_seed(_cfg(out), 0)
-    rec = carry.carry_to(_cfg(out), str(tmp_path / "dest"))
+    rec = stages.run(_cfg(out, "--carry-to", str(tmp_path / "dest")))
     files = _files(tmp_path / "dest")
     assert rec["seeds"]["0"]["started"] == [] and len(rec["seeds"]["0"]["finished"]) == len(stages.names_of(_cfg(out)))
     assert not any(f.endswith(".safetensors") or "/checkpoints/" in f for f in files), files
@@ -145,7 +145,7 @@ def test_restore_refuses_another_world_and_a_file_that_differs(world, tmp_path, 
     with pytest.raises(Cut):
         stages.run_seed(_cfg(out), 0)
     dest = tmp_path / "dest"
-    carry.carry_to(_cfg(out), str(dest))
+    stages.run(_cfg(out, "--carry-to", str(dest)))
     files = _files(dest)
     assert {"world/vision_tower/tower.safetensors", "seed0/ground/checkpoints/200/state/params"} <= files, files
     assert not any(f.startswith("world/") and "vision_tower" not in f for f in files)

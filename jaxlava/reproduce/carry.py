@@ -91,32 +91,20 @@ def _latest_checkpoint(folder: str) -> str | None:
     return os.path.join(folder, "checkpoints", str(max(steps))) if steps else None
 
 
-def plan(cfg, seed: int) -> dict[str, list[str]]:
-    """What `--carry-to` takes from OUT/seed<S>: {"finished": stage names, "started": stages cut short, "files":
-    paths relative to OUT}.  A grounding phase that is not needed is neither."""
-    from jaxlava.reproduce import stages
-    configs = stages.stage_configs(cfg, seed)
-    needed_phases = stages.ground_phases_needed(cfg, seed)
-    folders = {}
-    for name in stages.names_of(cfg):
-        if name not in configs or (name.startswith(stages.GROUND_MORE)
-                                   and int(name[len(stages.GROUND_MORE):]) > needed_phases):
-            continue
-        c = configs[name]
-        folders[name] = os.path.dirname(c.out) if name == report.AUDIT else c.out
-    finished = [n for n, f in folders.items() if os.path.exists(os.path.join(f, report.MARKER))]
-    todo = [n for n in folders if n not in finished]
-    reads = {os.path.normpath(p) for n in todo for p in _paths(configs[n])}
+def plan(out: str, seed_stages: dict[str, tuple[str, object]]) -> dict[str, list[str]]:
+    """What `--carry-to` takes of one seed, given its stages as {name: (folder, config)} in order (stages.seed_stages):
+    {"finished": stage names, "started": stages cut short, "files": paths relative to OUT}."""
+    finished = [n for n, (f, _) in seed_stages.items() if os.path.exists(os.path.join(f, report.MARKER))]
+    reads = {os.path.normpath(p) for n, (_, c) in seed_stages.items() if n not in finished for p in _paths(c)}
     files, started = [], []
-    for name, folder in folders.items():
+    for name, (folder, _) in seed_stages.items():
         if not os.path.isdir(folder):
             continue
         ckpt = None if name in finished else _latest_checkpoint(folder)
         if name not in finished and any(not n.startswith(".") for n in os.listdir(folder)):
             started.append(name)
         files += _stage_files(folder, reads, ckpt)
-    return {"finished": finished, "started": started,
-            "files": sorted(os.path.relpath(f, cfg.out) for f in files)}
+    return {"finished": finished, "started": started, "files": sorted(os.path.relpath(f, out) for f in files)}
 
 
 def _stage_files(folder: str, reads: set[str], checkpoint: str | None) -> list[str]:
@@ -137,14 +125,15 @@ def _stage_files(folder: str, reads: set[str], checkpoint: str | None) -> list[s
     return out
 
 
-def carry_to(cfg, dest: str) -> dict:
-    """Write the carried part of OUT (every seed of `cfg`) to `dest` with its carry.json; returns that record."""
+def carry_to(cfg, dest: str, stages_by_seed: dict[int, dict[str, tuple[str, object]]]) -> dict:
+    """Write the carried part of OUT (`cfg.out`; each seed's stages as `plan` takes them) to `dest` with its
+    carry.json; returns that record."""
     world = os.path.join(cfg.out, "world")
     if not os.path.exists(os.path.join(world, "world.json")):
         raise CarryError(f"--carry-to: {cfg.out} holds no world (no {world}/world.json): nothing has run there")
     if os.path.exists(dest) and os.listdir(dest):
         raise CarryError(f"--carry-to {dest}: the folder is not empty; choose a new one (a carry is never merged)")
-    seeds = {str(s): plan(cfg, s) for s in cfg.seeds}
+    seeds = {str(s): plan(cfg.out, st) for s, st in stages_by_seed.items()}
     files = [f for p in seeds.values() for f in p["files"]]
     first = "ground" if cfg.ground_steps else report.SFT  # the stage that starts from the vision tower
     if any(first not in p["finished"] for p in seeds.values()):

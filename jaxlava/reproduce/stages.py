@@ -328,20 +328,36 @@ def _judge(c) -> dict:
     return {"out": c.out}
 
 
+def phase_needed(cfg, seed: int, name: str) -> bool:
+    """Whether stage `name` of seed `seed` runs as far as its finished grounding phases tell (every stage but a
+    further grounding phase does)."""
+    return not name.startswith(GROUND_MORE) or int(name[len(GROUND_MORE):]) <= ground_phases_needed(cfg, seed)
+
+
+def stage_folder(name: str, c) -> str:
+    return os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
+
+
+def seed_stages(cfg: ReproduceConfig, seed: int) -> dict[str, tuple[str, object]]:
+    """The stages seed `seed` runs, in order, as far as its finished stages tell: {name: (folder, config)}."""
+    configs = stage_configs(cfg, seed)
+    return {n: (stage_folder(n, configs[n]), configs[n]) for n in names_of(cfg)
+            if n in configs and phase_needed(cfg, seed, n)}
+
+
 def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
     """Every stage of one seed, in order; returns each stage's wall time (as made, for cached ones)."""
     configs = stage_configs(cfg, seed)
     names = [n for n in names_of(cfg) if n in configs]
     seconds = {}
     for i, name in enumerate(names, 1):
-        if name.startswith(GROUND_MORE) and int(name[len(GROUND_MORE):]) > ground_phases_needed(cfg, seed):
+        if not phase_needed(cfg, seed, name):
             print(f"[seed {seed}, {i}/{len(names)}] {name}: not needed (the last grounding phase's held-out loss is "
                   f"at or under --ground-bar {cfg.ground_bar})", flush=True)
             continue
         c = configs[name]
         settings = stage_settings(cfg, name, c)
-        folder = os.path.dirname(c.out) if name == report.AUDIT else c.out  # the audit's out is its JSON file
-        rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", folder, settings, _run_fn(name, c),
+        rec = run_stage(f"[seed {seed}, {i}/{len(names)}] {name}", stage_folder(name, c), settings, _run_fn(name, c),
                         _what(name, c))
         seconds[name] = rec["seconds"]
         if name.startswith(GROUND):  # its loss decides the next phase, and which phase's model SFT starts from
@@ -416,7 +432,7 @@ def run(cfg: ReproduceConfig) -> dict:
         if not os.path.isfile(os.path.join(base, "config.json")):
             raise SystemExit(f"--rm-base {cfg.rm_base}: {base} is not an HF LLaVA folder (no config.json)")
     if cfg.carry_to:
-        return carry.carry_to(cfg, cfg.carry_to)
+        return carry.carry_to(cfg, cfg.carry_to, {s: seed_stages(cfg, s) for s in cfg.seeds})
     os.makedirs(cfg.out, exist_ok=True)
     use_compile_cache(cfg)
     write_json(os.path.join(cfg.out, "reproduce_config.json"), dataclasses.asdict(cfg), indent=1)
