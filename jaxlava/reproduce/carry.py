@@ -135,7 +135,7 @@ def carry_to(cfg, dest: str, stages_by_seed: dict[int, dict[str, tuple[str, obje
         raise CarryError(f"--carry-to {dest}: the folder is not empty; choose a new one (a carry is never merged)")
     seeds = {str(s): plan(cfg.out, st) for s, st in stages_by_seed.items()}
     files = [f for p in seeds.values() for f in p["files"]]
-    first = "ground" if cfg.ground_steps else report.SFT  # the stage that starts from the vision tower
+    first = report.GROUND if cfg.ground_steps else report.SFT  # the stage that starts from the vision tower
     if any(first not in p["finished"] for p in seeds.values()):
         files += sorted(os.path.relpath(os.path.join(r, n), cfg.out)
                         for r, _, ns in os.walk(os.path.join(world, VISION)) for n in ns)
