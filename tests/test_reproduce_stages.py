@@ -87,8 +87,8 @@ def test_edit_twins_reach_the_pairs_and_every_stage_that_uses_a_reward_model(tmp
     changes no record, so stages cached before the flag existed stay valid."""
     from jaxlava.reproduce.recipe import parse_config
     from jaxlava.reproduce.stages import _uses_rm, changed_settings, stage_configs, stage_settings
-    off = parse_config(["--recipe", "reading", "--out", str(tmp_path)])
-    on = parse_config(["--recipe", "reading", "--out", str(tmp_path), *flags])
+    off = parse_config(["--recipe", "reading-checklist", "--out", str(tmp_path)])
+    on = parse_config(["--recipe", "reading-checklist", "--out", str(tmp_path), *flags])
     c0, c1 = stage_configs(off, 2), stage_configs(on, 2)
     assert (c0["rm_pairs"].edits, c0["rm_pairs"].edits_only) == (False, False)
     assert (c1["rm_pairs"].edits, c1["rm_pairs"].edits_only) == (True, record == "only")
@@ -100,7 +100,7 @@ def test_edit_twins_reach_the_pairs_and_every_stage_that_uses_a_reward_model(tmp
         assert changed_settings(s0, s1) == want, name
         if "onpolicy_edits" in s1:
             assert s1["onpolicy_edits"] == record
-    audit = parse_config(["--recipe", "reading", "--out", str(tmp_path), "--audit-edit-twins"])
+    audit = parse_config(["--recipe", "reading-checklist", "--out", str(tmp_path), "--audit-edit-twins"])
     assert stage_configs(audit, 2)["rm_audit"].edit_twins and not c1["rm_audit"].edit_twins
     assert changed_settings(stage_settings(off, "rm_audit", c0["rm_audit"]),
                             stage_settings(audit, "rm_audit", stage_configs(audit, 2)["rm_audit"])) == ["edit_twins"]

@@ -463,3 +463,34 @@ def test_checklist_verdicts_and_the_grounding_splits():
     assert all(r["id"].startswith("shapes-ground-") for r in w.records["conversation"]["ground"])
     with pytest.raises(ValueError, match="checklist_items"):
         preset("small", checklist_items=0)
+
+
+def test_grounding_conversations_that_ask_one_object_a_turn():
+    """ground_yesno_prob: that share of the grounding conversations asks POPE's single question in every turn (each
+    turn another object, the answer true of the scene, half of them short); the others are checklists; the SFT
+    conversations and, at 0, the grounding ones stay as they were (no random draw is added)."""
+    cfg = dict(seed=3, n_sft=40, n_pref=4, n_ppo=4, pope_images=2, n_mmhal=8, n_ground=400)
+    base = build_world(preset("small", **cfg))
+    zero = build_world(preset("small", ground_yesno_prob=0.0, **cfg))
+    half = build_world(preset("small", ground_yesno_prob=0.5, **cfg))
+    assert _digest(zero.records["conversation"]["ground"]) == _digest(base.records["conversation"]["ground"])
+    assert _digest(half.records["conversation"]["train"]) == _digest(base.records["conversation"]["train"])
+    single = short = turns = 0
+    for r in half.records["conversation"]["ground"] + half.records["conversation"]["ground_test"]:
+        qs = [t["value"].removeprefix("<image>\n") for t in r["conversations"][::2]]
+        answers = [t["value"] for t in r["conversations"][1::2]]
+        kinds = {q.startswith("Is there") for q in qs}
+        assert len(kinds) == 1, qs  # one way of asking a conversation
+        if not kinds.pop():
+            continue
+        single += 1
+        present = half.scenes[r["id"]].categories
+        asked = [re.match(r"Is there an? (\w+ \w+) in the image\?", q).group(1) for q in qs]
+        assert len(set(asked)) == len(asked), qs
+        for name, q, a in zip(asked, qs, answers):
+            assert a.startswith("Yes" if name in present else "No"), (q, a, present)
+            short += q.endswith("single word or phrase.")
+            turns += 1
+    assert 0.4 < single / 400 < 0.6 and 0.35 < short / turns < 0.65, (single, short, turns)
+    with pytest.raises(ValueError, match="ground_yesno_prob"):
+        preset("small", ground_yesno_prob=1.5)

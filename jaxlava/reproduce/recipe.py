@@ -202,15 +202,25 @@ READING = Recipe(world=READING_WORLD, ground_steps=2500, ground_bar=0.01, ground
                  buckets=FINE_BUCKETS, eval_every=200, ppo_steps=5, ppo_repeats=3, ppo_rollout_batch_size=128,
                  ppo_step_batch_size=32, ppo_length_score=-1.07, ppo_prompt_group=4, ppo_eval_every=5,
                  audit_prompts=128)
+# the default since decisions 74: the same recipe with half of the grounding turns asking about one object as
+# POPE does, and the variant of decisions 69 (edit twins of the policy's samples among the reward models' pairs,
+# scored in the audit too, and 10 PPO steps: PPP on seed 0). With checklists only, seed 1's SFT model (2026-12-07's
+# machine) read the checklists right (84 %) but answered "Is there ...?" at chance (POPE 56.8 %, yes/no logit AUC
+# 0.63): the stage never tied the single question to the lookup, and SFT's 30 % yes/no questions did not either
+READING_YN = dataclasses.replace(READING, world=READING_WORLD + ("ground-yesno-prob=0.5",), rm_onpolicy_edits=True,
+                                 audit_edit_twins=True, ppo_steps=10)
 DEFAULT_RECIPE = "reading"
 
 RECIPES: dict[str, Recipe] = {
-    "reading": READING,
+    "reading": READING_YN,
+    # the default from decisions 67 to 73: grounding on checklists only, no edit twins, 5 PPO steps (run r10 of
+    # decisions 73: `--recipe reading-checklist --rm-onpolicy-edits --audit-edit-twins --ppo-steps 10`)
+    "reading-checklist": READING,
     # the reading recipe's world and stages with the steps that fit make demo's 20 minutes on 2 cores: one SFT
     # phase, a short reading stage, PPO once per reward model; 10.1 minutes on 2026-12-06's machine, about 18 by
     # grounding speed on the slowest one measured (decisions 43, 67). Far too few for this world: the numbers
     # show the pipeline, not the claim (README)
-    "demo": dataclasses.replace(READING, vision_pretrain_steps=600, ground_steps=200, ground_bar=0.0,
+    "demo": dataclasses.replace(READING_YN, vision_pretrain_steps=600, ground_steps=200, ground_bar=0.0,
                                 ground_more=(), sft_steps=200, sft_more=(),
                                 rm_read_steps=40, rlinit_steps=30, rm_steps=40, rm_eval_pairs=200,
                                 rm_onpolicy_prompts=32, ppo_steps=3, ppo_repeats=1, ppo_rollout_batch_size=64,
@@ -246,7 +256,7 @@ RECIPES: dict[str, Recipe] = {
 @dataclasses.dataclass
 class ReproduceConfig(Recipe):
     """The shapes-world reproduction (see train/reproduce.py --help)."""
-    recipe: Literal["reading", "demo", "full", "demo-full", "plain", "tiny"] = DEFAULT_RECIPE
+    recipe: Literal["reading", "reading-checklist", "demo", "full", "demo-full", "plain", "tiny"] = DEFAULT_RECIPE
     """the named recipe that gives every stage setting its default (the other flags override single values)"""
     out: str = "runs/reproduce"  # OUT: world/, seed<S>/<stage>/, results.json, results.md, *.png
     seeds: tuple[int, ...] = (0, 1, 2)  # one full pipeline per seed (the world is shared)

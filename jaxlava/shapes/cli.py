@@ -72,6 +72,10 @@ class WorldArgs:
     # grounding conversations (checklist questions on scenes of their own) in the conversation splits "ground" and
     # "ground_test", for the stage before SFT (`train/sft.py --split ground`; default 0: none)
     n_ground: int | None = None
+    # share of the grounding conversations that ask about one object a turn ("Is there a red circle in the
+    # image?", half of them with the short-answer suffix) instead of checklists, so that the stage also ties POPE's
+    # single question to the image; negatives as --yesno-negatives (default 0: checklists only; decisions 74)
+    ground_yesno_prob: float | None = None
     # fact-check conversations (the facts of one scene, descriptions of it that may name absent objects, a yes/no
     # verdict after each object named; the picture is of another scene) in the conversation splits "factcheck" and
     # "factcheck_test", for the reward models' reading stage (`train/reproduce.py --rm-read-steps`; default 0)

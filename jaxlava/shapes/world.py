@@ -62,6 +62,7 @@ class ShapesConfig:
                                               ("attribute", 0.1), ("mc", 0.15))
     checklist_items: int = 6  # objects per checklist question
     n_ground: int = 0  # grounding conversations (checklists on scenes of their own; the stage before SFT, decisions 24)
+    ground_yesno_prob: float = 0.0  # P(a grounding conversation asks "Is there ...?" questions, not checklists; 74)
     n_factcheck: int = 0  # fact-check conversations (shapes.factcheck: the reward models' base reads; decisions 54)
     factcheck_omissions: bool = False  # fact-check answers also list the objects left out (decisions 60)
     noise_rate: float = 0.2  # share of SFT descriptions that mention an absent (co-occurring) object
@@ -111,7 +112,7 @@ class ShapesConfig:
             raise ValueError("ShapesConfig: max_objects must be >= 3 (POPE images hold 3 positives)")
         for name in ("cooccur_prob", "noise_rate", "sft_test_frac", "pref_test_frac", "ppo_test_frac",
                      "pref_omit_prob", "pref_detail_prob", "pref_substitute_prob", "pref_minimal_prob",
-                     "pref_twin_omit_prob", "pref_twin_add_prob", "pref_binding_prob"):
+                     "pref_twin_omit_prob", "pref_twin_add_prob", "pref_binding_prob", "ground_yesno_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.noise_kind not in T.NOISE_KINDS:
@@ -271,9 +272,23 @@ class _Builder:
         raise ValueError(f"ShapesConfig.sft_mix: unknown question kind {kind!r}")
 
     def grounding(self) -> list[dict]:
-        """n_ground conversations of 1..max_turns checklist questions about scenes of their own."""
+        """n_ground conversations of 1..max_turns checklist questions about scenes of their own; with
+        ground_yesno_prob > 0 that share of the conversations asks about one object a turn instead, as POPE does."""
+        p, convo = self.cfg.ground_yesno_prob, {"single": False, "asked": set()}
+
         def turn(scene, rng, t):
-            return T.checklist_qa(scene, self.counts, rng, self.cfg.checklist_items)
+            if t == 0:  # a conversation asks one way throughout, so no turn's answer stands in an earlier one
+                # (no draw at p = 0: the worlds written before the flag stay the same)
+                convo["single"], convo["asked"] = p > 0 and rng.random() < p, set()
+            if not convo["single"]:
+                return T.checklist_qa(scene, self.counts, rng, self.cfg.checklist_items)
+            for _ in range(16):  # another object than the turns before asked about, where one is drawn
+                q, a, meta = T.existence_qa(scene, self.counts, rng, answer_yes=bool(rng.random() < 0.5),
+                                            short=bool(rng.random() < 0.5), negatives_from=self.cfg.yesno_negatives)
+                if meta["object"] not in convo["asked"]:
+                    break
+            convo["asked"].add(meta["object"])
+            return q, a
         return self._exercises("ground", self.cfg.n_ground, GROUND_SPLITS, turn)
 
     def factchecks(self) -> list[dict]:
