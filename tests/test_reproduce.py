@@ -340,12 +340,6 @@ def test_world_flags_and_recipes():
     assert set(reading.world) - set(RECIPES["full"].world) == {
         "noise-rate=0.9", READING_MIX, "located-lists=True", "tokenizer-split-punctuation=True",
         "pref-binding-prob=0.6", "tokenizer-object-tokens=True", "n-factcheck=8000", "factcheck-omissions=True"}
-    # the default since decisions 74: half of the grounding conversations ask POPE's single question, edit twins
-    # in the reward models' pairs and the audit, 10 PPO steps
-    default = parse_config([])
-    assert set(default.world) - set(reading.world) == {"ground-yesno-prob=0.5"}
-    assert (default.rm_onpolicy_edits, default.audit_edit_twins, default.ppo_steps) == (True, True, 10)
-    assert (reading.rm_onpolicy_edits, reading.audit_edit_twins, reading.ppo_steps) == (False, False, 5)
     assert set(RECIPES["full"].world) - set(reading.world) == {"noise-rate=0.7", HABIT_MIX}
     assert world_flags((READING_MIX,))[-2:] == ["checklist", "0.15"] and HABIT_MIX.endswith("checklist 0.05")
     assert reading.rm_read_steps > 0 and not reading.rm_base and reading.ppo_prompt_group == 4

@@ -162,3 +162,21 @@ def test_restore_refuses_another_world_and_a_file_that_differs(world, tmp_path, 
     (out / "seed0" / "ground" / "config.json").write_text("{}")
     with pytest.raises(carry.CarryError, match="seed0/ground/config.json differs from the carried"):
         carry.restore_from(str(out), str(dest))
+
+
+def test_the_world_digest_ignores_settings_at_their_off_value(world, tmp_path):
+    """A generator field added after a carry (recorded at its off value: the records are as they were) leaves the
+    config's digest as it was; a changed setting does not."""
+    import shutil
+    copy = tmp_path / "world"
+    shutil.copytree(world / "world", copy)
+    info = json.loads((copy / "world.json").read_text())
+    before = carry.world_digest(str(copy))
+    for value, same in ((0.0, True), (False, True), (None, True), (0.5, False)):
+        info["config"]["a_field_added_later"] = value
+        (copy / "world.json").write_text(json.dumps(info))
+        assert (carry.world_digest(str(copy)) == before) is same, value
+    info["config"].pop("a_field_added_later")
+    info["config"]["max_turns"] += 1
+    (copy / "world.json").write_text(json.dumps(info))
+    assert carry.world_digest(str(copy))["config"] != before["config"]

@@ -118,3 +118,16 @@ def test_the_report_puts_each_seed_sft_model_against_the_bar_with_its_grounding_
     assert "| 1 | 0.0748 → 0.0098 → 0.0010 | 93.2 | 75.3 | meets it |" in text
     assert "| 0 | no grounding stage | 74.0 | 77.9 | **misses it** |" in text
     assert _sft_bar_section({}) == []
+
+
+def test_the_default_grounds_the_single_question():
+    """The default since decisions 74: reading-checklist's world with half of the grounding conversations asking
+    POPE's single question, edit twins in the reward models' pairs and the audit, and 10 PPO steps."""
+    from jaxlava.reproduce.recipe import RECIPES
+    from jaxlava.reproduce.stages import world_flags
+    from jaxlava.shapes.cli import parse_args, world_config
+    default, before = parse_config([]), parse_config(["--recipe", "reading-checklist"])
+    assert set(default.world) - set(before.world) == {"ground-yesno-prob=0.5"} and RECIPES["demo"].world == default.world
+    assert world_config(parse_args(["--out", "w", *world_flags(default.world)])).ground_yesno_prob == 0.5
+    assert (default.rm_onpolicy_edits, default.audit_edit_twins, default.ppo_steps) == (True, True, 10)
+    assert (before.rm_onpolicy_edits, before.audit_edit_twins, before.ppo_steps) == (False, False, 5)

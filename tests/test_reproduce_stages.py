@@ -107,4 +107,4 @@ def test_edit_twins_reach_the_pairs_and_every_stage_that_uses_a_reward_model(tmp
     old = {k: v for k, v in stage_settings(off, "rm_pairs", c0["rm_pairs"]).items() if not k.startswith("edits")}
     assert changed_settings(old, stage_settings(off, "rm_pairs", c0["rm_pairs"])) == []  # made before the flag
     with pytest.raises(SystemExit, match="--rm-onpolicy-edits-only needs --rm-onpolicy-edits"):
-        parse_config(["--rm-onpolicy-edits-only"])
+        parse_config(["--recipe", "reading-checklist", "--rm-onpolicy-edits-only"])

@@ -38,10 +38,13 @@ class CarryError(RuntimeError):
 
 def world_digest(world: str) -> dict[str, str]:
     """sha256 per part of a shapes world: its config, its tokenizer's files and each record dataset's decoded
-    records in order (`kind/split`), images by their pixels."""
+    records in order (`kind/split`), images by their pixels.  The config's settings at an off value (0, False,
+    None, empty) are left out of its digest, so that a generator field added since (whose off value keeps the
+    records as they were) leaves the digest of a world written before it unchanged."""
     from jaxlava.data.storage import SCHEMAS, open_source
     with open(os.path.join(world, "world.json")) as f:
-        out = {"config": _sha(json.dumps(json.load(f)["config"], sort_keys=True).encode())}
+        config = {k: v for k, v in json.load(f)["config"].items() if v not in (None, False, 0, "", [], {})}
+    out = {"config": _sha(json.dumps(config, sort_keys=True).encode())}
     tok = os.path.join(world, "tokenizer")
     for name in sorted(os.listdir(tok)):
         with open(os.path.join(tok, name), "rb") as f:
