@@ -121,13 +121,20 @@ def test_the_report_puts_each_seed_sft_model_against_the_bar_with_its_grounding_
 
 
 def test_the_default_grounds_the_single_question():
-    """The default since decisions 74: reading-checklist's world with half of the grounding conversations asking
-    POPE's single question, edit twins in the reward models' pairs and the audit, and 10 PPO steps."""
+    """The default since decisions 74: reading-checklist's world with yes/no answers that name the object first
+    (PPO's yes/no reward reads them as POPE does) and half of the grounding conversations asking POPE's single
+    question, edit twins in the reward models' pairs and the audit, and 10 PPO steps."""
     from jaxlava.reproduce.recipe import RECIPES
     from jaxlava.reproduce.stages import world_flags
     from jaxlava.shapes.cli import parse_args, world_config
     default, before = parse_config([]), parse_config(["--recipe", "reading-checklist"])
-    assert set(default.world) - set(before.world) == {"ground-yesno-prob=0.5"} and RECIPES["demo"].world == default.world
-    assert world_config(parse_args(["--out", "w", *world_flags(default.world)])).ground_yesno_prob == 0.5
-    assert (default.rm_onpolicy_edits, default.audit_edit_twins, default.ppo_steps) == (True, True, 10)
-    assert (before.rm_onpolicy_edits, before.audit_edit_twins, before.ppo_steps) == (False, False, 5)
+    assert set(default.world) - set(before.world) == {"ground-yesno-prob=0.5", "yesno-restate=True"}
+    assert RECIPES["demo"].world == default.world
+    world = world_config(parse_args(["--out", "w", *world_flags(default.world)]))
+    assert (world.ground_yesno_prob, world.yesno_restate) == (0.5, True)
+    assert (default.rm_onpolicy_edits, default.audit_edit_twins, default.ppo_steps, default.ppo_yesno_pope) == (
+        True, True, 10, True)
+    assert (before.rm_onpolicy_edits, before.audit_edit_twins, before.ppo_steps, before.ppo_yesno_pope) == (
+        False, False, 5, False)
+    c = stage_configs(dataclasses.replace(default, out="o"), 1)
+    assert c["ppo_facts"].yesno_pope and not stage_configs(dataclasses.replace(before, out="o"), 1)["ppo_facts"].yesno_pope

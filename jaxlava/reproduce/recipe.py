@@ -96,6 +96,9 @@ class Recipe:
     """PPO's reward sits at the response's EOS (False: at slot T-1, after the padding: the paper's quirk 2)"""
     ppo_mask_pads: bool = False
     """PPO's losses and advantage whitening count response tokens only (False: every slot, pads too: quirk 2)"""
+    ppo_yesno_pope: bool = False
+    """PPO's yes/no reward reads each answer as POPE's parser does (train/ppo.py --yesno-pope; False: its first
+    word, the paper), for a world whose yes/no answers name the object first (`yesno-restate=True`)"""
     ppo_clip_per_role: bool = False
     """PPO clips the policy's and the value's gradients each by its own norm (train/ppo.py --clip-per-role; False:
     one norm over both, the paper)"""
@@ -202,13 +205,16 @@ READING = Recipe(world=READING_WORLD, ground_steps=2500, ground_bar=0.01, ground
                  buckets=FINE_BUCKETS, eval_every=200, ppo_steps=5, ppo_repeats=3, ppo_rollout_batch_size=128,
                  ppo_step_batch_size=32, ppo_length_score=-1.07, ppo_prompt_group=4, ppo_eval_every=5,
                  audit_prompts=128)
-# the default since decisions 74: the same recipe with half of the grounding turns asking about one object as
-# POPE does, and the variant of decisions 69 (edit twins of the policy's samples among the reward models' pairs,
-# scored in the audit too, and 10 PPO steps: PPP on seed 0). With checklists only, seed 1's SFT model (2026-12-07's
-# machine) read the checklists right (84 %) but answered "Is there ...?" at chance (POPE 56.8 %, yes/no logit AUC
-# 0.63): the stage never tied the single question to the lookup, and SFT's 30 % yes/no questions did not either
-READING_YN = dataclasses.replace(READING, world=READING_WORLD + ("ground-yesno-prob=0.5",), rm_onpolicy_edits=True,
-                                 audit_edit_twins=True, ppo_steps=10)
+# the default since decisions 74: the same recipe with yes/no answers that name the object before the verdict
+# ("red circle no.", read by POPE's parser and, in PPO, by the yes/no reward alike), half of the grounding
+# conversations asking POPE's single question, and the variant of decisions 69 (edit twins of the policy's samples
+# among the reward models' pairs, scored in the audit too, and 10 PPO steps: PPP on seed 0). With checklists only,
+# seed 1's SFT model (2026-12-07's machine) read the checklists right (84 %) but answered "Is there ...?" at chance
+# (POPE 56.8 %, yes/no logit AUC 0.63); a grounding stage that asked the single question half the time left it at
+# chance after 5000 steps (AUC 0.50, checklists 82 % right), while 300 steps of restated answers took that model to
+# POPE 76-82 % (63-55 % with plain ones): the verdict is learnt where it sits next to the object
+READING_YN = dataclasses.replace(READING, world=READING_WORLD + ("ground-yesno-prob=0.5", "yesno-restate=True"),
+                                 ppo_yesno_pope=True, rm_onpolicy_edits=True, audit_edit_twins=True, ppo_steps=10)
 DEFAULT_RECIPE = "reading"
 
 RECIPES: dict[str, Recipe] = {

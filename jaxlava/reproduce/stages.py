@@ -278,6 +278,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
             max_new_tokens=cfg.ppo_max_new_tokens, terminal_at_eos=cfg.ppo_terminal_at_eos, mask_pads=cfg.ppo_mask_pads,
             rm_seq_len=cfg.ppo_rm_seq_len, prompt_group=cfg.ppo_prompt_group, prompt_types=cfg.ppo_prompt_types,
             eval_every=cfg.ppo_eval_every, eval_prompts=cfg.ppo_eval_prompts, clip_per_role=cfg.ppo_clip_per_role,
+            yesno_pope=cfg.ppo_yesno_pope,
             checkpoint_every=cfg.ppo_checkpoint_every, optim=dataclasses.replace(ppo_p.optim, lr=cfg.ppo_lr))
     for key, _, run in report.SYSTEMS:
         for r in range(cfg.ppo_repeats if run else 1):

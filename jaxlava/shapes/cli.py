@@ -48,6 +48,10 @@ class WorldArgs:
     # how SFT and PPO yes/no questions pick absent objects: POPE's kinds (default; the category then hints at the
     # answer), or with the categories' frequencies, so that only the image answers
     yesno_negatives: Literal["kinds", "matched"] | None = None
+    # yes/no answers (SFT, grounding, PPO references) name the object before the verdict, "red circle no." (alone
+    # with the short-answer suffix, else before the usual sentence), so that the verdict sits next to the object as
+    # in a checklist; POPE's parser reads them alike (default off: "No" / "No, there is no ..."; decisions 74)
+    yesno_restate: bool | None = None
     vocab_size: int | None = None  # tokenizer size (default 1500, at most)
     # the tokenizer isolates punctuation, as LLaMA's does: "triangle," is two pieces, "triangle" and ","
     # (default off: BPE may learn "triangle," as one piece of its own; docs/decisions.md 51)

@@ -339,23 +339,23 @@ def matched_negative(scene: Scene, counts: Counts, rng: np.random.Generator) -> 
     return counts.categories[int(rng.choice(len(w), p=w / w.sum()))]
 
 
-def existence_qa(scene: Scene, counts: Counts, rng: np.random.Generator, *, answer_yes: bool,
-                 short: bool, negatives_from: str = "kinds") -> tuple[str, str, dict]:
+def existence_qa(scene: Scene, counts: Counts, rng: np.random.Generator, *, answer_yes: bool, short: bool,
+                 negatives_from: str = "kinds", restate: bool = False) -> tuple[str, str, dict]:
+    """`restate`: the object before its verdict ("red circle no.", then the long answer), as in a checklist."""
     if answer_yes:
         o = scene.objects[int(rng.integers(len(scene.objects)))]
-        cat, kind = o.category, None
-        ans = "Yes" if short else f"Yes, there is {an(o.name)} in the image."
+        cat, kind, ans = o.category, None, "Yes" if short else f"Yes, there is {an(o.name)} in the image."
     else:
         if negatives_from == "matched":
             cat, kind = matched_negative(scene, counts, rng), "matched"
         else:
-            kind = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))]
-            positives = [o.category for o in scene.objects]
-            cands = negatives(scene, counts, rng, kind, positives, min(3, len(counts.categories) - len(positives)))
+            kind, pos = NEGATIVE_KINDS[int(rng.integers(len(NEGATIVE_KINDS)))], [o.category for o in scene.objects]
+            cands = negatives(scene, counts, rng, kind, pos, min(3, len(counts.categories) - len(pos)))
             cat = cands[int(rng.integers(len(cands)))]
         ans = "No" if short else f"No, there is no {cat} in the image."
-    q = existence_question(cat) + (SHORT_SUFFIX if short else "")
-    return q, ans, {"object": cat, "negative_kind": kind}
+    if restate:  # POPE's parser reads it as it reads the plain answer
+        ans = f"{cat} {'yes' if answer_yes else 'no'}." + ("" if short else " " + ans)
+    return existence_question(cat) + (SHORT_SUFFIX if short else ""), ans, {"object": cat, "negative_kind": kind}
 
 
 def checklist_qa(scene: Scene, counts: Counts, rng: np.random.Generator, k: int) -> tuple[str, str]:

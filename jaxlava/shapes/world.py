@@ -71,6 +71,7 @@ class ShapesConfig:
     noise_kind: str = "any"  # any: an absent object (partners first) anywhere in the list; partner: only the
     #                          absent partner of a present object, after every real one (shapes.text.NOISE_KINDS)
     yesno_negatives: str = "kinds"  # SFT and PPO yes/no negatives: POPE kinds, or "matched" (shapes.text)
+    yesno_restate: bool = False  # yes/no answers name the object before the verdict: "red circle no." (74)
     # preference pairs
     n_pref: int = 2000
     pref_test_frac: float = 0.1
@@ -254,7 +255,8 @@ class _Builder:
             return q, d.text, kind
         if kind == "yesno":
             q, a, _ = T.existence_qa(scene, self.counts, rng, answer_yes=bool(rng.random() < 0.5),
-                                     short=bool(rng.random() < 0.5), negatives_from=self.cfg.yesno_negatives)
+                                     short=bool(rng.random() < 0.5), negatives_from=self.cfg.yesno_negatives,
+                                     restate=self.cfg.yesno_restate)
             return q, a, kind
         if kind == "checklist":
             return (*T.checklist_qa(scene, self.counts, rng, self.cfg.checklist_items), kind)
@@ -284,7 +286,8 @@ class _Builder:
                 return T.checklist_qa(scene, self.counts, rng, self.cfg.checklist_items)
             for _ in range(16):  # another object than the turns before asked about, where one is drawn
                 q, a, meta = T.existence_qa(scene, self.counts, rng, answer_yes=bool(rng.random() < 0.5),
-                                            short=bool(rng.random() < 0.5), negatives_from=self.cfg.yesno_negatives)
+                                            short=bool(rng.random() < 0.5), negatives_from=self.cfg.yesno_negatives,
+                                            restate=self.cfg.yesno_restate)
                 if meta["object"] not in convo["asked"]:
                     break
             convo["asked"].add(meta["object"])
@@ -397,7 +400,7 @@ class _Builder:
             elif kind == "yesno":
                 yes = bool(rng.random() < 0.5)
                 q, ref, _ = T.existence_qa(scene, self.counts, rng, answer_yes=yes, short=bool(rng.random() < 0.5),
-                                           negatives_from=cfg.yesno_negatives)
+                                           negatives_from=cfg.yesno_negatives, restate=cfg.yesno_restate)
                 ctype, bonus = (YES_IN_YESNO if yes else NO_IN_YESNO), cfg.other_length_bonus
             else:
                 raise ValueError(f"ShapesConfig.ppo_mix: unknown prompt kind {kind!r}")

@@ -20,6 +20,7 @@ from flax import nnx
 from jaxlava import ppo, rm
 from jaxlava.data.templates import encode_reward_input
 from jaxlava.distributed import all_process_rows, global_batch, local_rows
+from jaxlava.eval.pope import parse_answer
 from jaxlava.generate import generate
 from jaxlava.lora import make_lora
 
@@ -42,6 +43,15 @@ class RolloutConfig:
     score_chunk: int | None  # rows per scoring pass (None: the whole batch at once)
     prompt_group: int  # >1: each prompt sampled this many times in a row, its score centred per prompt (ours)
     seed: int
+    yesno_pope: bool = False  # yes/no correctness from POPE's parse of the answer (ours); False: its first word
+
+
+def yesno_verdict(text: str, caption_type) -> str:
+    """A yes/no prompt's response as the word the paper's rule reads first ("No" / "Yes"), from POPE's parse of
+    the whole answer ("red circle no." counts as No); other prompts' responses as they are."""
+    if int(caption_type) not in (ppo.AnswerType.NO_IN_YESNO, ppo.AnswerType.YES_IN_YESNO):
+        return text
+    return "No" if parse_answer(text) == "no" else "Yes"
 
 
 def question_ids(tokenizer) -> tuple[int, ...]:
@@ -157,7 +167,8 @@ def rollout(roles, params, frozen, prompts: dict, host: dict, step: int, cfg: Ro
     qids = question_ids(tok) if cfg.question_stop else ()
     response, lengths, has_stop = ppo.truncate_after_stop(tokens, eos, pad, qids)
     texts = tok.batch_decode(response, skip_special_tokens=True)
-    correct = np.asarray([ppo.correctness(t, c) for t, c in zip(texts, host["caption_type"])], np.float32)
+    correct = np.asarray([ppo.correctness(yesno_verdict(t, c) if cfg.yesno_pope else t, c)
+                          for t, c in zip(texts, host["caption_type"])], np.float32)
     rm_ids, rm_mask = reward_inputs(roles, host, texts, step, cfg)
     q_ids, q_mask = local_rows(prompts["input_ids"], mesh), local_rows(prompts["attention_mask"], mesh)
     resp_mask = (response != pad).astype(np.int32)

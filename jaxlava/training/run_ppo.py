@@ -92,6 +92,9 @@ class PPOConfig(runs.RunConfig):
     terminal_at_eos: bool = False  # terminal reward at the response's last token (paper: at slot T-1, quirk 2)
     mask_pads: bool = False  # average losses and whiten over response tokens only (paper: all slots, quirk 2)
     question_stop: bool = False  # the paper's rule: a '?' ends the response and costs the no-EOS penalty (quirk 4)
+    # ours: a yes/no prompt's symbolic reward reads the answer as POPE's parser does ("red circle no." is a No),
+    # for a policy that names the object before its verdict; off: the paper's rule (its first word, "No" / "Yes")
+    yesno_pope: bool = False
     score_chunk: int | None = None  # rows per scoring pass (the paper: 16 per device); None: all at once
     eval_prompts: int = 64  # held-out prompts for the before/after comparison (greedy responses); 0: off
     adapter: LoraConfig = dataclasses.field(default_factory=LoraConfig)
