@@ -75,11 +75,12 @@ def test_a_cut_run_is_carried_restored_and_goes_on(world, tmp_path, monkeypatch)
     _fake_stages(monkeypatch, ran, cut_at="rm_read")
     with pytest.raises(Cut):
         stages.run_seed(_cfg(first), 0)
-    assert ran == ["ground", "sft", "rlinit", "rm_pairs", "rm_read"]
+    assert ran == ["ground", "sft", "judge_sft", "rlinit", "rm_pairs", "rm_read"]
 
     dest = tmp_path / "carried"
     rec = stages.run(_cfg(first, "--carry-to", str(dest)))
-    assert rec["seeds"]["0"] == {"finished": ["ground", "sft", "rlinit", "rm_pairs"], "started": ["rm_read"]}
+    assert rec["seeds"]["0"] == {"finished": ["ground", "sft", "judge_sft", "rlinit", "rm_pairs"],
+                                 "started": ["rm_read"]}
     files = _files(dest)
     s = "seed0/"
     for kept in ("sft/hf/model.safetensors",  # later stages start from it (rm_read, the reward models, PPO ...)
@@ -110,13 +111,13 @@ def test_a_cut_run_is_carried_restored_and_goes_on(world, tmp_path, monkeypatch)
     # carried again from the second machine once every stage before the judges has run: the judges read the PPO
     # runs whole (adapter, value head, config), nothing reads the SFT model's checkpoints any more
     ran.clear()
-    _fake_stages(monkeypatch, ran, cut_at="judge_sft")
+    _fake_stages(monkeypatch, ran, cut_at="judge_rlhf_nofacts")
     with pytest.raises(Cut):
         stages.run_seed(_cfg(second), 0)
     stages.run(_cfg(second, "--carry-to", str(tmp_path / "carried2")))
     files = _files(tmp_path / "carried2")
     for kept in ("ppo_nofacts/value/reward_head.safetensors", "ppo_facts/adapter/model.safetensors",
-                 "ppo_facts/config.json", "sft/hf/model.safetensors"):  # judge_sft's model
+                 "ppo_facts/config.json", "sft/hf/model.safetensors"):  # the judged PPO runs' base
         assert s + kept in files, kept
     for left in ("rm_facts/adapter/model.safetensors", "rm_read/hf/model.safetensors",  # PPO has run
                  "ppo_facts/checkpoints/200/state/params", "ppo_facts/tb/events.out"):

@@ -99,6 +99,9 @@ def plan(out: str, seed_stages: dict[str, tuple[str, object]]) -> dict[str, list
     {"finished": stage names, "started": stages cut short, "files": paths relative to OUT}."""
     finished = [n for n, (f, _) in seed_stages.items() if os.path.exists(os.path.join(f, report.MARKER))]
     reads = {os.path.normpath(p) for n, (_, c) in seed_stages.items() if n not in finished for p in _paths(c)}
+    # a judged run (a PPO run's folder) is loaded onto the base model its own config names
+    reads |= {os.path.normpath(c.init) for f, c in seed_stages.values() if os.path.normpath(f) in reads
+              and getattr(c, "init", None)}
     files, started = [], []
     for name, (folder, _) in seed_stages.items():
         if not os.path.isdir(folder):

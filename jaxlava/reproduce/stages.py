@@ -25,8 +25,9 @@ from jaxlava.shapes.cli import parse_args, world_config
 from jaxlava.shapes.world import FACTCHECK_SPLITS, GROUND_SPLITS, ShapesConfig, load_world_info, write_world
 from jaxlava.training import rm_audit, rm_pairs, run_ppo, run_rm, run_sft
 
-STAGES = ("ground", "sft", "rlinit", report.PAIRS, "rm_read", "rm_facts", "rm_nofacts", report.AUDIT, "ppo_facts",
-          "ppo_nofacts", *(f"judge_{key}" for key, _, _ in report.SYSTEMS))
+# the SFT model is judged right after its last phase, so that the SFT bar is known before RLHF starts
+STAGES = ("ground", "sft", "judge_sft", "rlinit", report.PAIRS, "rm_read", "rm_facts", "rm_nofacts", report.AUDIT,
+          "ppo_facts", "ppo_nofacts", *(f"judge_{key}" for key, _, run in report.SYSTEMS if run))
 REPEAT_STRIDE = 100  # PPO repeat r of seed S runs with seed S + --ppo-seed-offset + REPEAT_STRIDE * r
 REPEATED = ("ppo_facts", "ppo_nofacts", "judge_rlhf_nofacts", "judge_fact_rlhf")  # the stages a PPO repeat reruns
 
@@ -286,7 +287,7 @@ def stage_configs(cfg: ReproduceConfig, seed: int) -> dict:
             out[f"judge_{key}{report.repeat_suffix(r)}"] = shapes_eval.ShapesEvalConfig(
                 model=model, out=report.judge_dir(cfg.out, seed, key, r), data=data,
                 pope_images=cfg.judge_pope_images, descriptions=cfg.judge_descriptions, batch_size=cfg.judge_batch_size)
-    return out
+    return {n: out[n] for n in names_of(cfg) if n in out}  # in the order the seed runs them
 
 
 def _what(name: str, c) -> str:
@@ -363,7 +364,18 @@ def run_seed(cfg: ReproduceConfig, seed: int) -> dict[str, float]:
         seconds[name] = rec["seconds"]
         if name.startswith(GROUND):  # its loss decides the next phase, and which phase's model SFT starts from
             configs = stage_configs(cfg, seed)
+        if name == "judge_sft" and os.path.isfile(os.path.join(report.judge_dir(cfg.out, seed, "sft"), report.RESULTS)):
+            bar = report.sft_bar(report.seed_dir(cfg.out, seed), report.judged(cfg.out, seed, "sft"))
+            print(f"[seed {seed}] {sft_bar_line(bar)}", flush=True)
     return seconds
+
+
+def sft_bar_line(bar: dict) -> str:
+    """The SFT model against the issue's bar, in words (report.sft_bar's record)."""
+    got = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f} % (bar {100 * report.SFT_BAR[k]:.0f} %)" if v is not None
+                    else f"{k.replace('_', ' ')} not measured" for k, v in ((k, bar.get(k)) for k in report.SFT_BAR))
+    return f"SFT model: {got}: " + ("meets the SFT bar" if bar["meets"] else
+                                    "MISSES the SFT bar; RLHF goes on from it (docs/results.md)")
 
 
 def stage_settings(cfg: ReproduceConfig, name: str, c) -> dict:
