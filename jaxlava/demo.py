@@ -62,6 +62,8 @@ def fewer_steps_note(cfg) -> str:
                    f"while the held-out loss is above {ref.ground_bar})")
     if len(cfg.sft_more) < len(ref.sft_more):
         cut.append(f"further SFT phases {len(cfg.sft_more)} (reproduction: {len(ref.sft_more)})")
+    if ref.audit_edit_twins and not cfg.audit_edit_twins:
+        cut.append("the audit without edit twins (reproduction: with them)")
     if not cut:
         return ""
     held = "" if cfg.rm_eval_pairs is None else (f"; the reward models' held-out accuracy is on the first "

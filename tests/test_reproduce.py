@@ -117,7 +117,7 @@ def test_demo_says_which_steps_it_cut():
     assert f"SFT {RECIPES['demo'].sft_steps} (reproduction: {RECIPES['reading'].sft_steps})" in note
     assert "reading stage" in note and "further SFT phases 0 (reproduction: 2)" in note and "PPO" in note
     assert "further grounding phases 0 (reproduction: up to 2, while the held-out loss is above 0.01)" in note
-    assert f"first {RECIPES['demo'].rm_eval_pairs} test pairs" in note
+    assert f"first {RECIPES['demo'].rm_eval_pairs} test pairs" in note and "audit without edit twins" in note
     assert fewer_steps_note(parse_config(["--recipe", "reading"])) == ""
     assert "reading stage 0 (reproduction: 3000)" in fewer_steps_note(parse_config(["--recipe", "full"]))
 

@@ -223,15 +223,16 @@ RECIPES: dict[str, Recipe] = {
     # decisions 73: `--recipe reading-checklist --rm-onpolicy-edits --audit-edit-twins --ppo-steps 10`)
     "reading-checklist": READING,
     # the reading recipe's world and stages with the steps that fit make demo's 20 minutes on 2 cores: one SFT
-    # phase, a short reading stage, PPO once per reward model; 10.1 minutes on 2026-12-06's machine, about 18 by
-    # grounding speed on the slowest one measured (decisions 43, 67). Far too few for this world: the numbers
-    # show the pipeline, not the claim (README)
+    # phase, a short reading stage, PPO once per reward model, an audit without edit twins; 12.9 minutes on
+    # 2026-12-07's machine with 40 reading steps and the twins' audit (96 s of audit), about 21 by grounding speed
+    # on the slowest machine measured (decisions 43, 67, 75). Far too few for this world: the numbers show the
+    # pipeline, not the claim (README)
     "demo": dataclasses.replace(READING_YN, vision_pretrain_steps=600, ground_steps=200, ground_bar=0.0,
                                 ground_more=(), sft_steps=200, sft_more=(),
-                                rm_read_steps=40, rlinit_steps=30, rm_steps=40, rm_eval_pairs=200,
+                                rm_read_steps=24, rlinit_steps=30, rm_steps=40, rm_eval_pairs=200,
                                 rm_onpolicy_prompts=32, ppo_steps=3, ppo_repeats=1, ppo_rollout_batch_size=64,
                                 ppo_eval_every=3, ppo_eval_prompts=48, judge_pope_images=16, judge_descriptions=64,
-                                audit_prompts=16),
+                                audit_prompts=16, audit_edit_twins=False),
     # the habit world with the twins, the grounding stage and the steps that make its SFT model answer yes/no
     # (decisions 24), and 10 PPO steps (held-out hallucination was lowest near step 10; 40 drift into a template,
     # decisions 26): run j10 of docs/results.md in reading order (J10_WORLD: run j10's own world), 45 to 100 minutes
