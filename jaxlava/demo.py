@@ -70,7 +70,7 @@ def fewer_steps_note(cfg) -> str:
                                                  f"{cfg.rm_eval_pairs} test pairs")
     return ("\nThis demo trains fewer steps than the full reproduction (" + ", ".join(cut) + held + "), so its "
             f"numbers are not docs/results.md's: `python train/reproduce.py` runs the {DEFAULT_RECIPE} recipe "
-            "(about 2.7 hours per seed on 2 cores).")
+            "(3 to 5 hours per seed on 2 cores).")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The paper's claim on the shapes world, one seed from scratch (issue: the shapes reproduction).
 
 Opt-in (`make test-long`, marker `long`): `python train/reproduce.py --recipe reading --seeds 0` (the default
-recipe) takes about 2.7 hours on 2 cores.  It builds the default reproduction world, trains the grounding stage,
+recipe) takes 3 to 5 hours on 2 cores.  It builds the default reproduction world, trains the grounding stage,
 SFT in three phases, RL-init, the on-policy pairs, the reading stage, the reward models with and without facts,
 audits both on the RL-init policy's samples, runs PPO against each three times, judges the three systems exactly,
 and checks the three inequalities of the claim on that seed (docs/results.md: seed 0 of this recipe misses the

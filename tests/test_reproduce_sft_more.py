@@ -12,7 +12,8 @@ def test_phases_chain_and_every_later_stage_starts_from_the_last():
                         "--ppo-repeats", "1"])
     c = stage_configs(cfg, 1)
     names = stage_names(1, 2, 1, 2)  # the reading recipe also has two further grounding phases (decisions 71)
-    assert names[names.index("sft"):names.index("rlinit") + 1] == ["sft", "sft_more1", "sft_more2", "judge_sft", "rlinit"]
+    assert names[names.index("sft"):names.index("rlinit") + 1] == [
+        "sft", "sft_more1", "sft_more2", "judge_sft", "rlinit"]
     assert [n for n in names if n in c] == list(c)  # the order the seed runs them in
     p1, p2 = c["sft_more1"], c["sft_more2"]
     assert (p1.steps, p1.optim.lr, p1.seed, p1.init) == (1500, 1e-3, 2, "o/seed1/sft/hf")

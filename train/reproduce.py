@@ -43,12 +43,17 @@ relative; its CHAIR-i is below the no-facts RLHF's.
 
 --recipe picks the world and the stage steps and key hyper-parameters; each value is a flag of its own:
   reading  the default: the co-occurrence habit world with the habit in 90 % of the SFT descriptions, omission
-         and addition twins as preference pairs, one tokenizer id per object, a grounding stage of checklist
-         questions (trained on, 2500 steps at a time, while its held-out loss ends above 0.01), checklist
-         questions in 15 % of the SFT mix, SFT in three phases (2000 + 1500 + 1500 steps),
-         on-policy pairs, both reward models on a base trained 3000 steps to check descriptions against the
-         facts and list what they leave out, PPO with a per-prompt baseline over 128 rollouts a step, 5 steps,
-         three PPO runs per reward model (docs/results.md): about 2.7 hours per seed on 2 cores
+         and addition twins as preference pairs, one tokenizer id per object, yes/no answers that name the
+         object before the verdict ("red circle no."), a grounding stage of checklists and, in half of its
+         conversations, POPE's single question (trained on, 2500 steps at a time, while its held-out loss ends
+         above 0.01), checklist questions in 15 % of the SFT mix, SFT in three phases (2000 + 1500 + 1500
+         steps), on-policy pairs with edit twins of the policy's samples, both reward models on a base trained
+         3000 steps to check descriptions against the facts and list what they leave out, PPO with a per-prompt
+         baseline over 128 rollouts a step and POPE's reading of yes/no answers, 10 steps, three PPO runs per
+         reward model (docs/decisions.md 74): 3 to 5 hours per seed on 2 cores (seed 1 of run r12: 2.0 hours
+         up to the on-policy pairs, then the reading stage at 1.2 to 2 s a step, docs/decisions.md 75)
+  reading-checklist  the default from docs/decisions.md 67 to 73: the same with plain yes/no answers, grounding
+         on checklists only, no edit twins, 5 PPO steps: about 2.7 hours per seed on 2 cores
   demo   the reading recipe's world and stages with fewer steps (make demo, one seed)
   full   the default before docs/decisions.md 67: the habit world in 70 % of the descriptions with the twins,
          the grounding stage, 5 % checklist questions, one SFT phase and 10 PPO steps: 45 to 100 minutes per
