@@ -4,8 +4,8 @@ Opt-in (`make test-long`, marker `long`): `python train/reproduce.py --recipe re
 recipe) takes 3 to 5 hours on 2 cores.  It builds the default reproduction world, trains the grounding stage,
 SFT in three phases, RL-init, the on-policy pairs, the reading stage, the reward models with and without facts,
 audits both on the RL-init policy's samples, runs PPO against each three times, judges the three systems exactly,
-and checks the three inequalities of the claim on that seed (docs/results.md: seed 0 of this recipe misses the
-first):
+and checks the three inequalities of the claim on that seed (docs/results.md: seed 1 of this recipe misses the
+third; seed 0 of it has not finished yet):
   * Fact-RLHF lowers the object-hallucination rate (CHAIR-i) by at least 30 % relative to SFT;
   * its object recall falls by at most 5 % relative to SFT;
   * its CHAIR-i is below that of RLHF whose reward model never saw the facts.

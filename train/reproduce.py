@@ -50,8 +50,8 @@ relative; its CHAIR-i is below the no-facts RLHF's.
          steps), on-policy pairs with edit twins of the policy's samples, both reward models on a base trained
          3000 steps to check descriptions against the facts and list what they leave out, PPO with a per-prompt
          baseline over 128 rollouts a step and POPE's reading of yes/no answers, 10 steps, three PPO runs per
-         reward model (docs/decisions.md 74): 3 to 5 hours per seed on 2 cores (seed 1 of run r12: 2.0 hours
-         up to the on-policy pairs, then the reading stage at 1.2 to 2 s a step, docs/decisions.md 75)
+         reward model (docs/decisions.md 74): 3 to 5 hours per seed on 2 cores (seed 1 of run r12: 4.1 hours
+         of stages, about 27 minutes of them paused, docs/decisions.md 76)
   reading-checklist  the default from docs/decisions.md 67 to 73: the same with plain yes/no answers, grounding
          on checklists only, no edit twins, 5 PPO steps: about 2.7 hours per seed on 2 cores
   demo   the reading recipe's world and stages with fewer steps (make demo, one seed)
